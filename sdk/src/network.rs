@@ -35,6 +35,23 @@ pub fn default_route() -> PodRoute {
     PodRoute { destination: "0.0.0.0/0".to_string(), via: NextHop::SubnetGateway }
 }
 
+/// The plan of both shipped strategies: the pod keeps a VPC address (or the cell's own for
+/// `hostNetwork` pods), with the subnet's prefix, a default route via the subnet's router,
+/// and its own source address towards `no_masquerade`.
+pub fn vpc_pod_plan(pod: &Pod, no_masquerade: Vec<String>, mtu: Option<u16>) -> PodNetworkPlan {
+    PodNetworkPlan {
+        address_source: if pod.host_network {
+            PodAddressSource::HostNetwork
+        } else {
+            PodAddressSource::VpcSecondary
+        },
+        prefix_length: None,
+        routes: vec![default_route()],
+        no_masquerade,
+        mtu,
+    }
+}
+
 /// Export glue: implements the generated `Guest` trait for any [`NetworkStrategy`].
 #[doc(hidden)]
 pub struct __Export<T>(PhantomData<T>);

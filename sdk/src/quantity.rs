@@ -17,6 +17,13 @@ pub enum QuantityError {
     Overflow { input: String },
 }
 
+impl QuantityError {
+    /// As a `PluginError::InvalidConfig` naming the config field the quantity came from.
+    pub fn into_config_error(self, field: &str) -> crate::PluginError {
+        crate::PluginError::InvalidConfig(format!("config field `{field}`: {self}"))
+    }
+}
+
 /// A non-negative quantity: `digits × 10^exp10 × 2^exp2`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Quantity {

@@ -9,6 +9,15 @@ pub use ipnet::IpNet;
 
 use crate::types::PluginError;
 
+/// The private IPv4 ranges of RFC 1918, where VPCs take their CIDRs. Network strategies
+/// use them as the default VPC CIDRs when the operator has not listed the VPC's own.
+pub const RFC1918: [&str; 3] = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"];
+
+/// [`RFC1918`] as owned strings: a `#[serde(default = "cellet_sdk::net::rfc1918_cidrs")]`.
+pub fn rfc1918_cidrs() -> Vec<String> {
+    RFC1918.iter().map(ToString::to_string).collect()
+}
+
 /// Errors of address parsing and arithmetic.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {

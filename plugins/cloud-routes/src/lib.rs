@@ -19,7 +19,7 @@
 //!
 //! ```yaml
 //! config:
-//!   vpc-cidrs: ["10.0.0.0/16"]         # required
+//!   vpc-cidrs: ["10.0.0.0/16"]         # default: the RFC 1918 ranges
 //!   cluster-cidrs: ["10.244.0.0/16"]   # required: the cluster's pod CIDR(s)
 //!   manage-routes: false               # default: only check; true: the host creates them
 //!   route-table-limit: 50              # default
@@ -41,6 +41,7 @@ fn default_route_table_limit() -> u32 {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 struct Config {
+    #[serde(default = "cellet_sdk::net::rfc1918_cidrs")]
     vpc_cidrs: Vec<String>,
     cluster_cidrs: Vec<String>,
     #[serde(default)]
@@ -264,6 +265,13 @@ mod tests {
     }
 
     #[test]
+    fn vpc_cidrs_default_to_the_private_ranges() {
+        let strategy = CloudRoutes::init(context(json!({ "cluster-cidrs": ["10.244.0.0/16"] }))).unwrap();
+        let plan = strategy.plan_pod(PodBuilder::new("shop", "web").build()).unwrap();
+        assert_eq!(plan.no_masquerade, vec!["10.244.0.0/16", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]);
+    }
+
+    #[test]
     fn aws_provider_ids() {
         assert_eq!(aws_instance_id("aws:///us-east-1a/i-0abc"), Some("i-0abc"));
         assert_eq!(aws_instance_id("aws://us-east-1a/i-0abc"), Some("i-0abc"));
@@ -274,6 +282,7 @@ mod tests {
     #[test]
     fn config_errors_name_the_field() {
         let cases = [
+            (json!({}), "cluster-cidrs"),
             (json!({ "vpc-cidrs": ["10.0.0.0/16"] }), "cluster-cidrs"),
             (json!({ "vpc-cidrs": [], "cluster-cidrs": ["10.244.0.0/16"] }), "`vpc-cidrs`"),
             (json!({ "vpc-cidrs": ["10.0.0.0/16"], "cluster-cidrs": ["10.244.0.1/16"] }), "`cluster-cidrs[0]`"),

@@ -13,10 +13,14 @@
 //!
 //! ```yaml
 //! config:
-//!   vpc-cidrs: ["10.0.0.0/16"]        # required: the VPC's CIDR block(s)
+//!   vpc-cidrs: ["10.0.0.0/16"]        # default: the RFC 1918 ranges (see below)
 //!   cluster-cidrs: ["100.64.0.0/16"]  # default []: further pod ranges (custom networking)
 //!   mtu: 9001                         # default: the VPC interface's MTU
 //! ```
+//!
+//! Without `vpc-cidrs` the strategy assumes the VPC is somewhere in the private ranges of
+//! RFC 1918: pods then keep their address towards every private address, and only PodCIDRs
+//! outside those ranges draw a warning. List the VPC's CIDR blocks for exact warnings.
 
 use cellet_sdk::net::{self, IpNet};
 use cellet_sdk::network::{ClusterNetworkPlan, ClusterNode, NetworkStrategy, PodNetworkPlan, vpc_pod_plan};
@@ -27,6 +31,7 @@ use serde::Deserialize;
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 struct Config {
+    #[serde(default = "cellet_sdk::net::rfc1918_cidrs")]
     vpc_cidrs: Vec<String>,
     #[serde(default)]
     cluster_cidrs: Vec<String>,
@@ -47,7 +52,8 @@ impl NetworkStrategy for VpcNative {
         let config: Config = cellet_sdk::config(&ctx)?;
         if config.vpc_cidrs.is_empty() {
             return Err(PluginError::InvalidConfig(
-                "config field `vpc-cidrs`: list at least the VPC's primary CIDR block".to_string(),
+                "config field `vpc-cidrs`: list at least the VPC's primary CIDR block (or leave the field out)"
+                    .to_string(),
             ));
         }
         let vpc = net::parse_cidrs("vpc-cidrs", &config.vpc_cidrs).map_err(net::NetError::into_config_error)?;
@@ -141,6 +147,20 @@ mod tests {
     }
 
     #[test]
+    fn without_vpc_cidrs_the_private_ranges_are_assumed() {
+        let strategy = VpcNative::init(context(json!({}))).unwrap();
+        let plan = strategy.plan_pod(PodBuilder::new("shop", "web").build()).unwrap();
+        assert_eq!(plan.no_masquerade, vec!["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]);
+        let nodes = vec![
+            NodeBuilder::new("private").pod_cidr("10.244.1.0/24").build(),
+            NodeBuilder::new("cgnat").pod_cidr("100.64.1.0/24").build(),
+        ];
+        let warnings = strategy.plan_cluster(nodes).unwrap().warnings;
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("cgnat"), "{warnings:?}");
+    }
+
+    #[test]
     fn a_garbage_pod_cidr_is_invalid_input_naming_the_node() {
         let nodes = vec![NodeBuilder::new("n1").pod_cidr("10.244.1.0/33").build()];
         let err = strategy().plan_cluster(nodes).unwrap_err();
@@ -150,7 +170,6 @@ mod tests {
     #[test]
     fn config_errors_name_the_field() {
         let cases = [
-            (json!({}), "vpc-cidrs"),
             (json!({ "vpc-cidrs": [] }), "`vpc-cidrs`"),
             (json!({ "vpc-cidrs": ["10.0.0.0/16"], "cluster-cidrs": ["10.244.0.0/16", "x"] }), "`cluster-cidrs[1]`"),
             (json!({ "vpc-cidrs": ["10.0.0.0/16"], "mtu": 100000 }), "`mtu`"),

@@ -1,7 +1,27 @@
 //! The plugin runtime: one wasmtime engine, components compiled once and cached, one
 //! `InstancePre` per plugin, per-call deadlines and memory caps, capability linking and
 //! validation of everything a plugin returns.
+//!
+//! The rest of the host uses [`PluginRuntime::load`] and the typed handles it returns
+//! ([`CloudPlugin`], [`NetworkPlugin`], [`HostportPlugin`]), and the WIT types re-exported
+//! from [`bindings`] (always the newest contract).
 
+pub mod bindings;
+pub mod cache;
+pub mod capabilities;
+pub mod engine;
+pub mod handle;
+pub mod instance;
+pub mod metrics;
+mod pool;
+pub mod runtime;
 pub mod spec;
+pub mod validate;
+pub mod wasi;
+pub mod world;
 
+pub use engine::EngineSettings;
+pub use handle::{CallError, CloudPlugin, HostportPlugin, NetworkPlugin, PluginHandle};
+pub use metrics::{CacheOutcome, ErrorKind, PluginMetrics};
+pub use runtime::{ComponentInfo, LoadError, LoadedPlugin, PluginRuntime, RuntimeConfig, RuntimeError};
 pub use spec::{Capability, Limits, PluginSpec, Slot};

@@ -1,0 +1,497 @@
+//! The plugin runtime against real components built by the workspace
+//! (`scripts/build-plugins`): the shipped plugins, the `misbehaving` test plugin, and the
+//! `future-contract` test plugin built for a contract version this host does not know.
+//!
+//! Components are read from `target/wasm32-wasip2/release-plugins/` (or `$CELLET_PLUGIN_DIR`);
+//! a missing one fails the test with the command that builds it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cellet::plugins::bindings::{
+    Admission, CellRequest, ClusterNode, Container, ContainerPort, KeyValue, Pod, Protocol,
+};
+use cellet::plugins::capabilities::CapabilityError;
+use cellet::plugins::world::WorldError;
+use cellet::plugins::{
+    CacheOutcome, CallError, Capability, EngineSettings, Limits, LoadError, LoadedPlugin,
+    NetworkPlugin, PluginHandle, PluginRuntime, PluginSpec, RuntimeConfig, Slot,
+};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::registry::Registry;
+use serde_json::json;
+
+/// The bytes of the component built from crate `crate_name`.
+fn component(crate_name: &str) -> Vec<u8> {
+    let dir = std::env::var_os("CELLET_PLUGIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/wasm32-wasip2/release-plugins")
+        });
+    let path = dir.join(format!("{}.wasm", crate_name.replace('-', "_")));
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "cannot read the test component {}: {e}\n\
+             run scripts/build-plugins (or point CELLET_PLUGIN_DIR at the built components)",
+            path.display()
+        )
+    })
+}
+
+const VPC_NATIVE: &str = "cellet-plugin-vpc-native";
+const HOSTPORT_NAT: &str = "cellet-plugin-hostport-nat";
+const MOCK: &str = "cellet-plugin-mock";
+const AWS_EC2: &str = "cellet-plugin-aws-ec2";
+const LOCAL_CELLS: &str = "cellet-plugin-local-cells";
+const MISBEHAVING: &str = "cellet-test-misbehaving";
+const FUTURE_CONTRACT: &str = "cellet-test-future-contract";
+
+struct Harness {
+    runtime: PluginRuntime,
+    // Keeps the cache directory alive as long as the runtime.
+    cache_dir: tempfile::TempDir,
+}
+
+fn harness() -> Harness {
+    let cache_dir = tempfile::tempdir().unwrap();
+    let runtime = runtime_in(cache_dir.path().join("components"));
+    Harness { runtime, cache_dir }
+}
+
+fn runtime_in(cache_dir: PathBuf) -> PluginRuntime {
+    PluginRuntime::new(RuntimeConfig {
+        engine: EngineSettings::default(),
+        cache_dir,
+        node_name: "cellet-test".into(),
+        controller_id: "controller-test".into(),
+    })
+    .unwrap()
+}
+
+fn spec(name: &str, slot: Slot, config: serde_json::Value) -> PluginSpec {
+    PluginSpec {
+        name: name.into(),
+        slot,
+        limits: Limits::default_for(slot),
+        grants: vec![Capability::Log],
+        config,
+    }
+}
+
+fn network(loaded: LoadedPlugin) -> NetworkPlugin {
+    match loaded.handle {
+        PluginHandle::Network(plugin) => plugin,
+        other => panic!("expected a network plugin, got {other:?}"),
+    }
+}
+
+/// A pod with one container serving TCP 80 on hostPort 8080.
+fn pod() -> Pod {
+    Pod {
+        uid: "6f1c1b4e-0000-4000-8000-000000000001".into(),
+        namespace: "default".into(),
+        name: "web-0".into(),
+        labels: vec![KeyValue { key: "app".into(), value: "web".into() }],
+        annotations: vec![],
+        host_network: false,
+        init_containers: vec![],
+        containers: vec![Container {
+            name: "web".into(),
+            image: "nginx:1.27".into(),
+            ports: vec![ContainerPort {
+                name: Some("http".into()),
+                container_port: 80,
+                host_port: Some(8080),
+                host_ip: None,
+                protocol: Protocol::Tcp,
+            }],
+            cpu_millis: 250,
+            memory_bytes: 128 << 20,
+        }],
+        owner_kind: Some("StatefulSet".into()),
+        runtime_class: None,
+    }
+}
+
+fn nodes() -> Vec<ClusterNode> {
+    vec![ClusterNode {
+        name: "node-a".into(),
+        pod_cidrs: vec!["10.244.1.0/24".into()],
+        internal_ips: vec!["10.0.0.11".into()],
+        provider_id: Some("aws:///us-east-1a/i-0123456789abcdef0".into()),
+        virtual_: false,
+    }]
+}
+
+fn metrics_text(runtime: &PluginRuntime) -> String {
+    let mut registry = Registry::default();
+    runtime.metrics().register(&mut registry);
+    let mut text = String::new();
+    encode(&mut text, &registry).unwrap();
+    text
+}
+
+/// The value of the series starting with `prefix` (labels included) in `text`.
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(prefix)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no series `{prefix}` in:\n{text}"))
+}
+
+async fn misbehaving(h: &Harness, mode: &str, limits: Limits) -> NetworkPlugin {
+    let mut spec = spec(&format!("misbehaving-{mode}"), Slot::Network, json!({ "misbehave": mode }));
+    spec.limits = limits;
+    network(h.runtime.load(&spec, &component(MISBEHAVING)).await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loads_and_calls_a_network_strategy() {
+    let h = harness();
+    let plugin = network(
+        h.runtime
+            .load(&spec("vpc-native", Slot::Network, json!({})), &component(VPC_NATIVE))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(plugin.name(), "vpc-native");
+    let plan = plugin.plan_pod(&pod()).await.unwrap();
+    assert!(
+        plan.routes.iter().any(|r| r.destination == "0.0.0.0/0"),
+        "a VPC-native pod needs a default route: {plan:?}"
+    );
+    plugin.plan_cluster(&nodes()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loads_and_calls_a_hostport_policy() {
+    let h = harness();
+    let loaded = h
+        .runtime
+        .load(&spec("hostport-nat", Slot::Hostport, json!({})), &component(HOSTPORT_NAT))
+        .await
+        .unwrap();
+    let PluginHandle::Hostport(plugin) = loaded.handle else {
+        panic!("expected a hostport plugin");
+    };
+    let pod = pod();
+    match plugin.admit(&pod, &[]).await.unwrap() {
+        Admission::Admit(mappings) => {
+            assert_eq!(mappings.len(), 1, "{mappings:?}");
+            assert_eq!((mappings[0].host_port, mappings[0].container_port), (8080, 80));
+            assert_eq!(mappings[0].pod_uid, pod.uid);
+        }
+        Admission::Deny(reason) => panic!("the default policy denied a free hostPort: {reason}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loads_and_calls_a_cloud_provider() {
+    let h = harness();
+    let loaded = h
+        .runtime
+        .load(&spec("mock", Slot::Cloud, json!({})), &component(MOCK))
+        .await
+        .unwrap();
+    let PluginHandle::Cloud(cloud) = loaded.handle else {
+        panic!("expected a cloud plugin");
+    };
+    let capacity = cloud.node_capacity().await.unwrap();
+    assert!(capacity.pods > 0);
+
+    let pod = pod();
+    let request = CellRequest {
+        pod: pod.clone(),
+        needs_pod_ip: true,
+        user_data: "{}".into(),
+        tags: vec![],
+    };
+    let cell = cloud.create_cell(&request).await.unwrap();
+    assert_eq!(cell.pod_uid, pod.uid);
+    let again = cloud.create_cell(&request).await.unwrap();
+    assert_eq!(again.id, cell.id, "creation is idempotent per pod UID");
+    assert_eq!(cloud.get_cell(&pod.uid).await.unwrap().map(|c| c.id), Some(cell.id.clone()));
+    assert!(cloud.list_cells().await.unwrap().iter().any(|c| c.id == cell.id));
+    cloud.delete_cell(&cell.id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_a_component_of_the_wrong_world() {
+    let h = harness();
+    let err = h
+        .runtime
+        .load(&spec("vpc-native", Slot::Hostport, json!({})), &component(VPC_NATIVE))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            LoadError::World(WorldError::WrongWorld {
+                expected: "hostport-policy",
+                found: "network-strategy",
+                ..
+            })
+        ),
+        "{err}"
+    );
+    let message = err.to_string();
+    assert!(message.contains("vpc-native") && message.contains("hostport-policy"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_a_newer_contract_naming_both_versions() {
+    let h = harness();
+    let err = h
+        .runtime
+        .load(&spec("future", Slot::Network, json!({})), &component(FUTURE_CONTRACT))
+        .await
+        .unwrap_err();
+    assert!(matches!(&err, LoadError::World(WorldError::UnsupportedVersion { .. })), "{err}");
+    assert!(
+        err.to_string()
+            .contains("plugin future targets cellet:plugin@0.2.0; this host supports 0.1.0"),
+        "{err}"
+    );
+    let info = h.runtime.inspect(&component(FUTURE_CONTRACT)).await.unwrap();
+    assert_eq!(info.package_version.as_deref(), Some("0.2.0"));
+    assert_eq!(info.world, Some("network-strategy"));
+    assert!(info.loadable.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_an_import_the_slot_does_not_grant() {
+    let h = harness();
+    // The aws-ec2 plugin imports `ec2`; this config grants only `log`.
+    let err = h
+        .runtime
+        .load(&spec("aws", Slot::Cloud, json!({})), &component(AWS_EC2))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains(
+            "plugin aws imports cellet:plugin/ec2@0.1.0 but slot `cloud` does not grant `ec2`"
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_to_grant_local_cells_in_this_release() {
+    let h = harness();
+    let mut spec = spec("local", Slot::Cloud, json!({}));
+    spec.grants.push(Capability::LocalCells);
+    let err = h.runtime.load(&spec, &component(LOCAL_CELLS)).await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            LoadError::Capability(CapabilityError::NotImplemented {
+                capability: Capability::LocalCells,
+                ..
+            })
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("not implemented by this host release"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_describes_a_plugin() {
+    let h = harness();
+    let bytes = component(VPC_NATIVE);
+    let info = h.runtime.inspect(&bytes).await.unwrap();
+    assert_eq!(info.world, Some("network-strategy"));
+    assert_eq!(info.package_version.as_deref(), Some("0.1.0"));
+    assert_eq!(info.loadable, Ok(()));
+    assert_eq!(info.size_bytes, bytes.len());
+    assert_eq!(info.sha256.len(), 64);
+    assert!(info.exports.contains(&"cellet:plugin/network@0.1.0".to_owned()), "{info:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trap_fails_the_call_and_the_next_call_gets_a_fresh_instance() {
+    let h = harness();
+    let plugin = misbehaving(&h, "trap", Limits::default_for(Slot::Network)).await;
+    let err = plugin.plan_pod(&pod()).await.unwrap_err();
+    match &err {
+        CallError::Trapped { plugin, world, function, .. } => {
+            assert_eq!(
+                (plugin.as_str(), *world, *function),
+                ("misbehaving-trap", "network-strategy", "plan-pod")
+            );
+        }
+        other => panic!("expected a trap, got {other}"),
+    }
+    // `plan-cluster` behaves whatever the mode: it succeeds, on a new instance.
+    plugin.plan_cluster(&nodes()).await.unwrap();
+
+    let text = metrics_text(&h.runtime);
+    let labels = r#"plugin="misbehaving-trap",slot="network""#;
+    assert_eq!(metric(&text, &format!("cellet_plugin_instances_created_total{{{labels}}}")), 2.0);
+    assert_eq!(
+        metric(&text, &format!(r#"cellet_plugin_traps_total{{{labels},function="plan-pod"}}"#)),
+        1.0
+    );
+    assert_eq!(
+        metric(&text, &format!(r#"cellet_plugin_calls_total{{{labels},function="plan-pod"}}"#)),
+        1.0
+    );
+    assert_eq!(
+        metric(&text, &format!(r#"cellet_plugin_calls_total{{{labels},function="plan-cluster"}}"#)),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_loop_fails_at_the_deadline() {
+    let h = harness();
+    let deadline = Duration::from_millis(300);
+    let plugin = misbehaving(
+        &h,
+        "loop",
+        Limits { deadline, ..Limits::default_for(Slot::Network) },
+    )
+    .await;
+    let started = Instant::now();
+    let err = plugin.plan_pod(&pod()).await.unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        matches!(&err, CallError::DeadlineExceeded { function: "plan-pod", .. }),
+        "{err}"
+    );
+    assert!(took >= deadline, "failed after {took:?}, before the deadline");
+    assert!(took < deadline + Duration::from_millis(500), "failed only after {took:?}");
+    plugin.plan_cluster(&nodes()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_hog_fails_at_the_cap_and_the_host_carries_on() {
+    let h = harness();
+    let cap = 16 << 20;
+    let plugin = misbehaving(
+        &h,
+        "oom",
+        Limits { memory_bytes: cap, ..Limits::default_for(Slot::Network) },
+    )
+    .await;
+    let err = plugin.plan_pod(&pod()).await.unwrap_err();
+    assert!(
+        matches!(&err, CallError::MemoryExceeded { limit_bytes, function: "plan-pod", .. } if *limit_bytes == cap),
+        "{err}"
+    );
+    plugin.plan_cluster(&nodes()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_output_is_refused_naming_the_field() {
+    let h = harness();
+    let plugin = misbehaving(&h, "bad-output", Limits::default_for(Slot::Network)).await;
+    let err = plugin.plan_pod(&pod()).await.unwrap_err();
+    match &err {
+        CallError::InvalidOutput { plugin, function, field, .. } => {
+            assert_eq!((plugin.as_str(), *function), ("misbehaving-bad-output", "plan-pod"));
+            assert!(!field.is_empty());
+        }
+        other => panic!("expected invalid output, got {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_well_behaved_call_reuses_the_warm_instance() {
+    let h = harness();
+    let plugin = misbehaving(&h, "none", Limits::default_for(Slot::Network)).await;
+    for _ in 0..5 {
+        plugin.plan_pod(&pod()).await.unwrap();
+    }
+    let text = metrics_text(&h.runtime);
+    let labels = r#"plugin="misbehaving-none",slot="network""#;
+    assert_eq!(metric(&text, &format!("cellet_plugin_instances_created_total{{{labels}}}")), 1.0);
+    assert!(metric(&text, &format!("cellet_plugin_instance_memory_bytes{{{labels}}}")) > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_share_at_most_max_instances() {
+    let h = harness();
+    let plugin = misbehaving(
+        &h,
+        "none",
+        Limits { max_instances: 2, ..Limits::default_for(Slot::Network) },
+    )
+    .await;
+    let plugin = Arc::new(plugin);
+    let calls: Vec<_> = (0..16)
+        .map(|_| {
+            let plugin = plugin.clone();
+            tokio::spawn(async move { plugin.plan_pod(&pod()).await })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    let text = metrics_text(&h.runtime);
+    let created = metric(
+        &text,
+        r#"cellet_plugin_instances_created_total{plugin="misbehaving-none",slot="network"}"#,
+    );
+    assert!((1.0..=2.0).contains(&created), "{created} instances for max-instances 2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_more_instances_than_the_engine_pool_holds() {
+    let h = harness();
+    let mut spec = spec("greedy", Slot::Network, json!({ "misbehave": "none" }));
+    spec.limits.max_instances = EngineSettings::DEFAULT_MAX_INSTANCES + 1;
+    let err = h.runtime.load(&spec, &component(MISBEHAVING)).await.unwrap_err();
+    assert!(matches!(&err, LoadError::Capacity { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_serves_the_second_load_and_recompiles_a_corrupt_entry() {
+    let h = harness();
+    let bytes = component(VPC_NATIVE);
+    let spec = spec("vpc-native", Slot::Network, json!({}));
+
+    let first = h.runtime.load(&spec, &bytes).await.unwrap();
+    assert_eq!(first.cache, CacheOutcome::Miss);
+    let entry = h.runtime.cache().entry_path(&first.sha256);
+    assert!(entry.is_file(), "no cache entry at {}", entry.display());
+
+    // A new runtime on the same directory (a restart) loads without compiling.
+    let restarted = runtime_in(h.cache_dir.path().join("components"));
+    let started = Instant::now();
+    let second = restarted.load(&spec, &bytes).await.unwrap();
+    assert_eq!(second.cache, CacheOutcome::Hit);
+    eprintln!("cached load (debug build, instance and init included): {:?}", started.elapsed());
+
+    std::fs::write(&entry, b"\x7fELF but not really").unwrap();
+    let third = restarted.load(&spec, &bytes).await.unwrap();
+    assert_eq!(third.cache, CacheOutcome::Recompiled);
+    network(third).plan_pod(&pod()).await.unwrap();
+    let fourth = restarted.load(&spec, &bytes).await.unwrap();
+    assert_eq!(fourth.cache, CacheOutcome::Hit, "the corrupt entry was replaced");
+
+    let text = metrics_text(&restarted);
+    assert_eq!(metric(&text, r#"cellet_plugin_cache_lookups_total{outcome="recompiled"}"#), 1.0);
+    assert_eq!(metric(&text, r#"cellet_plugin_cache_lookups_total{outcome="hit"}"#), 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_refused_by_init_fails_the_load() {
+    let h = harness();
+    // vpc-native's config is checked by its `init`; a field of the wrong type is refused.
+    let err = h
+        .runtime
+        .load(
+            &spec("vpc-native", Slot::Network, json!({ "mtu": "not a number" })),
+            &component(VPC_NATIVE),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            LoadError::Init { source: CallError::Plugin { function: "init", .. }, .. }
+        ),
+        "{err}"
+    );
+}

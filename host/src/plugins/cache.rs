@@ -14,7 +14,10 @@
 //! - the entry must be a regular file owned by the directory's owner and writable by no
 //!   one else;
 //! - entries are written to a temporary file in the same directory and renamed into place,
-//!   so a reader never sees a half-written entry.
+//!   so a reader never sees a half-written entry. They are never modified in place: a
+//!   loaded component maps its entry, and truncating a mapped file would crash the process
+//!   (`SIGBUS`). Replacing an entry (rename, or unlink then write) leaves the old mapping
+//!   intact.
 //!
 //! An entry that fails to deserialize (truncated, corrupted, from a wasmtime that computes
 //! the same hash but disagrees) is compiled again and replaced: the cache is an

@@ -91,8 +91,9 @@ pub enum LoadError {
     #[error("failed to initialise plugin `{plugin}`: {source}")]
     Init {
         plugin: String,
+        /// Boxed: a `CallError` is large, and `LoadError` travels by value.
         #[source]
-        source: CallError,
+        source: Box<CallError>,
     },
     #[error("failed to load plugin `{plugin}`: the compiler thread panicked or was cancelled")]
     CompilerThread { plugin: String },
@@ -429,7 +430,7 @@ impl Parts<'_> {
         }));
         pool.warm_up().await.map_err(|source| LoadError::Init {
             plugin: spec.name.clone(),
-            source,
+            source: Box::new(source),
         })?;
         Ok(pool)
     }

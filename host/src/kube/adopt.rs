@@ -1,0 +1,230 @@
+//! Identity and restart: adopting this controller's cells, and removing orphans.
+//!
+//! cellet keeps no state of its own: what it runs is the cells tagged with its controller
+//! id (`list-cells`) and the pods bound to its node. At start it reads both and adopts the
+//! cells whose pod is still there — nothing to do for them but to re-admit their hostPorts,
+//! oldest pod first, so that the hostPort table is what it was before the restart. A cell
+//! whose pod is not on the node is an *orphan*; orphans are deleted by a periodic sweep, and
+//! only when two consecutive passes saw the same cell orphaned, because a cloud's list and
+//! the API server's are each only eventually consistent (a cell just created for a pod not
+//! yet in the watch cache must not be killed).
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
+use kube::runtime::reflector::Store;
+use kube::{Api, Client, ResourceExt};
+use tokio::time::Instant;
+
+use super::convert;
+use super::provider::Plugins;
+use super::worker::{Decision, HostportTable};
+use crate::config::NodeConfig;
+use crate::plugins::CallError;
+use crate::plugins::bindings::Cell;
+
+/// Errors of one adoption or sweep pass.
+#[derive(Debug, thiserror::Error)]
+pub enum AdoptError {
+    /// Listing the node's pods failed.
+    #[error("failed to list the pods of node {node}: {source}")]
+    ListPods { node: String, source: kube::Error },
+    /// Listing this controller's cells failed.
+    #[error("failed to list the cells of controller {controller}: {source}")]
+    ListCells {
+        controller: String,
+        source: CallError,
+    },
+}
+
+/// Cells seen orphaned by the previous pass.
+#[derive(Debug, Default)]
+pub struct Orphans {
+    suspects: HashSet<String>,
+}
+
+impl Orphans {
+    /// One pass: given every cell and the UIDs of the node's pods, return the cells to
+    /// delete now — those orphaned in this pass *and* the previous one.
+    pub fn pass(&mut self, cells: &[Cell], pod_uids: &HashSet<String>) -> Vec<Cell> {
+        let orphaned: HashSet<String> = cells
+            .iter()
+            .filter(|c| !pod_uids.contains(&c.pod_uid))
+            .map(|c| c.id.clone())
+            .collect();
+        let doomed = cells
+            .iter()
+            .filter(|c| orphaned.contains(&c.id) && self.suspects.contains(&c.id))
+            .cloned()
+            .collect();
+        // A cell whose deletion fails stays orphaned, so it is a suspect again and retried.
+        self.suspects = orphaned;
+        doomed
+    }
+}
+
+/// Adopt this controller's cells at start.
+///
+/// *Expected flow*: list the node's pods from the API server and the cells from the cloud;
+/// for each pod that has a cell, oldest first, re-admit its hostPorts into `hostports`;
+/// record every cell without a pod as an orphan suspect. Returns the suspects, for the
+/// sweep to delete those it sees again.
+/// *Guarantees*: creates nothing and deletes nothing: a pod whose cell is not listed yet
+/// is left to its worker, which looks the cell up again before creating one.
+/// *Caveats*: a running pod the hostPort policy now denies (the policy changed) keeps
+/// running; the denial is logged.
+/// *Errors*: a failed list; the caller retries.
+pub async fn adopt(
+    client: &Client,
+    node: &NodeConfig,
+    plugins: &Plugins,
+    hostports: &HostportTable,
+) -> Result<Orphans, AdoptError> {
+    let started = Instant::now();
+    let api: Api<Pod> = Api::all(client.clone());
+    let params = ListParams::default().fields(&format!("spec.nodeName={}", node.name));
+    let mut pods = api
+        .list(&params)
+        .await
+        .map_err(|source| AdoptError::ListPods {
+            node: node.name.clone(),
+            source,
+        })?
+        .items;
+    let cells = plugins
+        .cloud
+        .list_cells()
+        .await
+        .map_err(|source| AdoptError::ListCells {
+            controller: node.controller_id.clone(),
+            source,
+        })?;
+    let by_uid: HashMap<&str, &Cell> = cells.iter().map(|c| (c.pod_uid.as_str(), c)).collect();
+    pods.sort_by(|a, b| a.creation_timestamp().cmp(&b.creation_timestamp()));
+    let live: HashSet<String> = pods.iter().filter_map(|p| p.metadata.uid.clone()).collect();
+
+    let mut adopted = 0;
+    for pod in &pods {
+        let Some(cell) = pod.metadata.uid.as_deref().and_then(|uid| by_uid.get(uid)) else {
+            continue;
+        };
+        adopted += 1;
+        let Ok(wit_pod) = convert::plugin_pod(pod) else {
+            continue;
+        };
+        match hostports.admit(plugins, &wit_pod, || live.clone()).await {
+            Ok(Decision::Admitted) => {}
+            Ok(Decision::Denied(reason)) => {
+                tracing::warn!(pod = %pod.name_any(), cell = %cell.id, %reason, "running pod's hostPorts are now denied; left running")
+            }
+            Err(error) => {
+                tracing::warn!(pod = %pod.name_any(), %error, "hostPorts of adopted pod not re-admitted")
+            }
+        }
+    }
+    let mut orphans = Orphans::default();
+    let none_yet = orphans.pass(&cells, &live);
+    debug_assert!(none_yet.is_empty(), "a first pass deletes nothing");
+    tracing::info!(
+        pods = pods.len(),
+        cells = cells.len(),
+        adopted,
+        orphans = orphans.suspects.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "adoption done"
+    );
+    Ok(orphans)
+}
+
+/// Delete orphan cells every `interval`, until the future is dropped.
+///
+/// *Expected flow*: wait until the pod store holds the full list, then each pass lists the
+/// cells, compares them with the store's pods, and deletes the cells orphaned in two
+/// consecutive passes. *Guarantees*: a cell whose pod is in the store is never deleted
+/// here (the pod's worker owns it). *Assumptions*: deleting a missing cell succeeds, so a
+/// cell deleted by a worker meanwhile is harmless. *Errors*: none escape; a failed list or
+/// delete is logged and the next pass tries again.
+pub async fn sweep(plugins: Plugins, store: Store<Pod>, mut orphans: Orphans, interval: Duration) {
+    if store.wait_until_ready().await.is_err() {
+        return;
+    }
+    loop {
+        tokio::time::sleep(interval).await;
+        let cells = match plugins.cloud.list_cells().await {
+            Ok(cells) => cells,
+            Err(error) => {
+                tracing::warn!(%error, "orphan sweep could not list cells");
+                continue;
+            }
+        };
+        let live: HashSet<String> = store
+            .state()
+            .iter()
+            .filter_map(|p| p.metadata.uid.clone())
+            .collect();
+        for cell in orphans.pass(&cells, &live) {
+            match plugins.cloud.delete_cell(&cell.id).await {
+                Ok(()) => tracing::info!(
+                    cell = %cell.id, pod = %format!("{}/{}", cell.pod_namespace, cell.pod_name), pod_uid = %cell.pod_uid,
+                    "orphan cell deleted"
+                ),
+                Err(error) => {
+                    tracing::warn!(cell = %cell.id, %error, "orphan cell not deleted; retrying next pass")
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugins::bindings::CellState;
+
+    fn cell(id: &str, uid: &str) -> Cell {
+        Cell {
+            id: id.into(),
+            pod_uid: uid.into(),
+            pod_namespace: "n".into(),
+            pod_name: "p".into(),
+            state: CellState::Running,
+            management_ip: None,
+            pod_ip: None,
+            subnet_prefix: 16,
+            instance_type: "mock".into(),
+            tags: vec![],
+        }
+    }
+
+    #[test]
+    fn an_orphan_is_deleted_only_when_seen_twice_in_a_row() {
+        let mut orphans = Orphans::default();
+        let pods: HashSet<String> = ["u1".to_string()].into();
+        let cells = vec![cell("c1", "u1"), cell("c2", "u2")];
+        assert!(orphans.pass(&cells, &pods).is_empty(), "first sighting");
+        let doomed = orphans.pass(&cells, &pods);
+        assert_eq!(
+            doomed.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+            vec!["c2"]
+        );
+    }
+
+    #[test]
+    fn a_pod_that_shows_up_late_saves_its_cell() {
+        let mut orphans = Orphans::default();
+        let cells = vec![cell("c2", "u2")];
+        assert!(orphans.pass(&cells, &HashSet::new()).is_empty());
+        let late: HashSet<String> = ["u2".to_string()].into();
+        assert!(
+            orphans.pass(&cells, &late).is_empty(),
+            "its pod is listed now"
+        );
+        assert!(
+            orphans.pass(&cells, &HashSet::new()).is_empty(),
+            "the count starts over"
+        );
+        assert_eq!(orphans.pass(&cells, &HashSet::new()).len(), 1);
+    }
+}

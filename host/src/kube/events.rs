@@ -1,0 +1,121 @@
+//! Events about pods (`events.k8s.io/v1`), as `kubectl describe pod` shows them.
+//!
+//! Every step of a pod's life that fails or waits gets an Event, so a user sees why a
+//! pod is not Running without reading the host's log. kube-runtime's `Recorder` turns a
+//! repeated Event into a series (count and last time) instead of a new object each retry.
+//! Publishing is best effort: an Event that cannot be written is logged, never retried,
+//! and never fails the work it describes.
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource};
+
+/// The reasons cellet reports, one per thing that can happen to a pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The hostport policy refused the pod's hostPorts (Warning).
+    HostPortDenied,
+    /// The pod belongs to a DaemonSet and the config refuses those (Warning).
+    DaemonSetPodRefused,
+    /// The pod could not be described to the plugins (Warning).
+    InvalidPod,
+    /// A plugin call failed (Warning).
+    PluginFailed,
+    /// The cloud is out of capacity for the cell (Warning).
+    InsufficientCapacity,
+    /// The cloud failed to create the cell (Warning).
+    CellCreateFailed,
+    /// The cell was created (Normal).
+    CellCreated,
+    /// The cell exists but is not running yet (Normal).
+    CellPending,
+    /// The cell is gone or going while its pod still wants it (Warning).
+    CellLost,
+    /// The cell could not be deleted (Warning).
+    CellDeleteFailed,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::HostPortDenied => "HostPortDenied",
+            Reason::DaemonSetPodRefused => "DaemonSetPodRefused",
+            Reason::InvalidPod => "InvalidPod",
+            Reason::PluginFailed => "PluginFailed",
+            Reason::InsufficientCapacity => "InsufficientCapacity",
+            Reason::CellCreateFailed => "CellCreateFailed",
+            Reason::CellCreated => "CellCreated",
+            Reason::CellPending => "CellPending",
+            Reason::CellLost => "CellLost",
+            Reason::CellDeleteFailed => "CellDeleteFailed",
+        }
+    }
+
+    fn event_type(self) -> EventType {
+        match self {
+            Reason::CellCreated | Reason::CellPending => EventType::Normal,
+            _ => EventType::Warning,
+        }
+    }
+
+    /// The action the Event is about (`events.k8s.io/v1` requires one).
+    fn action(self) -> &'static str {
+        match self {
+            Reason::HostPortDenied | Reason::DaemonSetPodRefused | Reason::InvalidPod => "Admit",
+            Reason::CellDeleteFailed => "DeleteCell",
+            _ => "CreateCell",
+        }
+    }
+}
+
+/// Publishes pod Events as the reporting controller `cellet`, instance = node name.
+#[derive(Clone)]
+pub struct Events {
+    recorder: Recorder,
+}
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Events").finish_non_exhaustive()
+    }
+}
+
+impl Events {
+    pub fn new(client: Client, node: &str) -> Self {
+        let reporter = Reporter {
+            controller: "cellet".into(),
+            instance: Some(node.into()),
+        };
+        Events {
+            recorder: Recorder::new(client, reporter),
+        }
+    }
+
+    /// Publish an Event about `pod`; failures are logged.
+    pub async fn publish(&self, pod: &Pod, reason: Reason, note: impl Into<String>) {
+        // The API refuses notes over 1 kB; plugin messages may be longer.
+        let mut note: String = note.into();
+        if note.len() > 1024 {
+            let mut end = 1021;
+            while !note.is_char_boundary(end) {
+                end -= 1;
+            }
+            note.truncate(end);
+            note.push_str("...");
+        }
+        let event = Event {
+            type_: reason.event_type(),
+            reason: reason.as_str().into(),
+            note: Some(note),
+            action: reason.action().into(),
+            secondary: None,
+        };
+        let reference = pod.object_ref(&());
+        if let Err(error) = self.recorder.publish(&event, &reference).await {
+            tracing::warn!(
+                pod = ?reference.name, namespace = ?reference.namespace, reason = reason.as_str(), %error,
+                "failed to publish event"
+            );
+        }
+    }
+}

@@ -1,0 +1,495 @@
+//! The pod worker: one reconcile of one pod, from what the pod wants to what the cloud has.
+//!
+//! kube-runtime's controller calls [`reconcile`] with the newest version of a pod from the
+//! store, never for the same pod twice at once, with at most `max-concurrent-reconciles`
+//! pods in flight; [`error_policy`] turns a failure into a retry with exponential backoff.
+//! Every step is idempotent, so a reconcile cut short (a crash, a lost leadership) is
+//! simply run again, by this process or the next.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, Preconditions};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::Store;
+use kube::{Api, Client, ResourceExt};
+use tracing::Instrument;
+
+use super::convert;
+use super::events::{Events, Reason};
+use super::provider::{FailureKind, Plugins, failure_kind};
+use super::status::{self, Progress, StatusError};
+use super::{DaemonSetPolicy, KubeSettings};
+use crate::config::NodeConfig;
+use crate::plugins::CallError;
+use crate::plugins::bindings::{
+    Admission, Cell, CellRequest, CellState, KeyValue, Pod as WitPod, PodAddressSource, PortMapping,
+};
+
+/// Tag keys the host puts on every cell, besides the plugin's own.
+pub const TAG_CONTROLLER: &str = "cellet.io/controller";
+pub const TAG_POD_UID: &str = "cellet.io/pod-uid";
+pub const TAG_POD_NAMESPACE: &str = "cellet.io/pod-namespace";
+pub const TAG_POD_NAME: &str = "cellet.io/pod-name";
+
+/// First retry after a failure, and the cap the doubling stops at.
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// Out of capacity: nothing changes for a while, so start slower.
+const BACKOFF_CAPACITY_FIRST: Duration = Duration::from_secs(10);
+/// How soon a refused pod is looked at again (a hostPort may have been freed).
+const REFUSED_RECHECK: Duration = Duration::from_secs(30);
+/// How soon a pod waiting for its cell is looked at again.
+const WAITING_RECHECK: Duration = Duration::from_secs(5);
+
+/// Errors of one reconcile; each names the pod and the step.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// A plugin call failed.
+    #[error("failed to {step} for pod {pod}: {source}")]
+    Plugin {
+        step: &'static str,
+        pod: String,
+        source: CallError,
+    },
+    /// The pod's status could not be written.
+    #[error(transparent)]
+    Status(#[from] StatusError),
+    /// The pod object could not be deleted after its cell was.
+    #[error("failed to delete pod {pod}: {source}")]
+    Delete { pod: String, source: kube::Error },
+}
+
+impl WorkerError {
+    fn kind(&self) -> FailureKind {
+        match self {
+            WorkerError::Plugin { source, .. } => failure_kind(source),
+            WorkerError::Status(_) | WorkerError::Delete { .. } => FailureKind::Transient,
+        }
+    }
+}
+
+/// The hostPort mappings admitted on this node, by pod UID.
+///
+/// Admission is serialised through this table's lock, so two pods asking for the same
+/// hostPort at once are decided one after the other, the second seeing the first's
+/// mappings. The table is rebuilt at start by adoption ([`super::adopt`]) from the pods
+/// that already have cells, oldest first, so a restart cannot hand a running pod's port
+/// to a newcomer.
+#[derive(Debug, Default)]
+pub struct HostportTable {
+    admitted: tokio::sync::Mutex<HashMap<String, Vec<PortMapping>>>,
+}
+
+/// The policy's answer, as the worker uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Admitted,
+    Denied(String),
+}
+
+impl HostportTable {
+    /// Admit `pod`'s hostPorts given the other pods' mappings. `live` gives the UIDs of
+    /// the pods on the node (only asked for when there is something to decide): mappings
+    /// of any other pod are forgotten first (a pod deleted behind cellet's back must not
+    /// hold its ports forever).
+    ///
+    /// A pod that declares no hostPort has nothing to decide and is admitted without a
+    /// call; an admitted pod keeps its mappings without asking again.
+    pub async fn admit(
+        &self,
+        plugins: &Plugins,
+        pod: &WitPod,
+        live: impl FnOnce() -> HashSet<String>,
+    ) -> Result<Decision, CallError> {
+        let declares_host_ports = pod
+            .init_containers
+            .iter()
+            .chain(&pod.containers)
+            .any(|c| c.ports.iter().any(|p| p.host_port.is_some()));
+        if !declares_host_ports {
+            return Ok(Decision::Admitted);
+        }
+        let mut admitted = self.admitted.lock().await;
+        if admitted.contains_key(&pod.uid) {
+            return Ok(Decision::Admitted);
+        }
+        let live = live();
+        admitted.retain(|uid, _| live.contains(uid));
+        let existing: Vec<PortMapping> = admitted.values().flatten().cloned().collect();
+        match plugins.hostport.admit(pod, &existing).await? {
+            Admission::Admit(mappings) => {
+                admitted.insert(pod.uid.clone(), mappings);
+                Ok(Decision::Admitted)
+            }
+            Admission::Deny(reason) => Ok(Decision::Denied(reason)),
+        }
+    }
+
+    /// Forget a pod's mappings (its cell is gone).
+    pub async fn release(&self, uid: &str) {
+        self.admitted.lock().await.remove(uid);
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub plugins: Plugins,
+    pub client: Client,
+    pub node: NodeConfig,
+    pub settings: KubeSettings,
+    pub events: Events,
+    /// This node's pods, as the controller's reflector sees them.
+    pub store: Store<Pod>,
+    pub hostports: Arc<HostportTable>,
+    /// Consecutive failures per pod UID, for the backoff; cleared by a success.
+    failures: std::sync::Mutex<HashMap<String, u32>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("node", &self.node.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    pub fn new(
+        plugins: Plugins,
+        client: Client,
+        node: NodeConfig,
+        settings: KubeSettings,
+        store: Store<Pod>,
+        hostports: Arc<HostportTable>,
+    ) -> Self {
+        let events = Events::new(client.clone(), &node.name);
+        Context {
+            plugins,
+            client,
+            node,
+            settings,
+            events,
+            store,
+            hostports,
+            failures: Default::default(),
+        }
+    }
+
+    fn live_uids(&self) -> HashSet<String> {
+        self.store
+            .state()
+            .iter()
+            .filter_map(|p| p.metadata.uid.clone())
+            .collect()
+    }
+
+    /// Write the status for `progress`; returns whether it changed.
+    async fn report(&self, pod: &Pod, progress: Progress<'_>) -> Result<bool, StatusError> {
+        let desired = status::desired(pod, self.node.internal_ip, progress, Timestamp::now());
+        status::write(&self.client, pod, desired).await
+    }
+}
+
+/// Bring one pod to what it asks for: running in its cell, or gone with its cell.
+///
+/// *Expected flow*: a pod being deleted loses its cell, then its object; any other pod is
+/// admitted (DaemonSet policy, hostPort policy), planned (network strategy), given a cell
+/// (cloud, idempotent per UID: `get-cell` before `create-cell`), and its status written.
+/// *Guarantees*: never two cells for one pod UID from this host; a pod object is deleted
+/// only after it was marked for deletion (`deletionTimestamp`) and its cell is gone.
+/// *Assumptions*: idempotent and cancellable at every await. *Errors*: a failed plugin
+/// call, status write or delete; the pod is retried with backoff by [`error_policy`].
+pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, WorkerError> {
+    let span = tracing::debug_span!("reconcile", pod = %key(&pod));
+    let result = async {
+        if pod.metadata.deletion_timestamp.is_some() {
+            teardown(&pod, &ctx).await
+        } else {
+            run(&pod, &ctx).await
+        }
+    }
+    .instrument(span)
+    .await;
+    if result.is_ok() {
+        ctx.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&uid(&pod));
+    }
+    result
+}
+
+/// Retry a failed pod after 1 s, doubling to 5 min (10 s first when out of capacity;
+/// at once the maximum when the plugin refused the input, which will not change by itself).
+pub fn error_policy(pod: Arc<Pod>, error: &WorkerError, ctx: Arc<Context>) -> Action {
+    let attempts = {
+        let mut failures = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let n = failures.entry(uid(&pod)).or_default();
+        *n = n.saturating_add(1);
+        *n
+    };
+    let delay = backoff(error.kind(), attempts);
+    tracing::warn!(pod = %key(&pod), %error, attempts, retry_in = ?delay, "pod reconcile failed");
+    Action::requeue(delay)
+}
+
+/// The delay before retry number `attempts` (1-based).
+pub fn backoff(kind: FailureKind, attempts: u32) -> Duration {
+    let first = match kind {
+        FailureKind::Transient => BACKOFF_FIRST,
+        FailureKind::Capacity => BACKOFF_CAPACITY_FIRST,
+        FailureKind::Permanent => return BACKOFF_MAX,
+    };
+    let doublings = attempts.saturating_sub(1).min(16);
+    first.saturating_mul(1 << doublings).min(BACKOFF_MAX)
+}
+
+fn key(pod: &Pod) -> String {
+    format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any())
+}
+
+fn uid(pod: &Pod) -> String {
+    pod.metadata.uid.clone().unwrap_or_default()
+}
+
+fn plugin_error(step: &'static str, pod: &Pod) -> impl FnOnce(CallError) -> WorkerError {
+    let pod = key(pod);
+    move |source| WorkerError::Plugin { step, pod, source }
+}
+
+/// Delete a pod's cell, then its object.
+///
+/// *Expected flow*: stop the pod's containers within `deletionGracePeriodSeconds` (the
+/// cell agent's job, issue #5: until then the cell's deletion is the stop), remove its
+/// hostPort mappings, delete the cell, then delete the object with grace 0 and the pod's
+/// UID as precondition (a new pod of the same name is never touched).
+/// *Guarantees*: the object outlives the cell. *Assumptions*: idempotent; deleting a
+/// missing cell or object succeeds.
+async fn teardown(pod: &Pod, ctx: &Context) -> Result<Action, WorkerError> {
+    let uid = uid(pod);
+    if let Some(cell) = ctx
+        .plugins
+        .cloud
+        .get_cell(&uid)
+        .await
+        .map_err(plugin_error("look up the cell", pod))?
+    {
+        if let Err(source) = ctx.plugins.cloud.delete_cell(&cell.id).await {
+            ctx.events
+                .publish(pod, Reason::CellDeleteFailed, source.to_string())
+                .await;
+            return Err(WorkerError::Plugin {
+                step: "delete the cell",
+                pod: key(pod),
+                source,
+            });
+        }
+        tracing::info!(pod = %key(pod), cell = %cell.id, "cell deleted");
+    }
+    ctx.hostports.release(&uid).await;
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
+    let params = DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(Preconditions {
+            uid: Some(uid),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match api.delete(&pod.name_any(), &params).await {
+        Ok(_) => {}
+        // Gone already, or the name now belongs to another pod: either way, this one is gone.
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+        Err(source) => {
+            return Err(WorkerError::Delete {
+                pod: key(pod),
+                source,
+            });
+        }
+    }
+    tracing::info!(pod = %key(pod), "pod deleted");
+    Ok(Action::await_change())
+}
+
+/// Admit, plan and create the pod's cell, and report its status.
+async fn run(pod: &Pod, ctx: &Context) -> Result<Action, WorkerError> {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    if matches!(phase, Some("Succeeded" | "Failed")) {
+        return Ok(Action::await_change());
+    }
+    if ctx.settings.daemonsets == DaemonSetPolicy::Refuse
+        && convert::controller_kind(pod) == Some("DaemonSet")
+    {
+        let message = "DaemonSet pods are refused on this node: each would get a cloud instance of its own \
+                       (set kube.daemonsets: run in the cellet config to allow them)";
+        return refuse(pod, ctx, Reason::DaemonSetPodRefused, message).await;
+    }
+    let wit_pod = match convert::plugin_pod(pod) {
+        Ok(p) => p,
+        Err(error) => return refuse(pod, ctx, Reason::InvalidPod, &error.to_string()).await,
+    };
+
+    let decision = ctx
+        .hostports
+        .admit(&ctx.plugins, &wit_pod, || ctx.live_uids())
+        .await;
+    match decision {
+        Ok(Decision::Admitted) => {}
+        Ok(Decision::Denied(reason)) => {
+            refuse(pod, ctx, Reason::HostPortDenied, &reason).await?;
+            return Ok(Action::requeue(REFUSED_RECHECK));
+        }
+        Err(source) => {
+            ctx.events
+                .publish(
+                    pod,
+                    Reason::PluginFailed,
+                    format!("hostport policy: {source}"),
+                )
+                .await;
+            return Err(plugin_error("admit hostPorts", pod)(source));
+        }
+    }
+
+    let cell = match ctx
+        .plugins
+        .cloud
+        .get_cell(&wit_pod.uid)
+        .await
+        .map_err(plugin_error("look up the cell", pod))?
+    {
+        Some(cell) => cell,
+        None => create(pod, wit_pod, ctx).await?,
+    };
+    if matches!(cell.state, CellState::Stopping | CellState::Terminated) {
+        let note = format!(
+            "cell {} is {:?} while its pod still runs",
+            cell.id, cell.state
+        );
+        if ctx
+            .report(pod, Progress::Waiting { cell: Some(&cell) })
+            .await?
+        {
+            ctx.events.publish(pod, Reason::CellLost, note).await;
+        }
+        return Ok(Action::requeue(WAITING_RECHECK));
+    }
+    let progress = status::progress_of(&cell);
+    let changed = ctx.report(pod, progress).await?;
+    Ok(match progress {
+        Progress::Running { .. } => Action::requeue(ctx.settings.pod_resync),
+        _ => {
+            if changed && matches!(cell.state, CellState::Pending) {
+                ctx.events
+                    .publish(
+                        pod,
+                        Reason::CellPending,
+                        format!("waiting for cell {} to boot", cell.id),
+                    )
+                    .await;
+            }
+            Action::requeue(WAITING_RECHECK)
+        }
+    })
+}
+
+/// Plan the pod's network and create its cell.
+async fn create(pod: &Pod, wit_pod: WitPod, ctx: &Context) -> Result<Cell, WorkerError> {
+    let plan = match ctx.plugins.network.plan_pod(&wit_pod).await {
+        Ok(plan) => plan,
+        Err(source) => {
+            ctx.events
+                .publish(
+                    pod,
+                    Reason::PluginFailed,
+                    format!("network strategy: {source}"),
+                )
+                .await;
+            return Err(plugin_error("plan the network", pod)(source));
+        }
+    };
+    let needs_pod_ip =
+        !wit_pod.host_network && matches!(plan.address_source, PodAddressSource::VpcSecondary);
+    let tags = [
+        (TAG_CONTROLLER, ctx.node.controller_id.clone()),
+        (TAG_POD_UID, wit_pod.uid.clone()),
+        (TAG_POD_NAMESPACE, wit_pod.namespace.clone()),
+        (TAG_POD_NAME, wit_pod.name.clone()),
+    ]
+    .into_iter()
+    .map(|(key, value)| KeyValue {
+        key: key.into(),
+        value,
+    })
+    .collect();
+    // The agent's bootstrap document comes with the agent (issue #5).
+    let request = CellRequest {
+        pod: wit_pod,
+        needs_pod_ip,
+        user_data: String::new(),
+        tags,
+    };
+    match ctx.plugins.cloud.create_cell(&request).await {
+        Ok(cell) => {
+            tracing::info!(pod = %key(pod), cell = %cell.id, "cell created");
+            ctx.events
+                .publish(
+                    pod,
+                    Reason::CellCreated,
+                    format!("created cell {} ({})", cell.id, cell.instance_type),
+                )
+                .await;
+            Ok(cell)
+        }
+        Err(source) => {
+            let reason = match failure_kind(&source) {
+                FailureKind::Capacity => Reason::InsufficientCapacity,
+                _ => Reason::CellCreateFailed,
+            };
+            ctx.events.publish(pod, reason, source.to_string()).await;
+            Err(plugin_error("create the cell", pod)(source))
+        }
+    }
+}
+
+/// Keep a pod Pending with a reason; the Event is published when the status changes, so
+/// a pod re-examined every 30 s does not repeat it.
+async fn refuse(
+    pod: &Pod,
+    ctx: &Context,
+    reason: Reason,
+    message: &str,
+) -> Result<Action, WorkerError> {
+    let changed = ctx
+        .report(
+            pod,
+            Progress::Refused {
+                reason: reason.as_str(),
+                message,
+            },
+        )
+        .await?;
+    if changed {
+        tracing::info!(pod = %key(pod), reason = reason.as_str(), %message, "pod refused");
+        ctx.events.publish(pod, reason, message).await;
+    }
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap() {
+        assert_eq!(backoff(FailureKind::Transient, 1), Duration::from_secs(1));
+        assert_eq!(backoff(FailureKind::Transient, 4), Duration::from_secs(8));
+        assert_eq!(backoff(FailureKind::Transient, 40), BACKOFF_MAX);
+        assert_eq!(backoff(FailureKind::Capacity, 2), Duration::from_secs(20));
+        assert_eq!(backoff(FailureKind::Permanent, 1), BACKOFF_MAX);
+    }
+}

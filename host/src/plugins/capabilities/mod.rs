@@ -30,6 +30,7 @@
 //! The per-instance getter is a plain `fn` (bindgen's `host_getter`), so it cannot capture:
 //! the state has to live in [`CapabilityStates`], reached as `&mut state.caps.ec2`.
 
+pub mod ec2;
 pub mod local_cells;
 pub mod log;
 

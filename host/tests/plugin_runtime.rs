@@ -9,14 +9,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_ec2::config::Credentials;
 use cellet::plugins::bindings::{
-    Admission, CellRequest, ClusterNode, Container, ContainerPort, KeyValue, Pod, Protocol,
+    Admission, CellRequest, ClusterNode, Container, ContainerPort, KeyValue, PluginError, Pod,
+    Protocol,
 };
 use cellet::plugins::capabilities::CapabilityError;
+use cellet::plugins::capabilities::ec2::{Ec2Capability, Ec2Metrics, Ec2Settings};
 use cellet::plugins::world::WorldError;
 use cellet::plugins::{
     CacheOutcome, CallError, Capability, EngineSettings, Limits, LoadError, LoadedPlugin,
-    NetworkPlugin, PluginHandle, PluginRuntime, PluginSpec, RuntimeConfig, Slot,
+    NetworkPlugin, PluginHandle, PluginRuntime, PluginSpec, Providers, RuntimeConfig, Slot,
 };
 use prometheus_client::encoding::text::encode;
 use prometheus_client::registry::Registry;
@@ -44,6 +48,7 @@ const VPC_NATIVE: &str = "cellet-plugin-vpc-native";
 const HOSTPORT_NAT: &str = "cellet-plugin-hostport-nat";
 const MOCK: &str = "cellet-plugin-mock";
 const LOCAL_CELLS: &str = "cellet-plugin-local-cells";
+const AWS_EC2: &str = "cellet-plugin-aws-ec2";
 const MISBEHAVING: &str = "cellet-test-misbehaving";
 const FUTURE_CONTRACT: &str = "cellet-test-future-contract";
 
@@ -278,6 +283,68 @@ async fn refuses_an_import_the_slot_does_not_grant() {
     assert!(
         err.to_string().contains(
             "plugin local imports cellet:plugin/local-cells@0.1.0 but slot `cloud` does not grant `local-cells`"
+        ),
+        "{err}"
+    );
+}
+
+/// An `ec2` capability whose endpoint is a loopback port nothing listens on: every EC2
+/// call fails fast, as unavailable.
+async fn unreachable_ec2(plugin: &str) -> Ec2Capability {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let sdk = aws_config::defaults(BehaviorVersion::latest())
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "cellet-tests"))
+        .region(Region::new("us-east-1"))
+        .load()
+        .await;
+    let settings = Ec2Settings::from_json(json!({
+        "region": "us-east-1",
+        "endpoint": format!("http://127.0.0.1:{port}"),
+    }))
+    .unwrap();
+    Ec2Capability::from_sdk_config(plugin, &sdk, &settings, Ec2Metrics::default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_the_ec2_capability_for_a_plugin_granted_it() {
+    let h = harness();
+    let mut spec = spec(
+        "aws",
+        Slot::Cloud,
+        json!({
+            "subnet-id": "subnet-0123456789abcdef0",
+            "image-id": "ami-0123456789abcdef0",
+            "capacity": { "cpu": 8, "memory": "32Gi", "pods": 8 },
+        }),
+    );
+    spec.grants.push(Capability::Ec2);
+
+    // Granted but not provided: refused before anything is compiled.
+    let err = h.runtime.load(&spec, &component(AWS_EC2)).await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            LoadError::Capability(CapabilityError::NotProvided { capability: Capability::Ec2, .. })
+        ),
+        "{err}"
+    );
+
+    let providers = Providers { ec2: Some(unreachable_ec2("aws").await) };
+    let loaded = h.runtime.load_with(&spec, &component(AWS_EC2), providers).await.unwrap();
+    let PluginHandle::Cloud(cloud) = loaded.handle else {
+        panic!("expected a cloud plugin");
+    };
+    // The plugin checks its instance type with EC2 through the host's capability, which
+    // cannot reach EC2: the plugin answers "unavailable", and the instance lives on.
+    let err = cloud.node_capacity().await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            CallError::Plugin { function: "node-capacity", error: PluginError::Unavailable(_), .. }
         ),
         "{err}"
     );

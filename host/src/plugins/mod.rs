@@ -20,6 +20,7 @@ pub mod validate;
 pub mod wasi;
 pub mod world;
 
+pub use capabilities::Providers;
 pub use engine::EngineSettings;
 pub use handle::{CallError, CloudPlugin, HostportPlugin, NetworkPlugin, PluginHandle};
 pub use metrics::{CacheOutcome, ErrorKind, PluginMetrics};

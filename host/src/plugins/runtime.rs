@@ -3,8 +3,8 @@
 //!
 //! # Expected flow of `load`
 //!
-//! 1. check the grants against the slot ([`Grants::configure`]) and the limits against the
-//!    engine;
+//! 1. check the grants against the slot and take their clients ([`Grants::configure`]),
+//!    and check the limits against the engine;
 //! 2. compile the component, or load it from the cache (on a blocking thread);
 //! 3. identify its world and contract version and refuse it for the wrong slot, a contract
 //!    this host does not link, or an import the slot does not grant ([`world`]);
@@ -25,7 +25,7 @@ use wasmtime::component::Linker;
 
 use crate::plugins::bindings::{CloudProvider, HostportPolicy, InitContext, NetworkStrategy};
 use crate::plugins::cache::{CacheError, ComponentCache, Compiled, sha256_hex};
-use crate::plugins::capabilities::{CapabilityError, Grants};
+use crate::plugins::capabilities::{CapabilityError, Grants, Providers};
 use crate::plugins::engine::{EngineError, EngineSettings, EpochTicker, build_engine};
 use crate::plugins::handle::{CallError, CloudPlugin, HostportPlugin, NetworkPlugin, PluginHandle};
 use crate::plugins::instance::HostState;
@@ -214,13 +214,26 @@ impl PluginRuntime {
         &self.metrics
     }
 
-    /// Load `component_bytes` into the slot described by `spec` (see the module docs).
+    /// Load `component_bytes` into the slot described by `spec` (see the module docs), for
+    /// a plugin granted no capability that needs a client (`log` only).
     pub async fn load(
         &self,
         spec: &PluginSpec,
         component_bytes: &[u8],
     ) -> Result<LoadedPlugin, LoadError> {
-        let grants = Grants::configure(spec)?;
+        self.load_with(spec, component_bytes, Providers::default())
+            .await
+    }
+
+    /// [`load`](Self::load), with the clients that serve the plugin's granted capabilities
+    /// (an `ec2` grant needs `providers.ec2`).
+    pub async fn load_with(
+        &self,
+        spec: &PluginSpec,
+        component_bytes: &[u8],
+        providers: Providers,
+    ) -> Result<LoadedPlugin, LoadError> {
+        let grants = Grants::configure(spec, providers)?;
         self.check_limits(spec)?;
         let sha256 = sha256_hex(component_bytes);
         let compiled = self.compile(&spec.name, component_bytes, &sha256).await?;

@@ -12,23 +12,13 @@
 //! 3. **prepare**, once per instance: [`Grants::prepare`] builds the per-instance state
 //!    that lives in the instance's store ([`CapabilityStates`]).
 //!
-//! # Adding `ec2` (seam for `capabilities/ec2.rs`)
+//! Capabilities that talk to the outside world need a client the host builds before the
+//! load (the EC2 client needs the slot's `ec2:` settings and credentials, loaded
+//! asynchronously): the caller of `PluginRuntime::load_with` hands them over as
+//! [`Providers`]. A grant without its provider is refused at configure time.
 //!
-//! The bindings already generate `crate::plugins::bindings::ec2::Host` (async functions,
-//! `ec2-error` in the inner `Result`; no `trappable`). To plug the EC2 implementation in:
-//!
-//! 1. in `ec2.rs`, define the per-instance state (say `Ec2State`, holding a clone of the
-//!    host's `aws_sdk_ec2::Client` and the bounds of `wit/v0.1.0/ec2.wit`), implement
-//!    `bindings::ec2::Host` for it, and a `pub fn add_to_linker<T: Send + 'static>(linker:
-//!    &mut Linker<T>, get: fn(&mut T) -> &mut Ec2State)` like [`log::add_to_linker`];
-//! 2. add `pub mod ec2;` below, and a field `ec2: Option<ec2::Ec2State>` to
-//!    [`CapabilityStates`];
-//! 3. give [`Grants`] the shared client (a parameter of [`Grants::configure`], passed down
-//!    from `PluginRuntime`), and replace the `Capability::Ec2` arm of `configure` (which
-//!    refuses the grant today), the `add_to_linker` arm and the `prepare` line.
-//!
-//! The per-instance getter is a plain `fn` (bindgen's `host_getter`), so it cannot capture:
-//! the state has to live in [`CapabilityStates`], reached as `&mut state.caps.ec2`.
+//! The per-instance getter of a capability is a plain `fn` (bindgen's `host_getter`), so it
+//! cannot capture: every state lives in [`CapabilityStates`], in the instance's store.
 
 pub mod ec2;
 pub mod local_cells;
@@ -54,6 +44,14 @@ pub enum CapabilityError {
         capability: Capability,
         grantable: String,
     },
+    /// The capability is granted, but the caller of `load` gave no client to serve it with.
+    #[error(
+        "failed to configure plugin `{plugin}`: capability `{capability}` is granted but the host has no `{capability}` client for it (check the slot's `{capability}:` settings)"
+    )]
+    NotProvided {
+        plugin: String,
+        capability: Capability,
+    },
     /// The capability is part of the contract but this host release does not implement it.
     #[error(
         "failed to configure plugin `{plugin}`: capability `{capability}` is not implemented by this host release"
@@ -73,25 +71,39 @@ pub enum CapabilityError {
     },
 }
 
+/// Host-side clients the capabilities of one plugin are served with.
+#[derive(Debug, Clone, Default)]
+pub struct Providers {
+    /// Serves `ec2`; required when the plugin is granted `ec2`, ignored otherwise.
+    pub ec2: Option<ec2::Ec2Capability>,
+}
+
 /// Per-instance state of every granted capability, kept in the instance's store.
 #[derive(Debug)]
 pub struct CapabilityStates {
     pub(crate) log: log::LogState,
+    /// `Some` exactly when `ec2` is granted (and therefore linked): see [`Grants`].
+    pub(crate) ec2: Option<ec2::Ec2Capability>,
 }
 
-/// The capabilities one plugin was granted, checked against its slot.
+/// The capabilities one plugin was granted, checked against its slot, with the clients
+/// that serve them.
 #[derive(Debug, Clone)]
 pub struct Grants {
     plugin: Arc<str>,
     slot: Slot,
     granted: Vec<Capability>,
+    /// `Some` exactly when `granted` holds `ec2` (checked in `configure`).
+    ec2: Option<ec2::Ec2Capability>,
 }
 
 impl Grants {
-    /// Phase 1: check `spec.grants` against the slot and this host release.
-    pub fn configure(spec: &PluginSpec) -> Result<Self, CapabilityError> {
+    /// Phase 1: check `spec.grants` against the slot and this host release, and take the
+    /// providers of the granted capabilities.
+    pub fn configure(spec: &PluginSpec, providers: Providers) -> Result<Self, CapabilityError> {
         let plugin: Arc<str> = Arc::from(spec.name.as_str());
         let mut granted = Vec::with_capacity(spec.grants.len());
+        let mut ec2 = None;
         for &capability in &spec.grants {
             if !spec.slot.grantable().contains(&capability) {
                 return Err(CapabilityError::NotGrantable {
@@ -109,12 +121,13 @@ impl Grants {
             }
             match capability {
                 Capability::Log => {}
-                // Until `capabilities/ec2.rs` exists (see the module docs).
                 Capability::Ec2 => {
-                    return Err(CapabilityError::NotImplemented {
-                        plugin: spec.name.clone(),
-                        capability,
-                    });
+                    ec2 = Some(providers.ec2.clone().ok_or_else(|| {
+                        CapabilityError::NotProvided {
+                            plugin: spec.name.clone(),
+                            capability,
+                        }
+                    })?);
                 }
                 Capability::LocalCells => return Err(local_cells::refuse(&spec.name)),
             }
@@ -126,6 +139,7 @@ impl Grants {
             plugin,
             slot: spec.slot,
             granted,
+            ec2,
         })
     }
 
@@ -144,8 +158,9 @@ impl Grants {
         for &capability in &self.granted {
             let linked = match capability {
                 Capability::Log => log::add_to_linker(linker, |s: &mut HostState| &mut s.caps.log),
-                // `configure` refused these grants.
-                Capability::Ec2 | Capability::LocalCells => Ok(()),
+                Capability::Ec2 => ec2::Ec2Capability::add_to_linker(linker, ec2_state),
+                // `configure` refused this grant.
+                Capability::LocalCells => Ok(()),
             };
             linked.map_err(|source| CapabilityError::Link {
                 plugin: self.plugin.to_string(),
@@ -160,8 +175,19 @@ impl Grants {
     pub fn prepare(&self) -> CapabilityStates {
         CapabilityStates {
             log: log::LogState::new(self.plugin.clone(), self.slot),
+            ec2: self.ec2.clone(),
         }
     }
+}
+
+/// The `ec2` state of an instance. Linked only for a plugin granted `ec2`, whose
+/// [`Grants`] holds the capability and copies it into every instance's state.
+fn ec2_state(state: &mut HostState) -> &mut ec2::Ec2Capability {
+    state
+        .caps
+        .ec2
+        .as_mut()
+        .expect("ec2 is linked only for plugins whose grants hold an ec2 capability")
 }
 
 #[cfg(test)]
@@ -181,7 +207,7 @@ mod tests {
 
     #[test]
     fn refuses_capabilities_the_slot_cannot_have() {
-        let err = Grants::configure(&spec(Slot::Network, &[Capability::Log, Capability::Ec2]))
+        let err = Grants::configure(&spec(Slot::Network, &[Capability::Log, Capability::Ec2]), Providers::default())
             .unwrap_err();
         assert!(
             matches!(err, CapabilityError::NotGrantable { capability: Capability::Ec2, slot: Slot::Network, .. }),
@@ -195,7 +221,7 @@ mod tests {
 
     #[test]
     fn refuses_local_cells_as_not_implemented() {
-        let err = Grants::configure(&spec(Slot::Cloud, &[Capability::Log, Capability::LocalCells]))
+        let err = Grants::configure(&spec(Slot::Cloud, &[Capability::Log, Capability::LocalCells]), Providers::default())
             .unwrap_err();
         assert_eq!(
             err.to_string(),
@@ -204,8 +230,18 @@ mod tests {
     }
 
     #[test]
+    fn refuses_ec2_without_a_client() {
+        let err = Grants::configure(&spec(Slot::Cloud, &[Capability::Log, Capability::Ec2]), Providers::default())
+            .unwrap_err();
+        assert!(
+            matches!(err, CapabilityError::NotProvided { capability: Capability::Ec2, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn log_alone_is_granted() {
-        let grants = Grants::configure(&spec(Slot::Hostport, &[Capability::Log])).unwrap();
+        let grants = Grants::configure(&spec(Slot::Hostport, &[Capability::Log]), Providers::default()).unwrap();
         assert!(grants.grants(Capability::Log));
         assert!(!grants.grants(Capability::Ec2));
     }

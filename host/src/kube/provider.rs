@@ -8,7 +8,17 @@
 //! exactly one place.
 
 use crate::plugins::bindings::PluginError;
-use crate::plugins::{CallError, CloudPlugin, HostportPlugin, NetworkPlugin};
+use crate::plugins::{CallError, CloudPlugin, HostportPlugin, NetworkPlugin, PluginHandle, Slot};
+
+/// A plugin handed to the loop in the wrong slot (a bug of the caller: the runtime checks
+/// each component's world against its slot when it loads it).
+#[derive(Debug, thiserror::Error)]
+#[error("failed to use plugin {plugin} as the {slot} plugin: it was loaded as a {loaded} plugin")]
+pub struct WrongSlot {
+    pub plugin: String,
+    pub slot: Slot,
+    pub loaded: Slot,
+}
 
 /// The loaded plugins of the three slots.
 #[derive(Clone)]
@@ -16,6 +26,28 @@ pub struct Plugins {
     pub cloud: CloudPlugin,
     pub network: NetworkPlugin,
     pub hostport: HostportPlugin,
+}
+
+impl Plugins {
+    /// The three typed handles out of the plugins loaded into the cloud, network and
+    /// hostport slots.
+    pub fn from_handles(cloud: &PluginHandle, network: &PluginHandle, hostport: &PluginHandle) -> Result<Plugins, WrongSlot> {
+        let wrong = |handle: &PluginHandle, slot| WrongSlot { plugin: handle.name().to_string(), slot, loaded: handle.slot() };
+        Ok(Plugins {
+            cloud: match cloud {
+                PluginHandle::Cloud(p) => p.clone(),
+                other => return Err(wrong(other, Slot::Cloud)),
+            },
+            network: match network {
+                PluginHandle::Network(p) => p.clone(),
+                other => return Err(wrong(other, Slot::Network)),
+            },
+            hostport: match hostport {
+                PluginHandle::Hostport(p) => p.clone(),
+                other => return Err(wrong(other, Slot::Hostport)),
+            },
+        })
+    }
 }
 
 impl std::fmt::Debug for Plugins {

@@ -301,7 +301,7 @@ async fn teardown(pod: &Pod, ctx: &Context) -> Result<Action, WorkerError> {
         ..Default::default()
     };
     match api.delete(&pod.name_any(), &params).await {
-        Ok(_) => {}
+        Ok(_) => tracing::info!(pod = %key(pod), "pod deleted"),
         // Gone already, or the name now belongs to another pod: either way, this one is gone.
         Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
         Err(source) => {
@@ -311,7 +311,6 @@ async fn teardown(pod: &Pod, ctx: &Context) -> Result<Action, WorkerError> {
             });
         }
     }
-    tracing::info!(pod = %key(pod), "pod deleted");
     Ok(Action::await_change())
 }
 
@@ -325,7 +324,7 @@ async fn run(pod: &Pod, ctx: &Context) -> Result<Action, WorkerError> {
         && convert::controller_kind(pod) == Some("DaemonSet")
     {
         let message = "DaemonSet pods are refused on this node: each would get a cloud instance of its own \
-                       (set kube.daemonsets: run in the cellet config to allow them)";
+                       (this node's DaemonSet policy is `refuse`)";
         return refuse(pod, ctx, Reason::DaemonSetPodRefused, message).await;
     }
     let wit_pod = match convert::plugin_pod(pod) {

@@ -177,7 +177,7 @@ impl CloudProvider for Mock {
             pod_ip: offsets.get(1).map(|&offset| self.address(offset)).transpose()?,
             subnet_prefix: self.cidr.prefix_len(),
             instance_type: self.instance_type.clone(),
-            tags: cloud::cell_tags(&self.controller_id, &request),
+            tags: simulated(cloud::cell_tags(&self.controller_id, &request)),
         };
         self.by_pod.insert(pod_uid, id.clone());
         self.cells.insert(id, MockCell { cell: cell.clone(), offsets });
@@ -224,6 +224,14 @@ impl CloudProvider for Mock {
         self.routes.remove(&destination);
         Ok(())
     }
+}
+
+/// A mock cell runs no agent, so the host cannot learn its containers' state from inside
+/// it; the tag `cellet.io/containers: running` tells the host to report them running, as
+/// virtual-kubelet's mock provider does. Real clouds never set it.
+fn simulated(mut tags: Vec<cellet_sdk::types::KeyValue>) -> Vec<cellet_sdk::types::KeyValue> {
+    tags.push(cellet_sdk::types::KeyValue::new("cellet.io/containers", "running"));
+    tags
 }
 
 cellet_sdk::export_cloud_provider!(Mock);

@@ -2,5 +2,6 @@
 //! *cell*), with the cloud, the network strategy and the hostPort policy supplied as
 //! WebAssembly components. See `DESIGN.md` in the repository for the architecture.
 
+pub mod config;
 pub mod net;
 pub mod plugins;

@@ -15,6 +15,7 @@ pub mod instance;
 pub mod metrics;
 mod pool;
 pub mod runtime;
+pub mod source;
 pub mod spec;
 pub mod validate;
 pub mod wasi;

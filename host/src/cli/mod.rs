@@ -1,0 +1,154 @@
+//! Command-line interface: argument definitions (clap derive) and dispatch.
+
+pub mod logging;
+mod plugin;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use cellet::config::check;
+use logging::LogFormat;
+
+/// cellet: a virtual kubelet that runs each pod in a cloud instance of its own, with
+/// WebAssembly plugins for the cloud, the network strategy and the hostPort policy.
+#[derive(Debug, Parser)]
+#[command(name = "cellet", version, propagate_version = true)]
+pub struct Cli {
+    /// Log format on stderr (the filter is read from CELLET_LOG, default `info`).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the config and its plugins, then wait for SIGTERM or SIGINT.
+    ///
+    /// For now this only proves the node could start: the Kubernetes loop (node
+    /// registration, pod workers, kubelet API) is not wired in yet and comes in a later
+    /// release. Nothing is registered with any cluster.
+    Run {
+        /// The config file (see docs/config.md).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Work with config files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Work with plugin components.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a config file and load every plugin it names (fetch, digest, compile,
+    /// world, capabilities, init). Prints every problem as FILE:LINE: FIELD: MESSAGE and
+    /// exits non-zero if there is any.
+    Check {
+        /// The config file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Describe a component: world, contract version, imports, exports, size, sha256.
+    Inspect {
+        /// A component file, or oci://HOST[:PORT]/REPOSITORY:TAG (or @sha256:DIGEST).
+        source: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Where compiled (and fetched) components are cached.
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        /// HOST[:PORT] of a registry to reach over plain HTTP (loopback ones always are).
+        #[arg(long = "insecure-registry")]
+        insecure_registries: Vec<String>,
+    },
+    /// Push a component to an OCI registry as a plugin artifact (one application/wasm
+    /// layer) and print its reference by digest.
+    Push {
+        /// The component file.
+        file: PathBuf,
+        /// oci://HOST[:PORT]/REPOSITORY:TAG
+        reference: String,
+        /// HOST[:PORT] of a registry to reach over plain HTTP (loopback ones always are).
+        #[arg(long = "insecure-registry")]
+        insecure_registries: Vec<String>,
+    },
+    /// Create a plugin crate from the SDK's template for a world.
+    New {
+        /// The package name (`my-strategy`).
+        name: String,
+        /// The world the plugin targets.
+        #[arg(long, value_enum)]
+        world: plugin::World,
+        /// Directory to create the crate in (default: the current directory).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Path of the cellet-sdk crate the plugin depends on (default: the sdk/ of the
+        /// checkout this cellet was built from).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+}
+
+/// Run one command; errors are printed here, once.
+pub async fn run(command: Command) -> ExitCode {
+    let outcome: Result<(), Box<dyn std::error::Error>> = match command {
+        Command::Run { config } => run::run(&config).await.map_err(Into::into),
+        Command::Config(ConfigCommand::Check { file }) => return config_check(&file).await,
+        Command::Plugin(PluginCommand::Inspect { source, json, cache_dir, insecure_registries }) => {
+            plugin::inspect(&source, json, cache_dir, insecure_registries).await.map_err(Into::into)
+        }
+        Command::Plugin(PluginCommand::Push { file, reference, insecure_registries }) => {
+            plugin::push(&file, &reference, insecure_registries).await.map_err(Into::into)
+        }
+        Command::Plugin(PluginCommand::New { name, world, dir, sdk }) => {
+            plugin::new(&name, world, &dir, sdk).map_err(Into::into)
+        }
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // Every error's message already carries its cause ("failed to X: {source}").
+            eprintln!("cellet: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `config check`: the report on stdout, one line per problem, then a summary.
+async fn config_check(file: &std::path::Path) -> ExitCode {
+    let report = match check::check(file).await {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("cellet: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for (slot, source, plugin) in &report.loaded {
+        println!(
+            "{}: {slot}: {source}: ok ({} {}, sha256:{})",
+            file.display(),
+            slot.world(),
+            plugin.version,
+            plugin.sha256
+        );
+    }
+    if report.problems.0.is_empty() {
+        println!("{}: ok", file.display());
+        ExitCode::SUCCESS
+    } else {
+        println!("{}", report.problems);
+        let n = report.problems.0.len();
+        println!("{}: {n} problem{}", file.display(), if n == 1 { "" } else { "s" });
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,276 @@
+//! `cellet config check` end to end: the real binary on config files written to temporary
+//! directories, loading the real plugin components the workspace builds
+//! (`scripts/build-plugins`; `CELLET_PLUGIN_DIR` overrides where they are looked for).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sha2::{Digest, Sha256};
+
+/// A component built by `scripts/build-plugins`. Fails loudly when it is missing.
+fn component(crate_name: &str) -> PathBuf {
+    let dir = match (std::env::var_os("CELLET_PLUGIN_DIR"), std::env::var_os("CARGO_TARGET_DIR")) {
+        (Some(dir), _) => PathBuf::from(dir),
+        (None, Some(target)) => PathBuf::from(target).join("wasm32-wasip2/release-plugins"),
+        (None, None) => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release-plugins"),
+    };
+    let path = dir.join(format!("{crate_name}.wasm"));
+    assert!(
+        path.is_file(),
+        "plugin component {} is missing: build the plugins with scripts/build-plugins (or point CELLET_PLUGIN_DIR at them)",
+        path.display()
+    );
+    path
+}
+
+/// Compiled components are cached across tests (the runtime's cache is safe to share), so
+/// each test does not pay Cranelift again.
+fn cache_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("config-check-cache")
+}
+
+/// A config directory with the plugins copied under `plugins/`.
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("plugins")).unwrap();
+        for (crate_name, file) in [
+            ("cellet_plugin_mock", "mock.wasm"),
+            ("cellet_plugin_local_cells", "local-cells.wasm"),
+            ("cellet_plugin_vpc_native", "vpc-native.wasm"),
+            ("cellet_plugin_hostport_nat", "hostport-nat.wasm"),
+        ] {
+            std::fs::copy(component(crate_name), dir.path().join("plugins").join(file)).unwrap();
+        }
+        Setup { dir }
+    }
+
+    fn digest_of(&self, plugin: &str) -> String {
+        let bytes = std::fs::read(self.dir.path().join("plugins").join(plugin)).unwrap();
+        format!("sha256:{}", hex::encode(Sha256::digest(&bytes)))
+    }
+
+    /// Write `cellet.yaml` and run `cellet config check cellet.yaml` in the directory.
+    fn check(&self, yaml: &str) -> Checked {
+        std::fs::write(self.dir.path().join("cellet.yaml"), yaml).unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_cellet"))
+            .args(["config", "check", "cellet.yaml"])
+            .current_dir(self.dir.path())
+            .env("CELLET_LOG", "warn")
+            .output()
+            .expect("failed to run cellet");
+        Checked { yaml: yaml.to_string(), output }
+    }
+}
+
+struct Checked {
+    yaml: String,
+    output: Output,
+}
+
+impl Checked {
+    fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "status {:?}\n--- stdout\n{}--- stderr\n{}--- cellet.yaml\n{}",
+            self.output.status.code(),
+            self.stdout(),
+            String::from_utf8_lossy(&self.output.stderr),
+            self.yaml
+        )
+    }
+
+    /// 1-based line of the first line of the config containing `needle`.
+    fn line_of(&self, needle: &str) -> usize {
+        self.yaml.lines().position(|l| l.contains(needle)).unwrap_or_else(|| panic!("`{needle}` not in config")) + 1
+    }
+
+    /// The problem lines (`cellet.yaml:N: ...`) of the report.
+    fn problems(&self) -> Vec<String> {
+        self.stdout()
+            .lines()
+            .filter(|l| l.starts_with("cellet.yaml:") && l[12..].starts_with(|c: char| c.is_ascii_digit()))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Assert a problem at `line` whose text starts with `prefix` and contains `needles`.
+    fn assert_problem(&self, line: usize, field: &str, needles: &[&str]) {
+        let prefix = format!("cellet.yaml:{line}: {field}: ");
+        let found = self.problems().into_iter().find(|p| p.starts_with(&prefix));
+        let Some(problem) = found else {
+            panic!("no problem starting with `{prefix}`\n{}", self.describe());
+        };
+        for needle in needles {
+            assert!(problem.contains(needle), "`{problem}` should mention `{needle}`\n{}", self.describe());
+        }
+    }
+
+    fn assert_failed_with(&self, count: usize) {
+        assert_eq!(self.output.status.code(), Some(1), "{}", self.describe());
+        assert_eq!(self.problems().len(), count, "{}", self.describe());
+    }
+}
+
+/// A config that loads: the mock cloud, vpc-native, hostport-nat. `{cache}` is filled in.
+fn good_config() -> String {
+    format!(
+        "\
+# A config that loads.
+node:
+  name: cellet-0
+  controller-id: test-controller
+  internal-ip: 127.0.0.1
+plugins:
+  cache-dir: {}
+cloud:
+  source: plugins/mock.wasm
+  deadline: 10s
+  capabilities: []
+network:
+  source: plugins/vpc-native.wasm
+  config:
+    vpc-cidrs: [10.77.0.0/16]
+hostport:
+  source: plugins/hostport-nat.wasm
+",
+        cache_dir().display()
+    )
+}
+
+#[test]
+fn a_good_config_passes_and_names_each_plugin() {
+    let setup = Setup::new();
+    let checked = setup.check(&good_config());
+    assert_eq!(checked.output.status.code(), Some(0), "{}", checked.describe());
+    let stdout = checked.stdout();
+    assert!(stdout.contains("cloud: "), "{}", checked.describe());
+    assert!(stdout.contains("network-strategy 0.1.0"), "{}", checked.describe());
+    assert!(stdout.contains(&setup.digest_of("hostport-nat.wasm")), "{}", checked.describe());
+    assert!(stdout.trim_end().ends_with("cellet.yaml: ok"), "{}", checked.describe());
+}
+
+#[test]
+fn several_problems_are_all_reported_each_with_its_line() {
+    let setup = Setup::new();
+    let yaml = good_config()
+        .replace("  internal-ip: 127.0.0.1\n", "  internal-ip: 127.0.0.1\n  colour: blue\n")
+        .replace("deadline: 10s", "deadline: ten seconds")
+        .replace("source: plugins/vpc-native.wasm", "source: plugins/hostport-nat.wasm")
+        .replace("hostport:\n  source: plugins/hostport-nat.wasm\n", "");
+    let checked = setup.check(&yaml);
+    checked.assert_failed_with(4);
+    checked.assert_problem(checked.line_of("colour"), "node.colour", &["unknown field", "known: name, controller-id"]);
+    checked.assert_problem(checked.line_of("deadline"), "cloud.deadline", &["not a duration"]);
+    // Found by the runtime, attributed to the slot's `source:`.
+    checked.assert_problem(
+        checked.line_of("source: plugins/hostport-nat.wasm"),
+        "network.source",
+        &["plugins/hostport-nat.wasm", "network-strategy", "hostport-policy"],
+    );
+    checked.assert_problem(1, "hostport", &["missing", "hostport-nat"]);
+    // The report reads top to bottom.
+    let lines: Vec<usize> =
+        checked.problems().iter().map(|p| p.split(':').nth(1).unwrap().parse().unwrap()).collect();
+    assert!(lines.is_sorted(), "{}", checked.describe());
+}
+
+#[test]
+fn a_plugin_of_the_wrong_world_is_refused_at_its_source_line() {
+    let setup = Setup::new();
+    let yaml = good_config().replace("source: plugins/mock.wasm", "source: plugins/vpc-native.wasm");
+    let checked = setup.check(&yaml);
+    checked.assert_failed_with(1);
+    checked.assert_problem(checked.line_of("source: plugins/vpc-native.wasm"), "cloud.source", &["cloud-provider", "network-strategy"]);
+}
+
+#[test]
+fn a_digest_mismatch_is_refused_naming_both_digests() {
+    let setup = Setup::new();
+    let pinned = setup.digest_of("hostport-nat.wasm");
+    let yaml = good_config().replace(
+        "source: plugins/vpc-native.wasm\n",
+        &format!("source: plugins/vpc-native.wasm\n  sha256: {pinned}\n"),
+    );
+    let checked = setup.check(&yaml);
+    checked.assert_failed_with(1);
+    checked.assert_problem(
+        checked.line_of("source: plugins/vpc-native.wasm"),
+        "network.source",
+        &[&pinned, &setup.digest_of("vpc-native.wasm"), "pins"],
+    );
+
+    // The right pin passes.
+    let yaml = good_config().replace(
+        "source: plugins/vpc-native.wasm\n",
+        &format!("source: plugins/vpc-native.wasm\n  sha256: {}\n", setup.digest_of("vpc-native.wasm")),
+    );
+    let checked = setup.check(&yaml);
+    assert_eq!(checked.output.status.code(), Some(0), "{}", checked.describe());
+}
+
+#[test]
+fn an_unknown_capability_is_named_with_the_known_ones() {
+    let setup = Setup::new();
+    let yaml = good_config().replace("capabilities: []", "capabilities: [local-cells, s3]");
+    let checked = setup.check(&yaml);
+    checked.assert_failed_with(1);
+    checked.assert_problem(
+        checked.line_of("capabilities:"),
+        "cloud.capabilities[1]",
+        &["unknown capability", "s3", "log, ec2, local-cells"],
+    );
+}
+
+#[test]
+fn a_plugin_importing_an_ungranted_capability_is_refused() {
+    let setup = Setup::new();
+    // local-cells imports the local-cells capability; the slot grants only log.
+    let yaml = good_config().replace("source: plugins/mock.wasm", "source: plugins/local-cells.wasm");
+    let checked = setup.check(&yaml);
+    checked.assert_failed_with(1);
+    checked.assert_problem(checked.line_of("source: plugins/local-cells.wasm"), "cloud.source", &["local-cells", "grant"]);
+}
+
+#[test]
+fn a_plugin_whose_init_rejects_its_config_is_reported_at_config() {
+    let setup = Setup::new();
+    let yaml = good_config().replace("vpc-cidrs: [10.77.0.0/16]", "vpc-cidrs: [10.77.0.0/16]\n    no-such-setting: 1");
+    let checked = setup.check(&yaml);
+    checked.assert_failed_with(1);
+    checked.assert_problem(checked.line_of("  config:"), "network.config", &["no-such-setting"]);
+}
+
+#[test]
+fn an_unreadable_file_fails_without_a_report() {
+    let output = Command::new(env!("CARGO_BIN_EXE_cellet"))
+        .args(["config", "check", "/nonexistent/cellet.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("failed to read config file /nonexistent/cellet.yaml"), "{stderr}");
+}
+
+#[test]
+fn the_examples_are_valid_and_differ_by_the_network_source() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let read = |name: &str| std::fs::read_to_string(examples.join(name)).unwrap();
+    let (vpc, routes) = (read("cellet.yaml"), read("cellet-cloud-routes.yaml"));
+    let differing: Vec<(&str, &str)> = vpc.lines().zip(routes.lines()).filter(|(a, b)| a != b).collect();
+    assert_eq!(vpc.lines().count(), routes.lines().count());
+    assert_eq!(differing.len(), 1, "{differing:?}");
+    assert!(differing[0].0.contains("vpc_native") && differing[0].1.contains("cloud_routes"), "{differing:?}");
+
+    for (name, text) in [("cellet.yaml", &vpc), ("cellet-cloud-routes.yaml", &routes)] {
+        let config = cellet::config::parse(&examples.join(name), text).into_config().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.cloud.spec.grants, vec![cellet::plugins::Capability::Log, cellet::plugins::Capability::LocalCells]);
+    }
+}

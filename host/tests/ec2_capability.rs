@@ -2,8 +2,10 @@
 //! on loopback by `tests/moto/moto.sh` (which installs it on first use) and stopped when
 //! the test ends. Each test gets its own server, so their instances never mix.
 //!
-//! Requests go through the capability's public functions, exactly as a plugin's calls do
-//! once the runtime has lifted them out of WebAssembly.
+//! The first tests call the capability's public functions, exactly as a plugin's calls
+//! arrive once the runtime has lifted them out of WebAssembly. The last ones load the real
+//! `aws-ec2` component (built by `scripts/build-plugins`) into the host's plugin runtime
+//! with `ec2` granted, and drive it through its `cloud-provider` exports.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -13,14 +15,21 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_ec2::config::Credentials;
-use cellet::plugins::bindings::KeyValue;
 use cellet::plugins::bindings::ec2::{
     Ec2Error, Filter, Instance, RouteTable, RouteTarget as Ec2Target, RunInstancesRequest,
+};
+use cellet::plugins::bindings::{
+    CellRequest, CellState, CloudRoute, Container, KeyValue, PluginError, Pod, RouteTarget,
 };
 use cellet::plugins::capabilities::ec2::{
     Ec2Capability, Ec2Metrics, Ec2Settings, MAX_LIST_ITEMS, MAX_USER_DATA_BYTES,
 };
+use cellet::plugins::{
+    CallError, Capability, CloudPlugin, EngineSettings, Limits, PluginHandle, PluginRuntime,
+    PluginSpec, Providers, RuntimeConfig, Slot,
+};
 use prometheus_client::registry::Registry;
+use serde_json::json;
 
 const REGION: &str = "us-east-1";
 
@@ -458,4 +467,267 @@ async fn successful_calls_are_counted_by_operation() {
         text.contains(r#"cellet_ec2_call_duration_seconds_count{operation="describe-subnets",outcome="ok"} 2"#),
         "{text}"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// The `aws-ec2` cloud plugin, a real component built by the workspace, loaded by the
+// host's plugin runtime with the `ec2` capability granted and served against moto.
+// ---------------------------------------------------------------------------------------
+
+const AWS_EC2: &str = "cellet_plugin_aws_ec2.wasm";
+
+/// The component built by `scripts/build-plugins`; a missing one fails the test with
+/// the command that builds it.
+fn component_bytes() -> Vec<u8> {
+    let dir = std::env::var_os("CELLET_PLUGIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release-plugins")
+    });
+    let path = dir.join(AWS_EC2);
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "cannot read the aws-ec2 component {}: {e}\n\
+             run scripts/build-plugins cellet-plugin-aws-ec2 (or point CELLET_PLUGIN_DIR at the built components)",
+            path.display()
+        )
+    })
+}
+
+/// A loaded `aws-ec2` plugin of one controller, with its runtime and cache directory.
+struct Loaded {
+    plugin: CloudPlugin,
+    _runtime: PluginRuntime,
+    _cache: tempfile::TempDir,
+}
+
+async fn load(moto: &Moto, controller_id: &str, config: serde_json::Value) -> Loaded {
+    let cache = tempfile::tempdir().unwrap();
+    let runtime = PluginRuntime::new(RuntimeConfig {
+        engine: EngineSettings::default(),
+        cache_dir: cache.path().join("components"),
+        node_name: "cellet-ec2-test".into(),
+        controller_id: controller_id.into(),
+    })
+    .expect("plugin runtime");
+    let spec = PluginSpec {
+        name: "cloud".into(),
+        slot: Slot::Cloud,
+        limits: Limits::default_for(Slot::Cloud),
+        grants: vec![Capability::Log, Capability::Ec2],
+        config,
+    };
+    let providers = Providers { ec2: Some(capability(&moto.endpoint, Ec2Metrics::default()).await) };
+    let loaded = runtime
+        .load_with(&spec, &component_bytes(), providers)
+        .await
+        .expect("load the aws-ec2 component with ec2 granted");
+    let PluginHandle::Cloud(plugin) = loaded.handle else { panic!("aws-ec2 loaded into another slot") };
+    Loaded { plugin, _runtime: runtime, _cache: cache }
+}
+
+/// The plugin's config for moto's default VPC.
+async fn config(moto: &Moto) -> (serde_json::Value, Network, String) {
+    let ec2 = capability(&moto.endpoint, Ec2Metrics::default()).await;
+    let net = network(&ec2).await;
+    let tables = ec2
+        .describe_route_tables(Vec::new(), vec![filter("vpc-id", &[&net.vpc_id])])
+        .await
+        .expect("describe-route-tables");
+    let table = tables.first().expect("the default VPC's main route table").route_table_id.clone();
+    let config = json!({
+        "subnet-id": net.subnet_id,
+        "image-id": net.image_id,
+        "instance-type": "t3.medium",
+        "route-table-id": table,
+        "capacity": { "cpu": 64, "memory": "256Gi", "pods": 32 },
+    });
+    (config, net, table)
+}
+
+fn cell_request(uid: &str, name: &str, needs_pod_ip: bool) -> CellRequest {
+    CellRequest {
+        pod: Pod {
+            uid: uid.into(),
+            namespace: "shop".into(),
+            name: name.into(),
+            labels: vec![],
+            annotations: vec![],
+            host_network: !needs_pod_ip,
+            init_containers: vec![],
+            containers: vec![Container {
+                name: "web".into(),
+                image: "nginx:1.27".into(),
+                ports: vec![],
+                cpu_millis: 250,
+                memory_bytes: 128 << 20,
+            }],
+            owner_kind: None,
+            runtime_class: None,
+        },
+        needs_pod_ip,
+        user_data: "{\"agent\":\"bootstrap\"}".into(),
+        tags: vec![KeyValue { key: "team".into(), value: "payments".into() }],
+    }
+}
+
+fn plugin_error<T: std::fmt::Debug>(result: Result<T, CallError>) -> PluginError {
+    match result {
+        Err(CallError::Plugin { error, .. }) => error,
+        other => panic!("expected the plugin's own error, got {other:?}"),
+    }
+}
+
+fn instance_route(destination: &str, instance: &str) -> CloudRoute {
+    CloudRoute { destination: destination.into(), target: RouteTarget::Instance(instance.into()) }
+}
+
+fn routed_to(routes: &[CloudRoute], destination: &str) -> Option<String> {
+    routes.iter().find(|r| r.destination == destination).map(|r| match &r.target {
+        RouteTarget::Instance(id) => id.clone(),
+        RouteTarget::Address(address) => panic!("aws-ec2 reports instance routes only, got {address}"),
+    })
+}
+
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_aws_ec2_plugin_creates_one_cell_per_pod_uid() {
+    let moto = Moto::start();
+    let (config, net, _) = config(&moto).await;
+    let aws = load(&moto, "ctrl-a", config).await;
+
+    let capacity = aws.plugin.node_capacity().await.expect("node-capacity");
+    assert_eq!((capacity.cpu_millis, capacity.memory_bytes, capacity.pods), (64_000, 256 << 30, 32));
+
+    let request = cell_request("0b6c0d5e-0000-4000-8000-000000000001", "web-0", true);
+    let first = aws.plugin.create_cell(&request).await.expect("create-cell");
+    assert!(first.id.starts_with("i-"), "{first:?}");
+    assert_eq!(first.pod_uid, request.pod.uid);
+    assert_eq!((first.pod_namespace.as_str(), first.pod_name.as_str()), ("shop", "web-0"));
+    assert_eq!(first.instance_type, "t3.medium");
+    assert!(matches!(first.state, CellState::Pending | CellState::Running), "{first:?}");
+    let management = first.management_ip.clone().expect("a management address");
+    let pod_ip = first.pod_ip.clone().expect("a pod address, since the pod needs one");
+    assert_ne!(management, pod_ip);
+    assert_eq!(first.subnet_prefix, 20, "moto's default subnets are /20");
+    assert!(first.tags.iter().any(|t| t.key == "team" && t.value == "payments"), "host tags kept");
+
+    // The same pod UID again: the same cell, no second instance.
+    let second = aws.plugin.create_cell(&request).await.expect("create-cell again");
+    assert_eq!(second.id, first.id);
+    assert_eq!(second.pod_ip, first.pod_ip);
+    let ec2 = capability(&moto.endpoint, Ec2Metrics::default()).await;
+    let tagged = ec2
+        .describe_instances(Vec::new(), vec![filter("tag:cellet.io/pod-uid", &[&request.pod.uid])])
+        .await
+        .unwrap();
+    assert_eq!(tagged.len(), 1, "one instance for one pod UID: {tagged:?}");
+    assert_eq!(tagged[0].subnet_id.as_deref(), Some(net.subnet_id.as_str()));
+    assert_eq!(tag(&tagged[0], "cellet.io/controller"), Some("ctrl-a"));
+
+    let got = aws.plugin.get_cell(&request.pod.uid).await.expect("get-cell").expect("the cell");
+    assert_eq!(got.id, first.id);
+    assert!(aws.plugin.get_cell("no-such-pod").await.expect("get-cell of another pod").is_none());
+
+    // A hostNetwork pod gets no pod address.
+    let host_network = cell_request("0b6c0d5e-0000-4000-8000-000000000002", "agent", false);
+    let cell = aws.plugin.create_cell(&host_network).await.expect("create-cell for hostNetwork");
+    assert_eq!(cell.pod_ip, None);
+    assert_ne!(cell.id, first.id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_cells_shows_only_this_controllers_cells_and_delete_cell_is_idempotent() {
+    let moto = Moto::start();
+    let (config, _, _) = config(&moto).await;
+    let ours = load(&moto, "ctrl-a", config.clone()).await;
+    let theirs = load(&moto, "ctrl-b", config).await;
+
+    let a1 = ours.plugin.create_cell(&cell_request("uid-a1", "a1", true)).await.unwrap();
+    let a2 = ours.plugin.create_cell(&cell_request("uid-a2", "a2", true)).await.unwrap();
+    let b1 = theirs.plugin.create_cell(&cell_request("uid-b1", "b1", true)).await.unwrap();
+
+    let mut listed: Vec<String> = ours.plugin.list_cells().await.unwrap().into_iter().map(|c| c.id).collect();
+    listed.sort();
+    let mut expected = vec![a1.id.clone(), a2.id.clone()];
+    expected.sort();
+    assert_eq!(listed, expected);
+    let theirs_listed: Vec<String> = theirs.plugin.list_cells().await.unwrap().into_iter().map(|c| c.id).collect();
+    assert_eq!(theirs_listed, vec![b1.id.clone()]);
+    assert!(ours.plugin.get_cell("uid-b1").await.unwrap().is_none(), "another controller's pod");
+
+    // Another controller's cell is never terminated.
+    let refused = plugin_error(ours.plugin.delete_cell(&b1.id).await);
+    assert!(matches!(refused, PluginError::InvalidInput(_)), "{refused:?}");
+    let ec2 = capability(&moto.endpoint, Ec2Metrics::default()).await;
+    let b1_now = ec2.describe_instances(vec![b1.id.clone()], Vec::new()).await.unwrap();
+    assert_eq!(b1_now[0].state, "running");
+
+    ours.plugin.delete_cell(&a1.id).await.expect("delete-cell");
+    let a1_now = ec2.describe_instances(vec![a1.id.clone()], Vec::new()).await.unwrap();
+    assert!(matches!(a1_now[0].state.as_str(), "shutting-down" | "terminated"), "{:?}", a1_now[0]);
+    let listed: Vec<String> = ours
+        .plugin
+        .list_cells()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.state != CellState::Terminated)
+        .filter(|c| c.state != CellState::Stopping)
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(listed, vec![a2.id.clone()]);
+
+    // Deleting again, and deleting an instance EC2 never had, both succeed.
+    ours.plugin.delete_cell(&a1.id).await.expect("delete-cell of a terminated cell");
+    ours.plugin.delete_cell("i-0123456789abcdef0").await.expect("delete-cell of an unknown instance");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_are_ensured_replaced_and_removed_in_the_configured_table() {
+    let moto = Moto::start();
+    let (config, _, table) = config(&moto).await;
+    let aws = load(&moto, "ctrl-a", config).await;
+    let first = aws.plugin.create_cell(&cell_request("uid-r1", "r1", true)).await.unwrap();
+    let second = aws.plugin.create_cell(&cell_request("uid-r2", "r2", true)).await.unwrap();
+    let destination = "10.244.1.0/24";
+
+    assert_eq!(routed_to(&aws.plugin.list_routes().await.unwrap(), destination), None);
+    aws.plugin.ensure_route(&instance_route(destination, &first.id)).await.expect("ensure-route");
+    let routes = aws.plugin.list_routes().await.unwrap();
+    assert_eq!(routed_to(&routes, destination), Some(first.id.clone()));
+    assert!(routes.iter().all(|r| r.destination != "172.31.0.0/16"), "the VPC's local route is not reported");
+
+    // Ensuring it again changes nothing; ensuring another target replaces it.
+    aws.plugin.ensure_route(&instance_route(destination, &first.id)).await.expect("ensure again");
+    aws.plugin.ensure_route(&instance_route(destination, &second.id)).await.expect("replace");
+    let ec2 = capability(&moto.endpoint, Ec2Metrics::default()).await;
+    let tables = ec2.describe_route_tables(vec![table.clone()], Vec::new()).await.unwrap();
+    let in_table: Vec<_> = tables[0].routes.iter().filter(|r| r.destination_cidr == destination).collect();
+    assert_eq!(in_table.len(), 1, "{in_table:?}");
+    assert!(matches!(&in_table[0].target, Some(Ec2Target::InstanceId(id)) if *id == second.id));
+
+    // An address target goes to the instance whose primary address it is.
+    let address = CloudRoute {
+        destination: destination.into(),
+        target: RouteTarget::Address(first.management_ip.clone().unwrap()),
+    };
+    aws.plugin.ensure_route(&address).await.expect("ensure-route to an address");
+    let routes = aws.plugin.list_routes().await.unwrap();
+    assert_eq!(routed_to(&routes, destination), Some(first.id.clone()));
+
+    aws.plugin.remove_route(destination).await.expect("remove-route");
+    assert_eq!(routed_to(&aws.plugin.list_routes().await.unwrap(), destination), None);
+    aws.plugin.remove_route(destination).await.expect("removing a missing route succeeds");
+
+    // The VPC's own route is never removed.
+    let vpc_cidr = tables[0]
+        .routes
+        .iter()
+        .find(|r| matches!(&r.target, Some(Ec2Target::GatewayId(g)) if g == "local"))
+        .expect("the local route")
+        .destination_cidr
+        .clone();
+    let refused = plugin_error(aws.plugin.remove_route(&vpc_cidr).await);
+    assert!(matches!(refused, PluginError::InvalidInput(_)), "{refused:?}");
+    let tables = ec2.describe_route_tables(vec![table], Vec::new()).await.unwrap();
+    assert!(tables[0].routes.iter().any(|r| r.destination_cidr == vpc_cidr));
 }

@@ -16,7 +16,6 @@ CACHE_ROOT=${CELLET_CACHE:-${HOME:-/root}/.cache/cellet}
 VENV=${CELLET_MOTO_VENV:-$CACHE_ROOT/moto-$MOTO_VERSION/venv}
 PYTHON=${CELLET_MOTO_PYTHON:-python3}
 READY_TIMEOUT=${CELLET_MOTO_READY_TIMEOUT:-60}
-STOP_TIMEOUT=${CELLET_MOTO_STOP_TIMEOUT:-10}
 
 log() { printf '[moto] %s\n' "$*" >&2; }
 die() { printf '[moto] error: %s\n' "$*" >&2; exit 1; }
@@ -30,29 +29,32 @@ usage() {
 # run removes the half-built virtualenv and starts again. (The venv is built at its final
 # path because its scripts embed that path.)
 install() {
-  if [[ -x "$VENV/bin/moto_server" && -f "$VENV/.cellet-installed" ]]; then
-    return 0
-  fi
+  installed && return 0
   command -v "$PYTHON" >/dev/null 2>&1 ||
     die "'$PYTHON' not found in PATH; install Python >= 3.9 with the venv module (Debian: apt-get install python3-venv)"
   mkdir -p "$(dirname "$VENV")"
-  # Tests may start several servers at once: one installs, the others wait for it.
+  # Tests may start several servers at once: one installs, the others wait for it. The
+  # lock is released before a server starts, which would otherwise inherit it.
   exec 9>"$VENV.lock"
   flock 9
-  if [[ -x "$VENV/bin/moto_server" && -f "$VENV/.cellet-installed" ]]; then
-    return 0
-  fi
-  log "installing moto[server]==$MOTO_VERSION into $VENV"
-  rm -rf "$VENV"
-  "$PYTHON" -m venv "$VENV" ||
-    die "'$PYTHON -m venv' failed; install the venv module (Debian: apt-get install python3-venv)"
-  if ! "$VENV/bin/pip" install --quiet "moto[server]==$MOTO_VERSION" >&2; then
+  if ! installed; then
+    log "installing moto[server]==$MOTO_VERSION into $VENV"
     rm -rf "$VENV"
-    die "pip could not install moto[server]==$MOTO_VERSION (PyPI must be reachable for the first run)"
+    "$PYTHON" -m venv "$VENV" ||
+      die "'$PYTHON -m venv' failed; install the venv module (Debian: apt-get install python3-venv)"
+    if ! "$VENV/bin/pip" install --quiet "moto[server]==$MOTO_VERSION" >&2; then
+      rm -rf "$VENV"
+      die "pip could not install moto[server]==$MOTO_VERSION (PyPI must be reachable for the first run)"
+    fi
+    "$VENV/bin/moto_server" --help >/dev/null ||
+      { rm -rf "$VENV"; die "moto_server does not run after install"; }
+    touch "$VENV/.cellet-installed"
   fi
-  "$VENV/bin/moto_server" --help >/dev/null ||
-    { rm -rf "$VENV"; die "moto_server does not run after install"; }
-  touch "$VENV/.cellet-installed"
+  exec 9>&-
+}
+
+installed() {
+  [[ -x "$VENV/bin/moto_server" && -f "$VENV/.cellet-installed" ]]
 }
 
 free_port() {
@@ -78,7 +80,7 @@ up() {
   local dir=$1
   mkdir -p "$dir"
   dir=$(cd "$dir" && pwd)
-  if [[ -f "$dir/pid" ]] && kill -0 "$(cat "$dir/pid")" 2>/dev/null; then
+  if [[ -f "$dir/pid" ]] && running "$(cat "$dir/pid")"; then
     die "moto already runs for $dir (pid $(cat "$dir/pid")); run 'moto.sh down $dir' first"
   fi
   command -v curl >/dev/null 2>&1 || die "'curl' not found in PATH; install curl"
@@ -97,9 +99,7 @@ up() {
     echo "$pid" >"$dir/pid"
     local deadline=$((SECONDS + READY_TIMEOUT))
     while ((SECONDS < deadline)); do
-      if ! kill -0 "$pid" 2>/dev/null; then
-        break
-      fi
+      running "$pid" || break
       if answers "$port"; then
         echo "$port" >"$dir/port"
         log "moto $MOTO_VERSION answers on 127.0.0.1:$port (pid $pid, log $dir/moto.log)"
@@ -108,7 +108,7 @@ up() {
       fi
       sleep 0.2
     done
-    kill "$pid" 2>/dev/null || true
+    kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     log "attempt $attempt: moto did not answer on port $port; log follows"
     tail -n 20 "$dir/moto.log" >&2 || true
@@ -117,22 +117,26 @@ up() {
   die "moto_server did not come up; see $dir/moto.log"
 }
 
+# Whether a process runs. A killed server is reparented to init, which may take a while
+# to reap it: a zombie counts as stopped.
+running() {
+  local state
+  state=$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null) || return 1
+  [[ -n "$state" && "$state" != Z ]]
+}
+
+# moto keeps nothing worth saving, and on SIGTERM it takes seconds to exit (longer while
+# a client holds a keep-alive connection open), so it is killed outright.
 down() {
   local dir=$1
   [[ -f "$dir/pid" ]] || return 0
-  local pid
+  local pid tick
   pid=$(cat "$dir/pid")
-  if kill -0 "$pid" 2>/dev/null; then
-    kill "$pid" 2>/dev/null || true
-    local deadline=$((SECONDS + STOP_TIMEOUT))
-    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do
-      sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-      log "pid $pid did not stop in ${STOP_TIMEOUT}s; killing it"
-      kill -9 "$pid" 2>/dev/null || true
-    fi
-  fi
+  kill -KILL "$pid" 2>/dev/null || true
+  for ((tick = 0; tick < 50; tick++)); do
+    running "$pid" || break
+    sleep 0.1
+  done
   rm -f "$dir/pid" "$dir/port"
 }
 

@@ -96,7 +96,7 @@ impl AwsEc2 {
             return Ok(());
         }
         let wanted = &self.config.instance_type;
-        let types = ec2::describe_instance_types(&[wanted.clone()]).map_err(|e| match e.code.as_str() {
+        let types = ec2::describe_instance_types(std::slice::from_ref(wanted)).map_err(|e| match e.code.as_str() {
             "InvalidInstanceType" => PluginError::InvalidConfig(format!(
                 "config field `instance-type`: EC2 does not offer {wanted:?} here: {}",
                 e.message
@@ -287,7 +287,7 @@ impl CloudProvider for AwsEc2 {
                 "instance {id} is not a cell of this controller: not terminating it"
             )));
         }
-        match ec2::terminate_instances(&[id.clone()]) {
+        match ec2::terminate_instances(std::slice::from_ref(&id)) {
             Ok(()) => {
                 log::info("cell terminated", &[("instance", &id)]);
                 Ok(())

@@ -317,16 +317,7 @@ impl Ec2Capability {
             if let Some(data) = &request.user_data {
                 b.string_within("user-data", data, MAX_USER_DATA_BYTES)?;
             }
-            let secondary = i32::try_from(request.secondary_private_ip_count)
-                .ok()
-                .filter(|n| *n as usize <= MAX_LIST_ITEMS)
-                .ok_or_else(|| Ec2CallError::TooLarge {
-                    operation: OP,
-                    field: "secondary-private-ip-count".to_owned(),
-                    size: request.secondary_private_ip_count as usize,
-                    limit: MAX_LIST_ITEMS,
-                    unit: "addresses",
-                })?;
+            let secondary = b.count("secondary-private-ip-count", request.secondary_private_ip_count)?;
 
             // Subnet and groups go on the primary interface, since that is where EC2
             // takes the count of secondary addresses from.
@@ -434,16 +425,7 @@ impl Ec2Capability {
             let b = Bounds::new(OP);
             b.string("network-interface-id", &network_interface_id)?;
             b.strings("addresses", &addresses)?;
-            let count = i32::try_from(count)
-                .ok()
-                .filter(|n| *n as usize <= MAX_LIST_ITEMS)
-                .ok_or_else(|| Ec2CallError::TooLarge {
-                    operation: OP,
-                    field: "count".to_owned(),
-                    size: count as usize,
-                    limit: MAX_LIST_ITEMS,
-                    unit: "addresses",
-                })?;
+            let count = b.count("count", count)?;
             let output = self
                 .client
                 .assign_private_ip_addresses()

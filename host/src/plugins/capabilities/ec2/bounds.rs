@@ -54,6 +54,15 @@ impl Bounds {
         Ok(())
     }
 
+    /// A count of addresses for EC2 to choose: at most [`MAX_LIST_ITEMS`], like a list of
+    /// given addresses, and as the `i32` the SDK takes.
+    pub(super) fn count(&self, field: &str, count: u32) -> Result<i32, Ec2CallError> {
+        i32::try_from(count)
+            .ok()
+            .filter(|n| *n as usize <= MAX_LIST_ITEMS)
+            .ok_or_else(|| self.too_large(field.to_owned(), count as usize, MAX_LIST_ITEMS, "addresses"))
+    }
+
     /// A list of strings, each bounded.
     pub(super) fn strings(&self, field: &str, items: &[String]) -> Result<(), Ec2CallError> {
         self.list(field, items)?;
@@ -119,6 +128,14 @@ mod tests {
         let tags = vec![KeyValue { key: "k".repeat(MAX_STRING_BYTES + 1), value: String::new() }];
         let (_, message) = code_and_message(bounds.tags("tags", &tags));
         assert!(message.contains("tags[0].key"), "{message}");
+    }
+
+    #[test]
+    fn address_counts_are_bounded_like_lists() {
+        let bounds = Bounds::new("assign-private-ip-addresses");
+        assert_eq!(bounds.count("count", 1000).unwrap(), 1000);
+        let (_, message) = code_and_message(bounds.count("count", u32::MAX).map(drop));
+        assert!(message.contains("`count`"), "{message}");
     }
 
     #[test]

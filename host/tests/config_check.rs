@@ -43,6 +43,8 @@ impl Setup {
             ("cellet_plugin_local_cells", "local-cells.wasm"),
             ("cellet_plugin_vpc_native", "vpc-native.wasm"),
             ("cellet_plugin_hostport_nat", "hostport-nat.wasm"),
+            ("cellet_plugin_aws_ec2", "aws-ec2.wasm"),
+            ("cellet_test_future_contract", "future-contract.wasm"),
         ] {
             std::fs::copy(component(crate_name), dir.path().join("plugins").join(file)).unwrap();
         }
@@ -237,6 +239,41 @@ fn a_plugin_importing_an_ungranted_capability_is_refused() {
     let checked = setup.check(&yaml);
     checked.assert_failed_with(1);
     checked.assert_problem(checked.line_of("source: plugins/local-cells.wasm"), "cloud.source", &["local-cells", "grant"]);
+}
+
+#[test]
+fn an_ec2_grant_is_served_with_the_settings_of_its_section() {
+    let setup = Setup::new();
+    // aws-ec2 imports ec2; `init` only reads its config, so no EC2 endpoint is called
+    // (the endpoint below is never reached).
+    let cloud = "\
+cloud:
+  source: plugins/aws-ec2.wasm
+  capabilities: [ec2]
+  ec2: {region: us-east-1, endpoint: \"http://127.0.0.1:9\"}
+  config:
+    subnet-id: subnet-0a
+    image-id: ami-0b
+    capacity: {cpu: 4, memory: 8Gi, pods: 8}
+";
+    let yaml = good_config().replace("cloud:\n  source: plugins/mock.wasm\n  deadline: 10s\n  capabilities: []\n", cloud);
+    let checked = setup.check(&yaml);
+    assert_eq!(checked.output.status.code(), Some(0), "{}", checked.describe());
+    assert!(checked.stdout().contains("cloud: plugins/aws-ec2.wasm: ok (cloud-provider 0.1.0"), "{}", checked.describe());
+
+    // Without its section the grant cannot be served: no region is ever guessed.
+    let checked = setup.check(&yaml.replace("  ec2: {region: us-east-1, endpoint: \"http://127.0.0.1:9\"}\n", ""));
+    checked.assert_failed_with(1);
+    checked.assert_problem(checked.line_of("capabilities: [ec2]"), "cloud.capabilities", &["no `ec2:` section"]);
+}
+
+#[test]
+fn a_plugin_of_an_unsupported_contract_version_is_refused_at_its_source_line() {
+    let setup = Setup::new();
+    let yaml = good_config().replace("source: plugins/vpc-native.wasm", "source: plugins/future-contract.wasm");
+    let checked = setup.check(&yaml);
+    checked.assert_failed_with(1);
+    checked.assert_problem(checked.line_of("future-contract.wasm"), "network.source", &["0.2.0", "0.1.0"]);
 }
 
 #[test]

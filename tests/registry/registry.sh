@@ -51,7 +51,7 @@ free_port() {
 
 answers() {
     local port=$1
-    curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:${port}/v2/"
+    curl -fs -o /dev/null --max-time 2 "http://127.0.0.1:${port}/v2/"
 }
 
 up() {

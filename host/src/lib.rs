@@ -2,6 +2,7 @@
 //! *cell*), with the cloud, the network strategy and the hostPort policy supplied as
 //! WebAssembly components. See `DESIGN.md` in the repository for the architecture.
 
+pub mod api;
 pub mod config;
 pub mod net;
 pub mod plugins;

@@ -4,5 +4,6 @@
 
 pub mod api;
 pub mod config;
+pub mod kube;
 pub mod net;
 pub mod plugins;

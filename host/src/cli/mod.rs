@@ -26,11 +26,12 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Load the config and its plugins, then wait for SIGTERM or SIGINT.
+    /// Load the config and its plugins, then serve the node until SIGTERM or SIGINT.
     ///
-    /// For now this only proves the node could start: the Kubernetes loop (node
-    /// registration, pod workers, kubelet API) is not wired in yet and comes in a later
-    /// release. Nothing is registered with any cluster.
+    /// The cluster is reached with KUBECONFIG (or ~/.kube/config, or the in-cluster
+    /// service account). The node is registered, its Lease renewed and its pods run once
+    /// this replica holds the node's leader Lease; on SIGTERM it releases the Lease and
+    /// leaves the cells running for the next leader to adopt.
     Run {
         /// The config file (see docs/config.md).
         #[arg(long, short)]

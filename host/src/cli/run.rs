@@ -1,11 +1,13 @@
-//! `cellet run`: load the config and the three plugins, report readiness, wait for a
-//! termination signal. The Kubernetes loop is not wired in yet (see the command's help).
+//! `cellet run`: load the config and the three plugins, then serve the node (the
+//! Kubernetes loop, `cellet::kube`) until SIGTERM or SIGINT.
 
 use std::path::Path;
 
 use tokio::signal::unix::{SignalKind, signal};
 
 use cellet::config::check::{self, StartError};
+use cellet::kube::provider::{Plugins, WrongSlot};
+use cellet::kube::{self, KubeError, KubeSettings};
 
 /// Errors of `cellet run`.
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +17,10 @@ pub enum RunError {
     /// The signal handlers could not be installed.
     #[error("failed to listen for SIGTERM and SIGINT: {0}")]
     Signals(std::io::Error),
+    #[error(transparent)]
+    Plugins(#[from] WrongSlot),
+    #[error(transparent)]
+    Kube(#[from] KubeError),
 }
 
 pub async fn run(config: &Path) -> Result<(), RunError> {
@@ -27,16 +33,20 @@ pub async fn run(config: &Path) -> Result<(), RunError> {
         cloud = %loaded.config.cloud.source,
         network = %loaded.config.network.source,
         hostport = %loaded.config.hostport.source,
-        "cellet ready: plugins loaded; the Kubernetes loop is not part of this release, waiting for SIGTERM or SIGINT"
+        "cellet ready: plugins loaded; serving the node until SIGTERM or SIGINT"
     );
 
     let mut terminate = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
-    let name = tokio::select! {
-        _ = terminate.recv() => "SIGTERM",
-        _ = interrupt.recv() => "SIGINT",
+    let shutdown = async move {
+        let name = tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "cellet stopping");
     };
-    tracing::info!(signal = name, "cellet stopping");
+    let plugins = Plugins::from_handles(&loaded.cloud.handle, &loaded.network.handle, &loaded.hostport.handle)?;
+    kube::serve(node.clone(), KubeSettings::default(), plugins, shutdown).await?;
     drop(loaded);
     Ok(())
 }

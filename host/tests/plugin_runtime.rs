@@ -439,6 +439,30 @@ async fn an_endless_loop_fails_at_the_deadline() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_waiting_in_a_host_call_fails_at_the_deadline() {
+    let h = harness();
+    let deadline = Duration::from_millis(300);
+    let plugin = misbehaving(
+        &h,
+        "sleep",
+        Limits { deadline, ..Limits::default_for(Slot::Network) },
+    )
+    .await;
+    // The guest sleeps in `wasi:io/poll`: no guest code runs, so the epoch cannot stop it;
+    // the host's own timeout does, shortly after the deadline.
+    let started = Instant::now();
+    let err = plugin.plan_pod(&pod()).await.unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        matches!(&err, CallError::DeadlineExceeded { function: "plan-pod", .. }),
+        "{err}"
+    );
+    assert!(took >= deadline, "failed after {took:?}, before the deadline");
+    assert!(took < deadline + Duration::from_secs(1), "failed only after {took:?}");
+    plugin.plan_cluster(&nodes()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_hog_fails_at_the_cap_and_the_host_carries_on() {
     let h = harness();
     let cap = 16 << 20;

@@ -123,10 +123,6 @@ impl ComponentCache {
         })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// The path of the entry for a component whose bytes hash to `sha256` (lowercase hex).
     pub fn entry_path(&self, sha256: &str) -> PathBuf {
         self.dir.join(format!("{sha256}-{}.cwasm", self.engine_hash))

@@ -16,7 +16,12 @@
 //!   one whose call was cancelled (the caller's future dropped mid-call). The next call
 //!   gets a fresh instance.
 //! - An instance whose call returned normally (a value or the guest's own
-//!   `plugin-error`) goes back to the warm list, most recently used first.
+//!   `plugin-error`) goes back to the warm list, most recently used first. So does one
+//!   whose value the handle then refuses as invalid: that is the plugin's logic answering
+//!   wrongly, not an instance left in a broken state.
+//! - Every call is bounded twice: by the epoch callback while guest code runs, and by a
+//!   host-side timer while the guest waits in a host function (`wasi:io/poll` for a sleep,
+//!   an `ec2` request), where no guest code runs to notice the epoch.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -35,7 +40,7 @@ use crate::plugins::bindings::{
 use crate::plugins::capabilities::Grants;
 use crate::plugins::handle::CallError;
 use crate::plugins::instance::{self, Failure, HostState};
-use crate::plugins::metrics::{ErrorKind, PluginSeries};
+use crate::plugins::metrics::PluginSeries;
 use crate::plugins::runtime::Reservation;
 use crate::plugins::spec::{Limits, Slot};
 use crate::plugins::validate::Violation;
@@ -282,15 +287,7 @@ impl<G: Guest> Pool<G> {
         let initialised = self.within_deadline(guest.init(&mut store, &self.init)).await;
         match initialised {
             Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(error))) => {
-                self.series.function(INIT).error(ErrorKind::Plugin);
-                return Err(CallError::Plugin {
-                    plugin: self.plugin.to_string(),
-                    world: self.slot.world(),
-                    function: INIT,
-                    error,
-                });
-            }
+            Ok(Ok(Err(error))) => return Err(self.refused(INIT, error)),
             Ok(Err(error)) => {
                 let failure = instance::classify(&store, &error);
                 return Err(self.creation_failed(INIT, for_function, failure, &error));
@@ -328,13 +325,17 @@ impl<G: Guest> Pool<G> {
         match (step, failure) {
             // Not a guest trap: the host could not build the instance (a link error, the
             // engine's pool exhausted).
-            (INSTANTIATE, Failure::Trapped(reason)) if error.downcast_ref::<wasmtime::Trap>().is_none() => {
-                self.series.function(INSTANTIATE).error(ErrorKind::Instantiate);
-                CallError::Instantiate {
-                    plugin: self.plugin.to_string(),
-                    world: self.slot.world(),
-                    reason,
-                }
+            (INSTANTIATE, Failure::Trapped(reason))
+                if error.downcast_ref::<wasmtime::Trap>().is_none() =>
+            {
+                self.record(
+                    INSTANTIATE,
+                    CallError::Instantiate {
+                        plugin: self.plugin.to_string(),
+                        world: self.slot.world(),
+                        reason,
+                    },
+                )
             }
             (_, failure) => self.failed(step, failure),
         }
@@ -353,43 +354,52 @@ impl<G: Guest> Pool<G> {
 
     /// The error for a call of `function` that failed, with its metrics recorded.
     fn failed(&self, function: &'static str, failure: Failure) -> CallError {
-        let series = self.series.function(function);
         let plugin = self.plugin.to_string();
         let world = self.slot.world();
-        match failure {
-            Failure::Trapped(reason) => {
-                series.error(ErrorKind::Trap);
-                CallError::Trapped {
-                    plugin,
-                    world,
-                    function,
-                    reason,
-                }
-            }
-            Failure::DeadlineExceeded => {
-                series.error(ErrorKind::Deadline);
-                CallError::DeadlineExceeded {
-                    plugin,
-                    world,
-                    function,
-                    deadline: self.limits.deadline,
-                }
-            }
-            Failure::MemoryExceeded => {
-                series.error(ErrorKind::Memory);
-                CallError::MemoryExceeded {
-                    plugin,
-                    world,
-                    function,
-                    limit_bytes: self.limits.memory_bytes,
-                }
-            }
-        }
+        let error = match failure {
+            Failure::Trapped(reason) => CallError::Trapped {
+                plugin,
+                world,
+                function,
+                reason,
+            },
+            Failure::DeadlineExceeded => CallError::DeadlineExceeded {
+                plugin,
+                world,
+                function,
+                deadline: self.limits.deadline,
+            },
+            Failure::MemoryExceeded => CallError::MemoryExceeded {
+                plugin,
+                world,
+                function,
+                limit_bytes: self.limits.memory_bytes,
+            },
+        };
+        self.record(function, error)
+    }
+
+    /// Count `error` against `function`, and hand it back.
+    fn record(&self, function: &'static str, error: CallError) -> CallError {
+        self.series.function(function).error(error.kind());
+        error
+    }
+
+    /// The guest's own error for `function`, counted.
+    fn refused(&self, function: &'static str, error: PluginError) -> CallError {
+        self.record(
+            function,
+            CallError::Plugin {
+                plugin: self.plugin.to_string(),
+                world: self.slot.world(),
+                function,
+                error,
+            },
+        )
     }
 
     /// The error for a value of `function` that failed validation, with its metric.
     pub(crate) fn invalid(&self, function: &'static str, violation: Violation) -> CallError {
-        self.series.function(function).error(ErrorKind::InvalidOutput);
         tracing::warn!(
             plugin = &*self.plugin,
             world = self.slot.world(),
@@ -398,19 +408,25 @@ impl<G: Guest> Pool<G> {
             reason = %violation.reason,
             "plugin returned an invalid value"
         );
-        CallError::InvalidOutput {
-            plugin: self.plugin.to_string(),
-            world: self.slot.world(),
+        self.record(
             function,
-            field: violation.field,
-            reason: violation.reason,
-        }
+            CallError::InvalidOutput {
+                plugin: self.plugin.to_string(),
+                world: self.slot.world(),
+                function,
+                field: violation.field,
+                reason: violation.reason,
+            },
+        )
     }
 
     /// Bound a call by wall-clock time on the host side too. The epoch callback stops a
-    /// guest that computes past its deadline; this stops a call stuck in a host function
-    /// (an EC2 request that never returns), where no guest code runs to notice the epoch.
+    /// guest that computes past its deadline; this stops a call waiting in a host function
+    /// (a guest's `sleep` in `wasi:io/poll`, an EC2 request that never returns), where no
+    /// guest code runs to notice the epoch. Every plugin needs it: WASI alone can wait.
     /// The grace lets the epoch fire first for guest code, so its error is the one seen.
+    /// The timer costs nothing when the call completes on its first poll (tokio registers
+    /// it only when polled).
     pub(crate) async fn within_deadline<F: Future>(&self, call: F) -> Result<F::Output, Elapsed> {
         tokio::time::timeout(self.limits.deadline + self.grace, call).await
     }
@@ -445,8 +461,7 @@ impl<G: Guest> Lease<'_, G> {
     ) -> Result<T, CallError> {
         self.in_call = false;
         let pool = self.pool;
-        let series = pool.series.function(function);
-        series.call(self.started.elapsed());
+        pool.series.function(function).call(self.started.elapsed());
         let failure = match outcome {
             Ok(Ok(Ok(value))) => {
                 if let Some(warm) = &mut self.warm {
@@ -454,15 +469,7 @@ impl<G: Guest> Lease<'_, G> {
                 }
                 return Ok(value);
             }
-            Ok(Ok(Err(error))) => {
-                series.error(ErrorKind::Plugin);
-                return Err(CallError::Plugin {
-                    plugin: pool.plugin.to_string(),
-                    world: pool.slot.world(),
-                    function,
-                    error,
-                });
-            }
+            Ok(Ok(Err(error))) => return Err(pool.refused(function, error)),
             Ok(Err(error)) => {
                 let warm = self.warm.as_ref().expect("a lease holds its instance until finished");
                 let failure = instance::classify(&warm.store, &error);

@@ -1,12 +1,14 @@
 //! A network strategy that misbehaves on request, so the host's runtime tests can prove that
 //! a plugin cannot take the host down. **Test-only: never configure it in a real slot.**
 //!
-//! `init` reads `{ "misbehave": "none" | "trap" | "loop" | "oom" | "bad-output" }` (default
-//! `none`); then `plan-pod` does it:
+//! `init` reads `{ "misbehave": "none" | "trap" | "loop" | "sleep" | "oom" | "bad-output" }`
+//! (default `none`); then `plan-pod` does it:
 //!
 //! - `none`: returns a valid plan (VPC address, default route via the subnet gateway);
 //! - `trap`: panics, which traps the instance (`wasm32-wasip2` panics abort);
 //! - `loop`: spins forever, until the host's epoch deadline interrupts it;
+//! - `sleep`: sleeps for an hour in a WASI host call, where no guest code runs for the
+//!   epoch to interrupt: the host's own timeout must end the call;
 //! - `oom`: allocates and touches memory until an allocation fails, which traps once the
 //!   host's memory cap stops the linear memory from growing;
 //! - `bad-output`: returns a plan whose route destination is `not-a-cidr`, which the host's
@@ -30,6 +32,7 @@ pub enum Misbehave {
     None,
     Trap,
     Loop,
+    Sleep,
     Oom,
     BadOutput,
 }
@@ -65,6 +68,7 @@ impl NetworkStrategy for Misbehaving {
             Misbehave::None => {}
             Misbehave::Trap => panic!("misbehaving plugin: trap requested for pod {}", pod.key()),
             Misbehave::Loop => spin_forever(),
+            Misbehave::Sleep => std::thread::sleep(std::time::Duration::from_secs(3600)),
             Misbehave::Oom => exhaust_memory(),
             Misbehave::BadOutput => plan.routes.push(PodRoute {
                 destination: "not-a-cidr".to_string(),

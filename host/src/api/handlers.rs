@@ -36,7 +36,9 @@ pub struct NodeView {
 
 impl std::fmt::Debug for NodeView {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeView").field("node_name", &self.node_name).finish_non_exhaustive()
+        f.debug_struct("NodeView")
+            .field("node_name", &self.node_name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -45,28 +47,60 @@ pub fn routes(view: NodeView) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/pods", get(pods))
-        .route("/containerLogs/{namespace}/{pod}/{container}", get(container_logs))
+        .route(
+            "/containerLogs/{namespace}/{pod}/{container}",
+            get(container_logs),
+        )
         .route("/exec/{namespace}/{pod}/{container}", get(exec).post(exec))
-        .route("/exec/{namespace}/{pod}/{uid}/{container}", get(exec_uid).post(exec_uid))
-        .route("/attach/{namespace}/{pod}/{container}", get(attach).post(attach))
-        .route("/attach/{namespace}/{pod}/{uid}/{container}", get(attach_uid).post(attach_uid))
-        .route("/portForward/{namespace}/{pod}", get(port_forward).post(port_forward))
-        .route("/portForward/{namespace}/{pod}/{uid}", get(port_forward_uid).post(port_forward_uid))
-        .route("/run/{namespace}/{pod}/{container}", axum::routing::post(run))
-        .route("/run/{namespace}/{pod}/{uid}/{container}", axum::routing::post(run_uid))
+        .route(
+            "/exec/{namespace}/{pod}/{uid}/{container}",
+            get(exec_uid).post(exec_uid),
+        )
+        .route(
+            "/attach/{namespace}/{pod}/{container}",
+            get(attach).post(attach),
+        )
+        .route(
+            "/attach/{namespace}/{pod}/{uid}/{container}",
+            get(attach_uid).post(attach_uid),
+        )
+        .route(
+            "/portForward/{namespace}/{pod}",
+            get(port_forward).post(port_forward),
+        )
+        .route(
+            "/portForward/{namespace}/{pod}/{uid}",
+            get(port_forward_uid).post(port_forward_uid),
+        )
+        .route(
+            "/run/{namespace}/{pod}/{container}",
+            axum::routing::post(run),
+        )
+        .route(
+            "/run/{namespace}/{pod}/{uid}/{container}",
+            axum::routing::post(run_uid),
+        )
         .route("/stats/summary", get(stats_summary))
         .route("/metrics", get(metrics))
         .route("/metrics/resource", get(resource_metrics))
         .method_not_allowed_fallback(|| async {
-            Failure::method_not_allowed("the server does not allow this method on the requested resource")
+            Failure::method_not_allowed(
+                "the server does not allow this method on the requested resource",
+            )
         })
-        .fallback(|| async { Failure::not_found("the server could not find the requested resource") })
+        .fallback(|| async {
+            Failure::not_found("the server could not find the requested resource")
+        })
         .with_state(view)
 }
 
 async fn pods(State(view): State<NodeView>) -> Response {
     let items = view.pods.list().iter().map(|pod| Pod::clone(pod)).collect();
-    axum::Json(List::<Pod> { items, metadata: Default::default() }).into_response()
+    axum::Json(List::<Pod> {
+        items,
+        metadata: Default::default(),
+    })
+    .into_response()
 }
 
 /// A request for a session with a pod's containers, served by its cell agent.
@@ -105,8 +139,18 @@ struct Target {
 /// 404; the pod has no cell yet → 400, the kubelet's answer for a container waiting to
 /// start; otherwise 501, because the cell agent that serves sessions is not in this release.
 fn route_to_cell(view: &NodeView, session: Session, target: Target) -> Failure {
-    let Target { namespace, pod: name, uid, container } = target;
-    let not_found = || Failure::not_found(format!("pod \"{namespace}/{name}\" not found on node \"{}\"", view.node_name));
+    let Target {
+        namespace,
+        pod: name,
+        uid,
+        container,
+    } = target;
+    let not_found = || {
+        Failure::not_found(format!(
+            "pod \"{namespace}/{name}\" not found on node \"{}\"",
+            view.node_name
+        ))
+    };
     let Some(pod) = view.pods.get(&namespace, &name) else {
         return not_found();
     };
@@ -121,7 +165,9 @@ fn route_to_cell(view: &NodeView, session: Session, target: Target) -> Failure {
     if let Some(container) = &container
         && !has_container(&pod, container)
     {
-        return Failure::not_found(format!("container \"{container}\" not found in pod \"{namespace}/{name}\""));
+        return Failure::not_found(format!(
+            "container \"{container}\" not found in pod \"{namespace}/{name}\""
+        ));
     }
     let Some(ip) = view.cells.management_ip(&pod) else {
         return Failure::bad_request(match &container {
@@ -142,68 +188,169 @@ async fn container_logs(
     State(view): State<NodeView>,
     Path((namespace, pod, container)): Path<(String, String, String)>,
 ) -> Failure {
-    route_to_cell(&view, Session::Logs, Target { namespace, pod, uid: None, container: Some(container) })
+    route_to_cell(
+        &view,
+        Session::Logs,
+        Target {
+            namespace,
+            pod,
+            uid: None,
+            container: Some(container),
+        },
+    )
 }
 
-async fn exec(State(view): State<NodeView>, Path((namespace, pod, container)): Path<(String, String, String)>) -> Failure {
-    route_to_cell(&view, Session::Exec, Target { namespace, pod, uid: None, container: Some(container) })
+async fn exec(
+    State(view): State<NodeView>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+) -> Failure {
+    route_to_cell(
+        &view,
+        Session::Exec,
+        Target {
+            namespace,
+            pod,
+            uid: None,
+            container: Some(container),
+        },
+    )
 }
 
 async fn exec_uid(
     State(view): State<NodeView>,
     Path((namespace, pod, uid, container)): Path<(String, String, String, String)>,
 ) -> Failure {
-    route_to_cell(&view, Session::Exec, Target { namespace, pod, uid: Some(uid), container: Some(container) })
+    route_to_cell(
+        &view,
+        Session::Exec,
+        Target {
+            namespace,
+            pod,
+            uid: Some(uid),
+            container: Some(container),
+        },
+    )
 }
 
 async fn attach(
     State(view): State<NodeView>,
     Path((namespace, pod, container)): Path<(String, String, String)>,
 ) -> Failure {
-    route_to_cell(&view, Session::Attach, Target { namespace, pod, uid: None, container: Some(container) })
+    route_to_cell(
+        &view,
+        Session::Attach,
+        Target {
+            namespace,
+            pod,
+            uid: None,
+            container: Some(container),
+        },
+    )
 }
 
 async fn attach_uid(
     State(view): State<NodeView>,
     Path((namespace, pod, uid, container)): Path<(String, String, String, String)>,
 ) -> Failure {
-    route_to_cell(&view, Session::Attach, Target { namespace, pod, uid: Some(uid), container: Some(container) })
+    route_to_cell(
+        &view,
+        Session::Attach,
+        Target {
+            namespace,
+            pod,
+            uid: Some(uid),
+            container: Some(container),
+        },
+    )
 }
 
-async fn port_forward(State(view): State<NodeView>, Path((namespace, pod)): Path<(String, String)>) -> Failure {
-    route_to_cell(&view, Session::PortForward, Target { namespace, pod, uid: None, container: None })
+async fn port_forward(
+    State(view): State<NodeView>,
+    Path((namespace, pod)): Path<(String, String)>,
+) -> Failure {
+    route_to_cell(
+        &view,
+        Session::PortForward,
+        Target {
+            namespace,
+            pod,
+            uid: None,
+            container: None,
+        },
+    )
 }
 
 async fn port_forward_uid(
     State(view): State<NodeView>,
     Path((namespace, pod, uid)): Path<(String, String, String)>,
 ) -> Failure {
-    route_to_cell(&view, Session::PortForward, Target { namespace, pod, uid: Some(uid), container: None })
+    route_to_cell(
+        &view,
+        Session::PortForward,
+        Target {
+            namespace,
+            pod,
+            uid: Some(uid),
+            container: None,
+        },
+    )
 }
 
-async fn run(State(view): State<NodeView>, Path((namespace, pod, container)): Path<(String, String, String)>) -> Failure {
-    route_to_cell(&view, Session::Run, Target { namespace, pod, uid: None, container: Some(container) })
+async fn run(
+    State(view): State<NodeView>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+) -> Failure {
+    route_to_cell(
+        &view,
+        Session::Run,
+        Target {
+            namespace,
+            pod,
+            uid: None,
+            container: Some(container),
+        },
+    )
 }
 
 async fn run_uid(
     State(view): State<NodeView>,
     Path((namespace, pod, uid, container)): Path<(String, String, String, String)>,
 ) -> Failure {
-    route_to_cell(&view, Session::Run, Target { namespace, pod, uid: Some(uid), container: Some(container) })
+    route_to_cell(
+        &view,
+        Session::Run,
+        Target {
+            namespace,
+            pod,
+            uid: Some(uid),
+            container: Some(container),
+        },
+    )
 }
 
 async fn stats_summary(State(view): State<NodeView>) -> Response {
-    axum::Json(stats::summary(&view.node_name, view.started, &view.pods.list())).into_response()
+    axum::Json(stats::summary(
+        &view.node_name,
+        view.started,
+        &view.pods.list(),
+    ))
+    .into_response()
 }
 
 async fn resource_metrics(State(view): State<NodeView>) -> Response {
-    ([(CONTENT_TYPE, stats::RESOURCE_METRICS_CONTENT_TYPE)], stats::resource_metrics(&view.pods.list())).into_response()
+    (
+        [(CONTENT_TYPE, stats::RESOURCE_METRICS_CONTENT_TYPE)],
+        stats::resource_metrics(&view.pods.list()),
+    )
+        .into_response()
 }
 
 async fn metrics(State(view): State<NodeView>) -> Response {
     match crate::api::metrics::encode(&view.registry) {
         Ok(text) => ([(CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], text).into_response(),
-        Err(error) => Failure::internal(format!("failed to encode metrics: {error}")).into_response(),
+        Err(error) => {
+            Failure::internal(format!("failed to encode metrics: {error}")).into_response()
+        }
     }
 }
 
@@ -253,7 +400,10 @@ mod tests {
         let (reader, mut writer) = store::<Pod>();
         writer.apply_watcher_event(&Event::Apply(pod("web", true)));
         writer.apply_watcher_event(&Event::Apply(pod("queued", false)));
-        let cells = CellTable(HashMap::from([("uid-web".to_string(), "10.0.0.5".parse().unwrap())]));
+        let cells = CellTable(HashMap::from([(
+            "uid-web".to_string(),
+            "10.0.0.5".parse().unwrap(),
+        )]));
         routes(NodeView {
             node_name: "cellet-0".into(),
             pods: Arc::new(reader),
@@ -264,7 +414,11 @@ mod tests {
     }
 
     async fn call(method: Method, uri: &str) -> (StatusCode, String) {
-        let request = Request::builder().method(method).uri(uri).body(Body::empty()).unwrap();
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::empty())
+            .unwrap();
         let response = app().oneshot(request).await.unwrap();
         let code = response.status();
         let body = to_bytes(response.into_body(), 1 << 20).await.unwrap();
@@ -276,8 +430,16 @@ mod tests {
         let (code, body) = call(Method::GET, "/pods").await;
         assert_eq!(code, StatusCode::OK);
         let list: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!((list["kind"].as_str(), list["apiVersion"].as_str()), (Some("PodList"), Some("v1")));
-        let mut names: Vec<_> = list["items"].as_array().unwrap().iter().map(|p| p["metadata"]["name"].as_str().unwrap()).collect();
+        assert_eq!(
+            (list["kind"].as_str(), list["apiVersion"].as_str()),
+            (Some("PodList"), Some("v1"))
+        );
+        let mut names: Vec<_> = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["metadata"]["name"].as_str().unwrap())
+            .collect();
         names.sort();
         assert_eq!(names, ["queued", "web"]);
     }
@@ -294,7 +456,10 @@ mod tests {
         ] {
             let (code, body) = call(method, uri).await;
             assert_eq!(code, StatusCode::NOT_IMPLEMENTED, "{uri}: {body}");
-            assert!(body.starts_with("cell agent streaming not available in this release"), "{uri}: {body}");
+            assert!(
+                body.starts_with("cell agent streaming not available in this release"),
+                "{uri}: {body}"
+            );
             assert!(body.contains("10.0.0.5"), "{uri}: {body}");
         }
     }
@@ -302,11 +467,23 @@ mod tests {
     #[tokio::test]
     async fn unknown_pods_and_containers_are_404() {
         let (code, body) = call(Method::GET, "/containerLogs/default/ghost/app").await;
-        assert_eq!((code, body.as_str()), (StatusCode::NOT_FOUND, "pod \"default/ghost\" not found on node \"cellet-0\"\n"));
+        assert_eq!(
+            (code, body.as_str()),
+            (
+                StatusCode::NOT_FOUND,
+                "pod \"default/ghost\" not found on node \"cellet-0\""
+            )
+        );
         let (code, body) = call(Method::GET, "/containerLogs/kube-system/web/app").await;
         assert_eq!(code, StatusCode::NOT_FOUND, "{body}");
         let (code, body) = call(Method::GET, "/containerLogs/default/web/sidecar").await;
-        assert_eq!((code, body.as_str()), (StatusCode::NOT_FOUND, "container \"sidecar\" not found in pod \"default/web\"\n"));
+        assert_eq!(
+            (code, body.as_str()),
+            (
+                StatusCode::NOT_FOUND,
+                "container \"sidecar\" not found in pod \"default/web\""
+            )
+        );
         let (code, body) = call(Method::POST, "/exec/default/web/uid-other/app").await;
         assert_eq!(code, StatusCode::NOT_FOUND, "{body}");
         assert!(body.contains("with UID \"uid-other\""), "{body}");
@@ -318,7 +495,10 @@ mod tests {
     async fn a_pod_without_a_cell_is_waiting_to_start() {
         let (code, body) = call(Method::GET, "/containerLogs/default/queued/app").await;
         assert_eq!(code, StatusCode::BAD_REQUEST);
-        assert_eq!(body, "container \"app\" in pod \"default/queued\" is waiting to start: the pod has no cell yet\n");
+        assert_eq!(
+            body,
+            "container \"app\" in pod \"default/queued\" is waiting to start: the pod has no cell yet"
+        );
         let (code, _) = call(Method::POST, "/portForward/default/queued").await;
         assert_eq!(code, StatusCode::BAD_REQUEST);
     }
@@ -336,7 +516,10 @@ mod tests {
         let (code, body) = call(Method::GET, "/stats/summary").await;
         assert_eq!(code, StatusCode::OK);
         let summary: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(summary["node"], serde_json::json!({"nodeName": "cellet-0", "startTime": "2026-01-01T00:00:00Z"}));
+        assert_eq!(
+            summary["node"],
+            serde_json::json!({"nodeName": "cellet-0", "startTime": "2026-01-01T00:00:00Z"})
+        );
         let pods = summary["pods"].as_array().unwrap();
         let web = pods.iter().find(|p| p["podRef"]["name"] == "web").unwrap();
         assert_eq!(
@@ -347,10 +530,16 @@ mod tests {
                 "containers": [{"name": "app", "startTime": "2026-01-02T03:04:06Z"}],
             })
         );
-        let queued = pods.iter().find(|p| p["podRef"]["name"] == "queued").unwrap();
+        let queued = pods
+            .iter()
+            .find(|p| p["podRef"]["name"] == "queued")
+            .unwrap();
         assert_eq!(queued["containers"], serde_json::json!([]));
         assert!(queued.get("startTime").is_none());
-        assert!(!body.contains("usageNanoCores") && !body.contains("workingSetBytes"), "no fabricated usage: {body}");
+        assert!(
+            !body.contains("usageNanoCores") && !body.contains("workingSetBytes"),
+            "no fabricated usage: {body}"
+        );
     }
 
     #[tokio::test]

@@ -28,7 +28,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
 /// The content type of the OpenMetrics text `prometheus-client` writes.
-pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// `registry` in the OpenMetrics text format.
 pub fn encode(registry: &Registry) -> Result<String, std::fmt::Error> {
@@ -62,7 +63,11 @@ pub fn router(registry: Arc<Registry>, readiness: Readiness) -> Router {
 async fn metrics(State(registry): State<Arc<Registry>>) -> Response {
     match encode(&registry) {
         Ok(text) => ([(CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], text).into_response(),
-        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, format!("failed to encode metrics: {error}\n")).into_response(),
+        Err(error) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("failed to encode metrics: {error}\n"),
+        )
+            .into_response(),
     }
 }
 
@@ -70,7 +75,11 @@ async fn ready(State(readiness): State<Readiness>) -> Response {
     if readiness.is_ready() {
         "ok".into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: the host is starting\n").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the host is starting\n",
+        )
+            .into_response()
     }
 }
 
@@ -99,9 +108,19 @@ impl ApiMetrics {
 /// The layer that counts requests; it must sit inside the router (`Router::layer`) to
 /// see the matched route.
 pub async fn track(State(metrics): State<ApiMetrics>, request: Request, next: Next) -> Response {
-    let endpoint = request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str).to_string();
+    let endpoint = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_string();
     let response = next.run(request).await;
-    metrics.requests.get_or_create(&RequestLabels { endpoint, code: response.status().as_u16() }).inc();
+    metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            endpoint,
+            code: response.status().as_u16(),
+        })
+        .inc();
     response
 }
 
@@ -112,7 +131,11 @@ mod tests {
     use tower::ServiceExt;
 
     async fn get_text(app: &Router, uri: &str) -> (StatusCode, String) {
-        let response = app.clone().oneshot(Request::builder().uri(uri).body(Body::empty()).unwrap()).await.unwrap();
+        let response = app
+            .clone()
+            .oneshot(Request::builder().uri(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
         let code = response.status();
         let body = to_bytes(response.into_body(), 1 << 20).await.unwrap();
         (code, String::from_utf8(body.to_vec()).unwrap())
@@ -133,12 +156,31 @@ mod tests {
         let app = router(Arc::new(registry), readiness.clone());
         let (code, text) = get_text(&app, "/metrics").await;
         assert_eq!(code, StatusCode::OK);
-        assert!(text.contains("cellet_kubelet_api_requests_total{endpoint=\"/pods/{name}\",code=\"200\"} 1"), "{text}");
-        assert!(text.contains("cellet_kubelet_api_requests_total{endpoint=\"unmatched\",code=\"404\"} 1"), "{text}");
+        assert!(
+            text.contains(
+                "cellet_kubelet_api_requests_total{endpoint=\"/pods/{name}\",code=\"200\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "cellet_kubelet_api_requests_total{endpoint=\"unmatched\",code=\"404\"} 1"
+            ),
+            "{text}"
+        );
 
-        assert_eq!(get_text(&app, "/healthz").await, (StatusCode::OK, "ok".to_string()));
-        assert_eq!(get_text(&app, "/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            get_text(&app, "/healthz").await,
+            (StatusCode::OK, "ok".to_string())
+        );
+        assert_eq!(
+            get_text(&app, "/readyz").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
         readiness.set_ready(true);
-        assert_eq!(get_text(&app, "/readyz").await, (StatusCode::OK, "ok".to_string()));
+        assert_eq!(
+            get_text(&app, "/readyz").await,
+            (StatusCode::OK, "ok".to_string())
+        );
     }
 }

@@ -40,8 +40,16 @@ pub trait CellEndpoints: Send + Sync + 'static {
 pub fn has_container(pod: &Pod, name: &str) -> bool {
     let Some(spec) = &pod.spec else { return false };
     spec.containers.iter().any(|c| c.name == name)
-        || spec.init_containers.iter().flatten().any(|c| c.name == name)
-        || spec.ephemeral_containers.iter().flatten().any(|c| c.name == name)
+        || spec
+            .init_containers
+            .iter()
+            .flatten()
+            .any(|c| c.name == name)
+        || spec
+            .ephemeral_containers
+            .iter()
+            .flatten()
+            .any(|c| c.name == name)
 }
 
 #[cfg(test)]
@@ -69,8 +77,14 @@ mod tests {
 
         let pods: &dyn NodePods = &reader;
         assert_eq!(pods.list().len(), 2);
-        assert_eq!(pods.get("default", "web").unwrap().metadata.uid.as_deref(), Some("uid-web"));
-        assert!(pods.get("jobs", "web").is_none(), "the namespace is part of the key");
+        assert_eq!(
+            pods.get("default", "web").unwrap().metadata.uid.as_deref(),
+            Some("uid-web")
+        );
+        assert!(
+            pods.get("jobs", "web").is_none(),
+            "the namespace is part of the key"
+        );
     }
 
     #[test]

@@ -33,15 +33,28 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub enum ServeError {
     /// The listening socket could not be opened.
     #[error("failed to listen on {address} for the {what}: {source}")]
-    Bind { what: &'static str, address: SocketAddr, source: std::io::Error },
+    Bind {
+        what: &'static str,
+        address: SocketAddr,
+        source: std::io::Error,
+    },
     /// The plain HTTP server stopped with an error.
     #[error("failed to serve the {what}: {source}")]
-    Serve { what: &'static str, source: std::io::Error },
+    Serve {
+        what: &'static str,
+        source: std::io::Error,
+    },
 }
 
 /// Open a listening socket for `what` (named in the error).
 pub async fn bind(what: &'static str, address: SocketAddr) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(address).await.map_err(|source| ServeError::Bind { what, address, source })
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| ServeError::Bind {
+            what,
+            address,
+            source,
+        })
 }
 
 /// Serve `app` over TLS on `listener` until `shutdown` completes, then let open
@@ -72,7 +85,9 @@ pub async fn serve_tls(
         let app = app.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let Some((stream, identity)) = handshake(&acceptor, stream, peer).await else { return };
+            let Some((stream, identity)) = handshake(&acceptor, stream, peer).await else {
+                return;
+            };
             let service = app.map_request(move |mut request: hyper::Request<Incoming>| {
                 request.extensions_mut().insert(identity.clone());
                 request
@@ -80,15 +95,20 @@ pub async fn serve_tls(
             let builder = auto::Builder::new(TokioExecutor::new());
             // Upgrades stay possible: exec, attach and port-forward switch protocols once
             // a cell agent serves them.
-            let connection =
-                builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service));
+            let connection = builder.serve_connection_with_upgrades(
+                TokioIo::new(stream),
+                TowerToHyperService::new(service),
+            );
             if let Err(error) = watcher.watch(connection.into_owned()).await {
                 tracing::debug!(%peer, %error, "kubelet API connection ended with an error");
             }
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!(timeout = ?DRAIN_TIMEOUT, "kubelet API: connections still open after the drain timeout; closing them");
     }
 }
@@ -111,7 +131,11 @@ async fn handshake(
             return None;
         }
     };
-    let leaf = stream.get_ref().1.peer_certificates().and_then(|chain| chain.first());
+    let leaf = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first());
     let identity = match leaf.map(|cert| user_from_certificate(cert)) {
         None => PeerIdentity(None),
         Some(Ok(user)) => PeerIdentity(Some(Arc::new(user))),
@@ -131,5 +155,8 @@ pub async fn serve_plain(
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.map_err(|source| ServeError::Serve { what, source })
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|source| ServeError::Serve { what, source })
 }

@@ -65,19 +65,37 @@ pub fn summary(node: &str, started: Timestamp, pods: &[Arc<Pod>]) -> Summary {
                 namespace: pod.metadata.namespace.clone().unwrap_or_default(),
                 uid: pod.metadata.uid.clone().unwrap_or_default(),
             },
-            start_time: pod.status.as_ref().and_then(|s| s.start_time.as_ref()).cloned(),
-            containers: container_starts(pod).map(|(name, start_time)| ContainerStats { name: name.to_string(), start_time: Time(start_time) }).collect(),
+            start_time: pod
+                .status
+                .as_ref()
+                .and_then(|s| s.start_time.as_ref())
+                .cloned(),
+            containers: container_starts(pod)
+                .map(|(name, start_time)| ContainerStats {
+                    name: name.to_string(),
+                    start_time: Time(start_time),
+                })
+                .collect(),
         })
         .collect();
-    Summary { node: NodeStats { node_name: node.to_string(), start_time: Time(started) }, pods }
+    Summary {
+        node: NodeStats {
+            node_name: node.to_string(),
+            start_time: Time(started),
+        },
+        pods,
+    }
 }
 
 /// The running containers of `pod` and when each started, from its status.
 fn container_starts(pod: &Pod) -> impl Iterator<Item = (&str, Timestamp)> {
-    pod.status.iter().flat_map(|s| s.container_statuses.iter().flatten()).filter_map(|c| {
-        let started = c.state.as_ref()?.running.as_ref()?.started_at.as_ref()?;
-        Some((c.name.as_str(), started.0))
-    })
+    pod.status
+        .iter()
+        .flat_map(|s| s.container_statuses.iter().flatten())
+        .filter_map(|c| {
+            let started = c.state.as_ref()?.running.as_ref()?.started_at.as_ref()?;
+            Some((c.name.as_str(), started.0))
+        })
 }
 
 /// The kubelet's resource metrics that are known: `container_start_time_seconds`.
@@ -106,5 +124,8 @@ pub fn resource_metrics(pods: &[Arc<Pod>]) -> String {
 
 /// A Prometheus label value: `\`, `"` and newlines escaped.
 fn escape(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

@@ -31,7 +31,11 @@ pub struct Failure {
 
 impl Failure {
     fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
-        Failure { code, reason, message: message.into() }
+        Failure {
+            code,
+            reason,
+            message: message.into(),
+        }
     }
 
     /// No usable credentials; the kubelet's exact message.
@@ -78,15 +82,22 @@ impl Failure {
 
     fn json(&self) -> Response {
         // A `Status` always serializes; the fallback keeps the answer an error regardless.
-        let body = serde_json::to_vec(&self.status()).unwrap_or_else(|_| self.message.clone().into_bytes());
+        let body = serde_json::to_vec(&self.status())
+            .unwrap_or_else(|_| self.message.clone().into_bytes());
         let mut response = (self.code, body).into_response();
-        response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         response
     }
 
     fn text(&self) -> Response {
-        let mut response = (self.code, format!("{}\n", self.message)).into_response();
-        response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        // No trailing newline: the API server quotes the body inside its own message.
+        let mut response = (self.code, self.message.clone()).into_response();
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         response
     }
 }
@@ -101,11 +112,19 @@ impl IntoResponse for Failure {
 
 /// Does the client ask for JSON (`Accept: application/json`, possibly among others)?
 fn wants_json(request: &Request) -> bool {
-    request.headers().get_all(ACCEPT).iter().filter_map(|v| v.to_str().ok()).any(|accept| {
-        accept.split(',').any(|range| {
-            range.split(';').next().is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
+    request
+        .headers()
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|accept| {
+            accept.split(',').any(|range| {
+                range
+                    .split(';')
+                    .next()
+                    .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
+            })
         })
-    })
 }
 
 /// The layer that writes a [`Failure`] as a `Status` for clients asking for JSON. It
@@ -129,23 +148,39 @@ mod tests {
 
     async fn answer(accept: Option<&str>) -> (StatusCode, String, String) {
         let app = Router::new()
-            .route("/", get(|| async { Failure::not_found("pod \"default/web\" not found") }))
+            .route(
+                "/",
+                get(|| async { Failure::not_found("pod \"default/web\" not found") }),
+            )
             .layer(axum::middleware::from_fn(negotiate));
         let mut request = Request::builder().uri("/");
         if let Some(accept) = accept {
             request = request.header(ACCEPT, accept);
         }
-        let response = app.oneshot(request.body(Body::empty()).unwrap()).await.unwrap();
+        let response = app
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
         let code = response.status();
-        let content_type = response.headers()[CONTENT_TYPE].to_str().unwrap().to_string();
+        let content_type = response.headers()[CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .to_string();
         let body = to_bytes(response.into_body(), 1 << 20).await.unwrap();
-        (code, content_type, String::from_utf8(body.to_vec()).unwrap())
+        (
+            code,
+            content_type,
+            String::from_utf8(body.to_vec()).unwrap(),
+        )
     }
 
     #[tokio::test]
     async fn json_clients_get_a_status_object() {
         let (code, content_type, body) = answer(Some("application/json, */*")).await;
-        assert_eq!((code, content_type.as_str()), (StatusCode::NOT_FOUND, "application/json"));
+        assert_eq!(
+            (code, content_type.as_str()),
+            (StatusCode::NOT_FOUND, "application/json")
+        );
         let status: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(
             status,
@@ -162,8 +197,11 @@ mod tests {
         for accept in [None, Some("*/*"), Some("text/plain")] {
             let (code, content_type, body) = answer(accept).await;
             assert_eq!(code, StatusCode::NOT_FOUND);
-            assert!(content_type.starts_with("text/plain"), "{accept:?}: {content_type}");
-            assert_eq!(body, "pod \"default/web\" not found\n");
+            assert!(
+                content_type.starts_with("text/plain"),
+                "{accept:?}: {content_type}"
+            );
+            assert_eq!(body, "pod \"default/web\" not found");
         }
     }
 }

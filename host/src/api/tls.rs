@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rcgen::{
-    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    SanType,
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
@@ -35,7 +35,11 @@ pub const ISSUED_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 pub enum TlsError {
     /// A PEM file could not be read or parsed.
     #[error("failed to read {what} from {path}: {source}")]
-    Pem { what: &'static str, path: PathBuf, source: rustls::pki_types::pem::Error },
+    Pem {
+        what: &'static str,
+        path: PathBuf,
+        source: rustls::pki_types::pem::Error,
+    },
     /// A certificate file holds no certificate.
     #[error("failed to read {what} from {path}: the file holds no certificate")]
     NoCertificate { what: &'static str, path: PathBuf },
@@ -44,10 +48,16 @@ pub enum TlsError {
     Issue { path: PathBuf, source: rcgen::Error },
     /// The client CA cannot verify client certificates.
     #[error("failed to use {path} as the client CA: {source}")]
-    ClientCa { path: PathBuf, source: rustls::server::VerifierBuilderError },
+    ClientCa {
+        path: PathBuf,
+        source: rustls::server::VerifierBuilderError,
+    },
     /// The certificate and key do not make a TLS configuration (key mismatch, bad chain).
     #[error("failed to use the serving certificate {path}: {source}")]
-    Serving { path: PathBuf, source: rustls::Error },
+    Serving {
+        path: PathBuf,
+        source: rustls::Error,
+    },
 }
 
 /// Where the serving certificate comes from.
@@ -83,9 +93,16 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// The server configuration of the kubelet API (HTTP/2 and HTTP/1.1 by ALPN).
-pub fn server_config(settings: &TlsSettings, names: &ServingNames) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+pub fn server_config(
+    settings: &TlsSettings,
+    names: &ServingNames,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let (chain, key, source_path) = match &settings.serving {
-        ServingCert::Files { cert, key } => (read_certificates("serving certificate", cert)?, read_key(key)?, cert.clone()),
+        ServingCert::Files { cert, key } => (
+            read_certificates("serving certificate", cert)?,
+            read_key(key)?,
+            cert.clone(),
+        ),
         ServingCert::IssueFrom { ca_cert, ca_key } => {
             let (chain, key) = issue_serving_cert(ca_cert, ca_key, names)?;
             (chain, key, ca_cert.clone())
@@ -95,13 +112,22 @@ pub fn server_config(settings: &TlsSettings, names: &ServingNames) -> Result<Arc
     let client_ca = read_certificates("client CA", &settings.client_ca)?;
     let (added, _ignored) = roots.add_parsable_certificates(client_ca);
     if added == 0 {
-        return Err(TlsError::NoCertificate { what: "client CA", path: settings.client_ca.clone() });
+        return Err(TlsError::NoCertificate {
+            what: "client CA",
+            path: settings.client_ca.clone(),
+        });
     }
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
         .allow_unauthenticated()
         .build()
-        .map_err(|source| TlsError::ClientCa { path: settings.client_ca.clone(), source })?;
-    let serving = |source| TlsError::Serving { path: source_path.clone(), source };
+        .map_err(|source| TlsError::ClientCa {
+            path: settings.client_ca.clone(),
+            source,
+        })?;
+    let serving = |source| TlsError::Serving {
+        path: source_path.clone(),
+        source,
+    };
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(serving)?
@@ -119,11 +145,20 @@ pub fn issue_serving_cert(
     ca_key: &Path,
     names: &ServingNames,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
-    let issue = |source| TlsError::Issue { path: ca_cert.to_path_buf(), source };
-    let ca_cert_pem = std::fs::read_to_string(ca_cert)
-        .map_err(|e| TlsError::Pem { what: "CA certificate", path: ca_cert.to_path_buf(), source: rustls::pki_types::pem::Error::Io(e) })?;
-    let ca_key_pem = std::fs::read_to_string(ca_key)
-        .map_err(|e| TlsError::Pem { what: "CA key", path: ca_key.to_path_buf(), source: rustls::pki_types::pem::Error::Io(e) })?;
+    let issue = |source| TlsError::Issue {
+        path: ca_cert.to_path_buf(),
+        source,
+    };
+    let ca_cert_pem = std::fs::read_to_string(ca_cert).map_err(|e| TlsError::Pem {
+        what: "CA certificate",
+        path: ca_cert.to_path_buf(),
+        source: rustls::pki_types::pem::Error::Io(e),
+    })?;
+    let ca_key_pem = std::fs::read_to_string(ca_key).map_err(|e| TlsError::Pem {
+        what: "CA key",
+        path: ca_key.to_path_buf(),
+        source: rustls::pki_types::pem::Error::Io(e),
+    })?;
     let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(issue)?;
     let issuer = Issuer::from_ca_cert_pem(&ca_cert_pem, ca_key).map_err(issue)?;
 
@@ -131,10 +166,19 @@ pub fn issue_serving_cert(
     let mut subject = DistinguishedName::new();
     subject.push(DnType::CommonName, names.node_name.as_str());
     params.distinguished_name = subject;
-    params.subject_alt_names = names.addresses.iter().map(|ip| SanType::IpAddress(*ip)).collect();
-    params.subject_alt_names.push(SanType::DnsName(names.node_name.clone().try_into().map_err(issue)?));
+    params.subject_alt_names = names
+        .addresses
+        .iter()
+        .map(|ip| SanType::IpAddress(*ip))
+        .collect();
+    params.subject_alt_names.push(SanType::DnsName(
+        names.node_name.clone().try_into().map_err(issue)?,
+    ));
     params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.use_authority_key_identifier_extension = true;
     let now = time::OffsetDateTime::now_utc();
@@ -148,16 +192,30 @@ pub fn issue_serving_cert(
     Ok((vec![cert.der().clone()], key))
 }
 
-fn read_certificates(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+fn read_certificates(
+    what: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-        .map_err(|source| TlsError::Pem { what, path: path.to_path_buf(), source })?;
+        .map_err(|source| TlsError::Pem {
+            what,
+            path: path.to_path_buf(),
+            source,
+        })?;
     if certs.is_empty() {
-        return Err(TlsError::NoCertificate { what, path: path.to_path_buf() });
+        return Err(TlsError::NoCertificate {
+            what,
+            path: path.to_path_buf(),
+        });
     }
     Ok(certs)
 }
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|source| TlsError::Pem { what: "private key", path: path.to_path_buf(), source })
+    PrivateKeyDer::from_pem_file(path).map_err(|source| TlsError::Pem {
+        what: "private key",
+        path: path.to_path_buf(),
+        source,
+    })
 }

@@ -30,7 +30,9 @@ const TOKEN_CACHE_CAPACITY: usize = 4096;
 pub enum AuthnError {
     /// The verified client certificate could not be decoded.
     #[error("failed to read the client certificate: {source}")]
-    Certificate { source: x509_parser::nom::Err<x509_parser::error::X509Error> },
+    Certificate {
+        source: x509_parser::nom::Err<x509_parser::error::X509Error>,
+    },
     /// The verified client certificate has no CN, so it names no user.
     #[error("failed to read the client certificate: its subject has no common name (CN)")]
     NoCommonName,
@@ -53,8 +55,8 @@ pub struct UserInfo {
 /// The user a client certificate names. The certificate must already be verified
 /// against the client CA (rustls does it in the handshake).
 pub fn user_from_certificate(der: &[u8]) -> Result<UserInfo, AuthnError> {
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(der).map_err(|source| AuthnError::Certificate { source })?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|source| AuthnError::Certificate { source })?;
     let subject = cert.subject();
     let name = subject
         .iter_common_name()
@@ -62,8 +64,17 @@ pub fn user_from_certificate(der: &[u8]) -> Result<UserInfo, AuthnError> {
         .and_then(|cn| cn.as_str().ok())
         .ok_or(AuthnError::NoCommonName)?
         .to_string();
-    let groups = subject.iter_organization().filter_map(|o| o.as_str().ok()).map(str::to_string).collect();
-    Ok(UserInfo { name, uid: String::new(), groups, extra: BTreeMap::new() })
+    let groups = subject
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok())
+        .map(str::to_string)
+        .collect();
+    Ok(UserInfo {
+        name,
+        uid: String::new(),
+        groups,
+        extra: BTreeMap::new(),
+    })
 }
 
 /// Bearer tokens, checked with TokenReview and cached by their SHA-256 (the cache never
@@ -75,7 +86,10 @@ pub struct TokenAuthenticator {
 
 impl TokenAuthenticator {
     pub fn new(client: kube::Client) -> Self {
-        TokenAuthenticator { reviews: Api::all(client), cache: TtlCache::new(TOKEN_CACHE_CAPACITY) }
+        TokenAuthenticator {
+            reviews: Api::all(client),
+            cache: TtlCache::new(TOKEN_CACHE_CAPACITY),
+        }
     }
 
     /// The user `token` belongs to, or `None` when the API server does not accept it.
@@ -86,7 +100,10 @@ impl TokenAuthenticator {
             return Ok(known);
         }
         let review = TokenReview {
-            spec: TokenReviewSpec { token: token.to_string(), ..Default::default() },
+            spec: TokenReviewSpec {
+                token: token.to_string(),
+                ..Default::default()
+            },
             ..Default::default()
         };
         let reviewed = self
@@ -103,7 +120,10 @@ impl TokenAuthenticator {
                 extra: user.extra.unwrap_or_default(),
             })),
             _ => {
-                tracing::debug!(error = status.error.as_deref().unwrap_or(""), "bearer token rejected by TokenReview");
+                tracing::debug!(
+                    error = status.error.as_deref().unwrap_or(""),
+                    "bearer token rejected by TokenReview"
+                );
                 None
             }
         };
@@ -130,7 +150,11 @@ mod tests {
             dn.push(kind.clone(), *value);
         }
         params.distinguished_name = dn;
-        params.self_signed(&KeyPair::generate().unwrap()).unwrap().der().to_vec()
+        params
+            .self_signed(&KeyPair::generate().unwrap())
+            .unwrap()
+            .der()
+            .to_vec()
     }
 
     #[test]
@@ -149,6 +173,9 @@ mod tests {
     #[test]
     fn a_certificate_without_cn_names_no_one() {
         let der = certificate(&[(DnType::OrganizationName, "system:masters")]);
-        assert!(matches!(user_from_certificate(&der), Err(AuthnError::NoCommonName)));
+        assert!(matches!(
+            user_from_certificate(&der),
+            Err(AuthnError::NoCommonName)
+        ));
     }
 }

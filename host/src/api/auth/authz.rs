@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::Method;
-use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
 use kube::api::{Api, PostParams};
 
 use super::authn::UserInfo;
@@ -25,8 +27,15 @@ const DECISION_CACHE_CAPACITY: usize = 4096;
 #[derive(Debug, thiserror::Error)]
 pub enum AuthzError {
     /// The SubjectAccessReview could not be made.
-    #[error("failed to review access of {user} ({verb} nodes/{subresource}) with the API server: {source}")]
-    SubjectAccessReview { user: String, verb: &'static str, subresource: &'static str, source: kube::Error },
+    #[error(
+        "failed to review access of {user} ({verb} nodes/{subresource}) with the API server: {source}"
+    )]
+    SubjectAccessReview {
+        user: String,
+        verb: &'static str,
+        subresource: &'static str,
+        source: kube::Error,
+    },
 }
 
 /// What a request asks to do, in the API server's terms. The resource is always `nodes`
@@ -65,7 +74,8 @@ impl Attributes {
 
 /// `path` is `prefix` or below it (`/stats`, `/stats/summary`; not `/statsz`).
 fn is_under(path: &str, prefix: &str) -> bool {
-    path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// The outcome of a review.
@@ -73,7 +83,9 @@ fn is_under(path: &str, prefix: &str) -> bool {
 pub enum Decision {
     Allow,
     /// Denied, with the authorizer's reason when it gave one.
-    Deny { reason: String },
+    Deny {
+        reason: String,
+    },
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -91,13 +103,24 @@ pub struct Authorizer {
 
 impl Authorizer {
     pub fn new(client: kube::Client, node_name: String) -> Self {
-        Authorizer { reviews: Api::all(client), node_name, cache: TtlCache::new(DECISION_CACHE_CAPACITY) }
+        Authorizer {
+            reviews: Api::all(client),
+            node_name,
+            cache: TtlCache::new(DECISION_CACHE_CAPACITY),
+        }
     }
 
     /// May `user` do `attributes` on this node? Errors (the review could not be made) are
     /// not cached.
-    pub async fn authorize(&self, user: &Arc<UserInfo>, attributes: Attributes) -> Result<Decision, AuthzError> {
-        let key = DecisionKey { user: Arc::clone(user), attributes };
+    pub async fn authorize(
+        &self,
+        user: &Arc<UserInfo>,
+        attributes: Attributes,
+    ) -> Result<Decision, AuthzError> {
+        let key = DecisionKey {
+            user: Arc::clone(user),
+            attributes,
+        };
         if let Some(known) = self.cache.get(&key) {
             return Ok(known);
         }
@@ -120,19 +143,26 @@ impl Authorizer {
             },
             ..Default::default()
         };
-        let reviewed = self.reviews.create(&PostParams::default(), &review).await.map_err(|source| {
-            AuthzError::SubjectAccessReview {
+        let reviewed = self
+            .reviews
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|source| AuthzError::SubjectAccessReview {
                 user: user.name.clone(),
                 verb: attributes.verb,
                 subresource: attributes.subresource,
                 source,
-            }
-        })?;
+            })?;
         let status = reviewed.status.unwrap_or_default();
         let (decision, ttl) = if status.allowed {
             (Decision::Allow, ALLOWED_TTL)
         } else {
-            (Decision::Deny { reason: status.reason.unwrap_or_default() }, DENIED_TTL)
+            (
+                Decision::Deny {
+                    reason: status.reason.unwrap_or_default(),
+                },
+                DENIED_TTL,
+            )
         };
         self.cache.insert(key, decision.clone(), ttl);
         Ok(decision)
@@ -141,7 +171,9 @@ impl Authorizer {
 
 impl std::fmt::Debug for Authorizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authorizer").field("node_name", &self.node_name).finish_non_exhaustive()
+        f.debug_struct("Authorizer")
+            .field("node_name", &self.node_name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -161,7 +193,11 @@ mod tests {
         assert_eq!(get("/containerLogs/default/web/app"), "proxy");
         assert_eq!(get("/pods"), "proxy");
         assert_eq!(get("/healthz"), "proxy");
-        assert_eq!(get("/statsz"), "proxy", "a prefix match must end at a path segment");
+        assert_eq!(
+            get("/statsz"),
+            "proxy",
+            "a prefix match must end at a path segment"
+        );
         assert_eq!(get("/metricsfoo/x"), "proxy");
     }
 

@@ -21,13 +21,19 @@ pub(crate) struct TtlCache<K, V> {
 
 impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
     pub(crate) fn new(capacity: usize) -> Self {
-        TtlCache { entries: Mutex::new(HashMap::new()), capacity }
+        TtlCache {
+            entries: Mutex::new(HashMap::new()),
+            capacity,
+        }
     }
 
     /// The value stored for `key`, if it has not expired.
     pub(crate) fn get(&self, key: &K) -> Option<V> {
         let now = Instant::now();
-        let mut entries = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         match entries.get(key) {
             Some((value, expires)) if *expires > now => Some(value.clone()),
             Some(_) => {
@@ -41,7 +47,10 @@ impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
     /// Remember `value` for `key` during `ttl`.
     pub(crate) fn insert(&self, key: K, value: V, ttl: Duration) {
         let now = Instant::now();
-        let mut entries = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if entries.len() >= self.capacity && !entries.contains_key(&key) {
             entries.retain(|_, (_, expires)| *expires > now);
             if entries.len() >= self.capacity {
@@ -78,7 +87,11 @@ mod tests {
         cache.insert(1, "a", Duration::from_secs(10));
         cache.insert(2, "b", Duration::from_secs(60));
         cache.insert(3, "c", Duration::from_secs(60));
-        assert_eq!(cache.get(&3), None, "nothing expired: the new entry is not cached");
+        assert_eq!(
+            cache.get(&3),
+            None,
+            "nothing expired: the new entry is not cached"
+        );
         assert_eq!((cache.get(&1), cache.get(&2)), (Some("a"), Some("b")));
 
         tokio::time::advance(Duration::from_secs(11)).await;

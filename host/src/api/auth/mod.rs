@@ -19,7 +19,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 pub use authn::{AuthnError, TokenAuthenticator, UserInfo, user_from_certificate};
-pub use authz::{Attributes, AuthzError, Authorizer, Decision};
+pub use authz::{Attributes, Authorizer, AuthzError, Decision};
 
 use crate::api::status::Failure;
 
@@ -40,11 +40,17 @@ impl Auth {
     /// Reviews are made with `client`: the host's own identity (`system:node:NAME` may
     /// create TokenReviews and SubjectAccessReviews, as kubelets do).
     pub fn new(client: kube::Client, node_name: String) -> Self {
-        Auth { tokens: TokenAuthenticator::new(client.clone()), authorizer: Authorizer::new(client, node_name) }
+        Auth {
+            tokens: TokenAuthenticator::new(client.clone()),
+            authorizer: Authorizer::new(client, node_name),
+        }
     }
 
     /// The user the credentials name; `None` when they name no one the API server knows.
-    async fn authenticate(&self, credentials: Credentials) -> Result<Option<Arc<UserInfo>>, AuthnError> {
+    async fn authenticate(
+        &self,
+        credentials: Credentials,
+    ) -> Result<Option<Arc<UserInfo>>, AuthnError> {
         match credentials {
             Credentials::Certificate(user) => Ok(Some(user)),
             Credentials::Token(token) => self.tokens.authenticate(&token).await,
@@ -119,14 +125,27 @@ mod tests {
     use axum::body::Body;
 
     fn with_authorization(value: &str) -> Request {
-        Request::builder().uri("/pods").header(AUTHORIZATION, value).body(Body::empty()).unwrap()
+        Request::builder()
+            .uri("/pods")
+            .header(AUTHORIZATION, value)
+            .body(Body::empty())
+            .unwrap()
     }
 
     #[test]
     fn only_a_non_empty_bearer_token_is_taken() {
-        assert_eq!(bearer_token(&with_authorization("Bearer abc.def")), Some("abc.def"));
-        assert_eq!(bearer_token(&with_authorization("bearer  abc ")), Some("abc"));
-        assert_eq!(bearer_token(&with_authorization("Basic dXNlcjpwYXNz")), None);
+        assert_eq!(
+            bearer_token(&with_authorization("Bearer abc.def")),
+            Some("abc.def")
+        );
+        assert_eq!(
+            bearer_token(&with_authorization("bearer  abc ")),
+            Some("abc")
+        );
+        assert_eq!(
+            bearer_token(&with_authorization("Basic dXNlcjpwYXNz")),
+            None
+        );
         assert_eq!(bearer_token(&with_authorization("Bearer ")), None);
         assert_eq!(bearer_token(&with_authorization("Bearer")), None);
     }

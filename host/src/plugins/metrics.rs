@@ -14,8 +14,9 @@
 //! held by the plugin's live instances (warm or busy), summed. Label values come from the
 //! config (plugin names) and from the host's own function names: never from a guest.
 //!
-//! Handles are resolved once per plugin and function at load time ([`CallMetrics`]), so a
-//! call only increments atomics.
+//! Handles are resolved once per plugin and function at load time, so a call costs two
+//! counter increments and one histogram observation (an uncontended `parking_lot` lock),
+//! with no label lookup and no allocation.
 
 use std::time::Duration;
 

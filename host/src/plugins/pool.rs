@@ -69,51 +69,40 @@ pub(crate) trait Guest: Sized + Send + Sync + 'static {
     ) -> impl Future<Output = wasmtime::Result<Result<(), PluginError>>> + Send;
 }
 
-impl Guest for NetworkStrategy {
-    type Pre = NetworkStrategyPre<HostState>;
-    const FUNCTIONS: &'static [&'static str] = &["plan-pod", "plan-cluster"];
+/// The three worlds' bindings differ only in their names: the generated `*Pre` type, the
+/// exported functions, and the accessor of the interface that carries `init`.
+macro_rules! guest {
+    ($world:ty, $pre:ident, $interface:ident, [$($function:literal),+ $(,)?]) => {
+        impl Guest for $world {
+            type Pre = $pre<HostState>;
+            const FUNCTIONS: &'static [&'static str] = &[$($function),+];
 
-    fn pre(pre: InstancePre<HostState>) -> wasmtime::Result<Self::Pre> {
-        NetworkStrategyPre::new(pre)
-    }
+            fn pre(pre: InstancePre<HostState>) -> wasmtime::Result<Self::Pre> {
+                $pre::new(pre)
+            }
 
-    async fn instantiate(pre: &Self::Pre, store: &mut Store<HostState>) -> wasmtime::Result<Self> {
-        pre.instantiate_async(store).await
-    }
+            async fn instantiate(pre: &Self::Pre, store: &mut Store<HostState>) -> wasmtime::Result<Self> {
+                pre.instantiate_async(store).await
+            }
 
-    async fn init(
-        &self,
-        store: &mut Store<HostState>,
-        context: &InitContext,
-    ) -> wasmtime::Result<Result<(), PluginError>> {
-        self.cellet_plugin_network().call_init(store, context).await
-    }
+            async fn init(
+                &self,
+                store: &mut Store<HostState>,
+                context: &InitContext,
+            ) -> wasmtime::Result<Result<(), PluginError>> {
+                self.$interface().call_init(store, context).await
+            }
+        }
+    };
 }
 
-impl Guest for HostportPolicy {
-    type Pre = HostportPolicyPre<HostState>;
-    const FUNCTIONS: &'static [&'static str] = &["admit"];
-
-    fn pre(pre: InstancePre<HostState>) -> wasmtime::Result<Self::Pre> {
-        HostportPolicyPre::new(pre)
-    }
-
-    async fn instantiate(pre: &Self::Pre, store: &mut Store<HostState>) -> wasmtime::Result<Self> {
-        pre.instantiate_async(store).await
-    }
-
-    async fn init(
-        &self,
-        store: &mut Store<HostState>,
-        context: &InitContext,
-    ) -> wasmtime::Result<Result<(), PluginError>> {
-        self.cellet_plugin_hostport().call_init(store, context).await
-    }
-}
-
-impl Guest for CloudProvider {
-    type Pre = CloudProviderPre<HostState>;
-    const FUNCTIONS: &'static [&'static str] = &[
+guest!(NetworkStrategy, NetworkStrategyPre, cellet_plugin_network, ["plan-pod", "plan-cluster"]);
+guest!(HostportPolicy, HostportPolicyPre, cellet_plugin_hostport, ["admit"]);
+guest!(
+    CloudProvider,
+    CloudProviderPre,
+    cellet_plugin_cloud,
+    [
         "node-capacity",
         "create-cell",
         "get-cell",
@@ -122,24 +111,8 @@ impl Guest for CloudProvider {
         "list-routes",
         "ensure-route",
         "remove-route",
-    ];
-
-    fn pre(pre: InstancePre<HostState>) -> wasmtime::Result<Self::Pre> {
-        CloudProviderPre::new(pre)
-    }
-
-    async fn instantiate(pre: &Self::Pre, store: &mut Store<HostState>) -> wasmtime::Result<Self> {
-        pre.instantiate_async(store).await
-    }
-
-    async fn init(
-        &self,
-        store: &mut Store<HostState>,
-        context: &InitContext,
-    ) -> wasmtime::Result<Result<(), PluginError>> {
-        self.cellet_plugin_cloud().call_init(store, context).await
-    }
-}
+    ]
+);
 
 /// Everything a pool is built from (see `PluginRuntime::load`).
 pub(crate) struct PoolParts<G: Guest> {

@@ -1,0 +1,12 @@
+//! cellet-agent: runs in each cell. It builds the pod's network namespace, runs the pod's
+//! containers and answers the cellet host over mutual TLS on the cell's management address.
+//!
+//! Without the default `server` feature only [`protocol`] is built: the wire types the host
+//! shares with the agent.
+
+pub mod protocol;
+
+#[cfg(feature = "server")]
+pub mod runtime;
+#[cfg(feature = "server")]
+pub mod sandbox;

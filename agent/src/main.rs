@@ -1,0 +1,3 @@
+//! `cellet-agent --bootstrap FILE`: the cell agent.
+
+fn main() {}

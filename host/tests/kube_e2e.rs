@@ -423,7 +423,7 @@ async fn a_killed_host_restarts_and_adopts_without_losing_a_pod() {
     .await;
     host.kill9();
     let restarted = tokio::time::Instant::now();
-    host.spawn(cluster);
+    host.spawn();
     all_running(&client, "restart", 50, Duration::from_secs(40), &host).await;
     let took = restarted.elapsed();
     eprintln!("all 50 pods Running {took:?} after the restart");

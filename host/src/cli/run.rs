@@ -1,13 +1,26 @@
 //! `cellet run`: load the config and the three plugins, then serve the node (the
-//! Kubernetes loop, `cellet::kube`) until SIGTERM or SIGINT.
+//! Kubernetes loop, `cellet::kube`), the kubelet API and the metrics endpoints until
+//! SIGTERM or SIGINT.
+//!
+//! Order of the start, and why: sockets are bound before anything runs, so a port in use
+//! fails the start instead of leaving a node whose logs cannot be read; every metric
+//! family of the process goes into one registry before the registry is shared. On a
+//! signal the node loop stops first (it releases leadership), then the servers drain.
 
+use std::future::Future;
 use std::path::Path;
+use std::sync::Arc;
 
+use prometheus_client::registry::Registry;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
 
+use cellet::api::{self, ApiError, ApiMetrics, Auth, KubeletApi, NodeView, Readiness, ServeError, ServingNames};
 use cellet::config::check::{self, StartError};
+use cellet::kube::metrics::KubeMetrics;
 use cellet::kube::provider::{Plugins, WrongSlot};
-use cellet::kube::{self, KubeError, KubeSettings};
+use cellet::kube::{self, KubeError, NodeLoop};
+use cellet::net::hostport::HostPortRules;
 
 /// Errors of `cellet run`.
 #[derive(Debug, thiserror::Error)]
@@ -21,32 +34,106 @@ pub enum RunError {
     Plugins(#[from] WrongSlot),
     #[error(transparent)]
     Kube(#[from] KubeError),
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
 }
 
-pub async fn run(config: &Path) -> Result<(), RunError> {
-    let loaded = check::start(config).await?;
-    let node = &loaded.config.node;
-    tracing::info!(
-        config = %config.display(),
-        node = %node.name,
-        controller_id = %node.controller_id,
-        cloud = %loaded.config.cloud.source,
-        network = %loaded.config.network.source,
-        hostport = %loaded.config.hostport.source,
-        "cellet ready: plugins loaded; serving the node until SIGTERM or SIGINT"
-    );
-
+pub async fn run(config_path: &Path) -> Result<(), RunError> {
+    let loaded = check::start(config_path).await?;
+    let config = &loaded.config;
+    let node = &config.node;
     let mut terminate = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
+    let plugins = Plugins::from_handles(&loaded.cloud.handle, &loaded.network.handle, &loaded.hostport.handle)?;
+    let client = kube::connect().await?;
+
+    // Every metric family of the process, in the one registry `/metrics` serves.
+    let mut registry = Registry::default();
+    loaded.runtime.metrics().register(&mut registry);
+    loaded.ec2_metrics.register(&mut registry);
+    let api_metrics = ApiMetrics::default();
+    api_metrics.register(&mut registry);
+    let kube_metrics = KubeMetrics::default();
+    kube_metrics.register(&mut registry);
+    let registry = Arc::new(registry);
+
+    let rules = HostPortRules::new(config.node_rules.backend, config.node_rules.netns.clone());
+    let node_loop =
+        NodeLoop::new(client.clone(), node.clone(), config.kube.clone(), plugins, rules, kube_metrics);
+
+    // The servers stop when `stop` fires or is dropped (the node loop ended).
+    let (stop, stopped) = watch::channel(());
+    let until_stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.changed().await;
+        }
+    };
+    let readiness = Readiness::default();
+    let mut servers: Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> = Vec::new();
+    match &config.kubelet_api {
+        None => tracing::warn!(
+            config = %config_path.display(),
+            "no kubelet-api section: the kubelet API (kubectl logs, exec) and /metrics are not served"
+        ),
+        Some(settings) => {
+            let listener = api::server::bind("metrics endpoints", settings.metrics_address).await?;
+            tracing::info!(address = ?listener.local_addr().ok(), "metrics endpoints serving");
+            let app = api::metrics::router(Arc::clone(&registry), readiness.clone());
+            let serve = api::server::serve_plain("metrics endpoints", listener, app, until_stopped());
+            servers.push(Box::pin(async move {
+                if let Err(error) = serve.await {
+                    tracing::error!(%error, "metrics endpoints stopped");
+                }
+            }));
+            match &settings.api {
+                None => tracing::warn!("kubelet API disabled (kubelet-api.enabled: false): kubectl logs and exec cannot reach this node"),
+                Some(listen) => {
+                    let view = NodeView {
+                        node_name: node.name.as_str().into(),
+                        pods: Arc::new(node_loop.pods()),
+                        cells: node_loop.cells(),
+                        started: k8s_openapi::jiff::Timestamp::now(),
+                        registry: Arc::clone(&registry),
+                    };
+                    let auth = Arc::new(Auth::new(client.clone(), node.name.clone()));
+                    let app = api::router(view, auth, api_metrics);
+                    let names = ServingNames { node_name: node.name.clone(), addresses: vec![node.internal_ip] };
+                    let api = KubeletApi::bind(listen.address, &listen.tls, &names, app).await?;
+                    servers.push(Box::pin(api.serve(until_stopped())));
+                }
+            }
+        }
+    }
+
+    tracing::info!(
+        config = %config_path.display(),
+        node = %node.name,
+        controller_id = %node.controller_id,
+        cloud = %config.cloud.source,
+        network = %config.network.source,
+        hostport = %config.hostport.source,
+        node_rules = %config.node_rules.backend,
+        "cellet ready: plugins loaded; serving the node until SIGTERM or SIGINT"
+    );
+    readiness.set_ready(true);
     let shutdown = async move {
         let name = tokio::select! {
             _ = terminate.recv() => "SIGTERM",
             _ = interrupt.recv() => "SIGINT",
         };
         tracing::info!(signal = name, "cellet stopping");
+        readiness.set_ready(false);
     };
-    let plugins = Plugins::from_handles(&loaded.cloud.handle, &loaded.network.handle, &loaded.hostport.handle)?;
-    kube::serve(node.clone(), KubeSettings::default(), plugins, shutdown).await?;
+    let node_then_servers = async move {
+        node_loop.run(shutdown).await;
+        // The node is let go of (leadership released): now the servers drain.
+        drop(stop);
+    };
+    tokio::join!(futures_util::future::join_all(servers), node_then_servers);
+    tracing::info!(node = %node.name, "cellet stopped");
     drop(loaded);
     Ok(())
 }

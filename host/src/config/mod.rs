@@ -7,6 +7,9 @@
 //! their problems too. [`Config::load`] is the strict entry point for `cellet run`.
 
 pub mod check;
+mod kube_loop;
+mod kubelet_api;
+mod node_rules;
 mod problem;
 mod units;
 mod yaml;
@@ -16,8 +19,11 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use kubelet_api::{DEFAULT_METRICS_ADDRESS, KubeletApiConfig, KubeletApiListener};
+pub use node_rules::NodeRulesConfig;
 pub use problem::{Problem, Problems};
 
+use crate::kube::KubeSettings;
 use crate::plugins::cache::ComponentCache;
 use crate::plugins::capabilities::ec2::Ec2Settings;
 use crate::plugins::source::{PluginSource, Sha256Digest};
@@ -35,7 +41,7 @@ const MIN_MEMORY_BYTES: u64 = 1 << 20;
 const MAX_MEMORY_BYTES: u64 = 4 << 30;
 const MAX_INSTANCES: i64 = 1024;
 
-const TOP_KEYS: &[&str] = &["node", "plugins", "cloud", "network", "hostport"];
+const TOP_KEYS: &[&str] = &["node", "plugins", "cloud", "network", "hostport", "kube", "kubelet-api", "node-rules"];
 const NODE_KEYS: &[&str] = &["name", "controller-id", "internal-ip", "kubelet-port", "labels"];
 const PLUGINS_KEYS: &[&str] = &["cache-dir", "insecure-registries", "max-instances", "max-memory"];
 const SLOT_KEYS: &[&str] =
@@ -62,6 +68,13 @@ pub struct Config {
     pub cloud: SlotConfig,
     pub network: SlotConfig,
     pub hostport: SlotConfig,
+    /// The `kube:` section (the defaults when absent).
+    pub kube: KubeSettings,
+    /// The `kubelet-api:` section; `None` when absent: neither the kubelet API nor the
+    /// metrics address is served.
+    pub kubelet_api: Option<KubeletApiConfig>,
+    /// The `node-rules:` section (the defaults when absent).
+    pub node_rules: NodeRulesConfig,
 }
 
 /// The `node:` section: the identity of the virtual node.
@@ -133,6 +146,10 @@ pub struct Draft {
     pub plugins: Option<PluginsConfig>,
     /// Indexed like [`Slot::ALL`].
     pub slots: [Option<SlotConfig>; 3],
+    pub kube: Option<KubeSettings>,
+    /// `Some(None)` when the section is absent.
+    pub kubelet_api: Option<Option<KubeletApiConfig>>,
+    pub node_rules: Option<NodeRulesConfig>,
     pub problems: Vec<Problem>,
 }
 
@@ -160,10 +177,15 @@ impl Draft {
             path: self.path.clone(),
             problems: Problems(problems).sorted(),
         };
-        match (self.problems.is_empty(), self.node, self.plugins, self.slots) {
-            (true, Some(node), Some(plugins), [Some(cloud), Some(network), Some(hostport)]) => {
-                Ok(Config { path: self.path, node, plugins, cloud, network, hostport })
-            }
+        let host = (self.kube, self.kubelet_api, self.node_rules);
+        match (self.problems.is_empty(), self.node, self.plugins, self.slots, host) {
+            (
+                true,
+                Some(node),
+                Some(plugins),
+                [Some(cloud), Some(network), Some(hostport)],
+                (Some(kube), Some(kubelet_api), Some(node_rules)),
+            ) => Ok(Config { path: self.path, node, plugins, cloud, network, hostport, kube, kubelet_api, node_rules }),
             // Every `None` part comes with a problem; this arm is for the non-empty list.
             _ => Err(invalid(self.problems)),
         }
@@ -173,7 +195,16 @@ impl Draft {
 /// Parse the text of a config file read from `path`. Relative paths in it (plugin files,
 /// the cache directory) are resolved against `path`'s directory.
 pub fn parse(path: &Path, text: &str) -> Draft {
-    let mut draft = Draft { path: path.to_path_buf(), node: None, plugins: None, slots: [None, None, None], problems: Vec::new() };
+    let mut draft = Draft {
+        path: path.to_path_buf(),
+        node: None,
+        plugins: None,
+        slots: [None, None, None],
+        kube: None,
+        kubelet_api: None,
+        node_rules: None,
+        problems: Vec::new(),
+    };
     let root = match yaml::parse_document(path, text) {
         Ok(root) => root,
         Err(problem) => {
@@ -206,6 +237,12 @@ pub fn parse(path: &Path, text: &str) -> Draft {
     if let Some(plugins) = &draft.plugins {
         check_pool(&mut reader, plugins, &draft.slots);
     }
+    draft.kube = kube_loop::kube_settings(&mut reader, top.get("kube").as_ref());
+    draft.kubelet_api = match top.get("kubelet-api") {
+        Some(f) => kubelet_api::kubelet_api(&mut reader, &f, draft.node.as_ref(), &base_dir).map(Some),
+        None => Some(None),
+    };
+    draft.node_rules = node_rules::node_rules(&mut reader, top.get("node-rules").as_ref());
     draft.problems = Problems(reader.into_problems()).sorted().0;
     draft
 }

@@ -185,6 +185,17 @@ impl Reader {
         }
     }
 
+    /// A boolean (`true` or `false`; YAML's `yes`/`no` are strings in YAML 1.2, refused).
+    pub fn boolean(&mut self, field: &Field<'_, '_>) -> Option<bool> {
+        match &field.node.data {
+            YamlData::Value(Scalar::Boolean(b)) => Some(*b),
+            _ => {
+                self.wrong_kind(field, "true or false");
+                None
+            }
+        }
+    }
+
     /// An integer within `min..=max`.
     pub fn integer(&mut self, field: &Field<'_, '_>, min: i64, max: i64) -> Option<i64> {
         match &field.node.data {

@@ -9,7 +9,8 @@
 //! the API server's are each only eventually consistent (a cell just created for a pod not
 //! yet in the watch cache must not be killed).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -18,10 +19,13 @@ use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
 use tokio::time::Instant;
 
-use super::convert;
+use super::cells::CellDirectory;
+use super::node_rules::{self, NodeRules};
 use super::provider::Plugins;
 use super::worker::{Decision, HostportTable};
+use super::{convert, status};
 use crate::config::NodeConfig;
+use crate::net::hostport::HostPortRule;
 use crate::plugins::CallError;
 use crate::plugins::bindings::Cell;
 
@@ -65,12 +69,23 @@ impl Orphans {
     }
 }
 
+/// What adoption found.
+#[derive(Debug, Default)]
+pub struct Adopted {
+    /// Cells without a pod, for the sweep.
+    pub orphans: Orphans,
+    /// The hostPort rules of the adopted pods whose containers run: the node's whole rule
+    /// set as it should be now.
+    pub rules: BTreeMap<String, Vec<HostPortRule>>,
+}
+
 /// Adopt this controller's cells at start.
 ///
 /// *Expected flow*: list the node's pods from the API server and the cells from the cloud;
-/// for each pod that has a cell, oldest first, re-admit its hostPorts into `hostports`;
+/// for each pod that has a cell, oldest first, re-admit its hostPorts into `hostports`,
+/// record its cell's management IP in `cells` and, when it runs, its hostPort rules;
 /// record every cell without a pod as an orphan suspect. Returns the suspects, for the
-/// sweep to delete those it sees again.
+/// sweep to delete those it sees again, and the rules, for the node to re-render.
 /// *Guarantees*: creates nothing and deletes nothing: a pod whose cell is not listed yet
 /// is left to its worker, which looks the cell up again before creating one.
 /// *Caveats*: a running pod the hostPort policy now denies (the policy changed) keeps
@@ -81,7 +96,8 @@ pub async fn adopt(
     node: &NodeConfig,
     plugins: &Plugins,
     hostports: &HostportTable,
-) -> Result<Orphans, AdoptError> {
+    cells_seen: &CellDirectory,
+) -> Result<Adopted, AdoptError> {
     let started = Instant::now();
     let api: Api<Pod> = Api::all(client.clone());
     let params = ListParams::default().fields(&format!("spec.nodeName={}", node.name));
@@ -106,16 +122,30 @@ pub async fn adopt(
     let live: HashSet<String> = pods.iter().filter_map(|p| p.metadata.uid.clone()).collect();
 
     let mut adopted = 0;
+    let mut rules = BTreeMap::new();
     for pod in &pods {
         let Some(cell) = pod.metadata.uid.as_deref().and_then(|uid| by_uid.get(uid)) else {
             continue;
         };
         adopted += 1;
+        cells_seen.record(cell);
         let Ok(wit_pod) = convert::plugin_pod(pod) else {
             continue;
         };
         match hostports.admit(plugins, &wit_pod, || live.clone()).await {
-            Ok(Decision::Admitted) => {}
+            Ok(Decision::Admitted) => {
+                let address = status::pod_address(wit_pod.host_network, cell).and_then(|a| a.parse().ok());
+                let mappings = hostports.mappings(&wit_pod.uid).await;
+                if let Some(ip) = address.filter(|_| status::containers_running(cell) && !mappings.is_empty()) {
+                    match node_rules::rules_for(&wit_pod.uid, ip, &mappings) {
+                        Ok(r) => {
+                            rules.insert(wit_pod.uid.clone(), r);
+                        }
+                        // Its worker reports it on the pod.
+                        Err(error) => tracing::warn!(pod = %pod.name_any(), %error, "adopted pod's hostPort rules invalid"),
+                    }
+                }
+            }
             Ok(Decision::Denied(reason)) => {
                 tracing::warn!(pod = %pod.name_any(), cell = %cell.id, %reason, "running pod's hostPorts are now denied; left running")
             }
@@ -132,26 +162,38 @@ pub async fn adopt(
         cells = cells.len(),
         adopted,
         orphans = orphans.suspects.len(),
+        hostport_pods = rules.len(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "adoption done"
     );
-    Ok(orphans)
+    Ok(Adopted { orphans, rules })
 }
 
-/// Delete orphan cells every `interval`, until the future is dropped.
+/// Delete orphan cells, and the hostPort rules of pods that are gone, every `interval`,
+/// until the future is dropped.
 ///
-/// *Expected flow*: wait until the pod store holds the full list, then each pass lists the
-/// cells, compares them with the store's pods, and deletes the cells orphaned in two
-/// consecutive passes. *Guarantees*: a cell whose pod is in the store is never deleted
-/// here (the pod's worker owns it). *Assumptions*: deleting a missing cell succeeds, so a
-/// cell deleted by a worker meanwhile is harmless. *Errors*: none escape; a failed list or
-/// delete is logged and the next pass tries again.
-pub async fn sweep(plugins: Plugins, store: Store<Pod>, mut orphans: Orphans, interval: Duration) {
+/// *Expected flow*: wait until the pod store holds the full list, then each pass drops the
+/// rules of pods not in the store (a pod force-deleted behind cellet's back never gets a
+/// teardown), lists the cells, compares them with the store's pods, and deletes the cells
+/// orphaned in two consecutive passes. *Guarantees*: a cell whose pod is in the store is
+/// never deleted here (the pod's worker owns it); rules go before cells. *Assumptions*:
+/// deleting a missing cell succeeds, so a cell deleted by a worker meanwhile is harmless.
+/// *Errors*: none escape; a failed list, delete or rule reconcile is logged and the next
+/// pass tries again.
+pub async fn sweep(plugins: Plugins, store: Store<Pod>, mut orphans: Orphans, interval: Duration, rules: Arc<NodeRules>) {
     if store.wait_until_ready().await.is_err() {
         return;
     }
     loop {
         tokio::time::sleep(interval).await;
+        let live: HashSet<String> = store
+            .state()
+            .iter()
+            .filter_map(|p| p.metadata.uid.clone())
+            .collect();
+        if let Err(error) = rules.retain(&live).await {
+            tracing::warn!(%error, "hostPort rules of deleted pods not removed; retrying next pass");
+        }
         let cells = match plugins.cloud.list_cells().await {
             Ok(cells) => cells,
             Err(error) => {
@@ -159,11 +201,6 @@ pub async fn sweep(plugins: Plugins, store: Store<Pod>, mut orphans: Orphans, in
                 continue;
             }
         };
-        let live: HashSet<String> = store
-            .state()
-            .iter()
-            .filter_map(|p| p.metadata.uid.clone())
-            .collect();
         for cell in orphans.pass(&cells, &live) {
             match plugins.cloud.delete_cell(&cell.id).await {
                 Ok(()) => tracing::info!(

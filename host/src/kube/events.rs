@@ -33,6 +33,8 @@ pub enum Reason {
     CellLost,
     /// The cell could not be deleted (Warning).
     CellDeleteFailed,
+    /// The pod's hostPort rules could not be installed or removed on the node (Warning).
+    HostPortRulesFailed,
 }
 
 impl Reason {
@@ -48,6 +50,7 @@ impl Reason {
             Reason::CellPending => "CellPending",
             Reason::CellLost => "CellLost",
             Reason::CellDeleteFailed => "CellDeleteFailed",
+            Reason::HostPortRulesFailed => "HostPortRulesFailed",
         }
     }
 
@@ -63,6 +66,7 @@ impl Reason {
         match self {
             Reason::HostPortDenied | Reason::DaemonSetPodRefused | Reason::InvalidPod => "Admit",
             Reason::CellDeleteFailed => "DeleteCell",
+            Reason::HostPortRulesFailed => "ApplyHostPortRules",
             _ => "CreateCell",
         }
     }

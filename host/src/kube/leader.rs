@@ -29,6 +29,8 @@ use tokio::time::Instant;
 pub struct LeaderSettings {
     /// Namespace of the leader Lease.
     pub namespace: String,
+    /// Name of the leader Lease; `cellet-<node>-leader` when `None`.
+    pub lease_name: Option<String>,
     /// How long a replica waits, after the record last changed, before taking the Lease.
     pub lease_duration: Duration,
     /// How long the leader keeps acting without a successful renewal.
@@ -41,6 +43,7 @@ impl Default for LeaderSettings {
     fn default() -> Self {
         LeaderSettings {
             namespace: super::lease::NODE_LEASE_NAMESPACE.into(),
+            lease_name: None,
             lease_duration: Duration::from_secs(15),
             renew_deadline: Duration::from_secs(10),
             retry_period: Duration::from_secs(2),
@@ -121,7 +124,7 @@ impl LeaderElector {
     pub fn new(client: Client, node: &str, identity: String, settings: LeaderSettings) -> Self {
         LeaderElector {
             api: Api::namespaced(client, &settings.namespace),
-            name: leader_lease_name(node),
+            name: settings.lease_name.clone().unwrap_or_else(|| leader_lease_name(node)),
             identity,
             settings,
             observed: None,

@@ -7,17 +7,24 @@
 //! - [`node`]: registers the Node and reports its status; [`lease`]: renews its Lease.
 //! - [`adopt`]: at start, adopts this controller's cells; then sweeps orphans.
 //! - [`pods`] → [`worker`] → [`status`]: the pod watch hands each pod to a worker, which
-//!   calls the plugins ([`provider`]) and writes the pod's status; [`events`] tells users
-//!   what failed or waits.
+//!   calls the plugins ([`provider`]), installs the pod's hostPort rules ([`node_rules`])
+//!   and writes the pod's status; [`events`] tells users what failed or waits.
 //!
-//! Data flows one way: watch → worker → plugins (decide) → cloud (act) → status.
+//! What outlives a leader term is built once by [`NodeLoop::new`] and shared: the pod
+//! watch and its store, the cells' management IPs ([`cells`]), the node's rules and the
+//! [`metrics`]; the kubelet API reads the first two on every replica.
+//!
+//! Data flows one way: watch → worker → plugins (decide) → cloud and node rules (act) → status.
 
 pub mod adopt;
+pub mod cells;
 pub mod convert;
 pub mod events;
 pub mod leader;
 pub mod lease;
+pub mod metrics;
 pub mod node;
+pub mod node_rules;
 pub mod pods;
 pub mod provider;
 pub mod status;
@@ -28,13 +35,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::runtime::reflector::Store;
 use kube::{Api, Client};
 
 use crate::config::NodeConfig;
+use crate::net::hostport::HostPortRules;
+use cells::CellDirectory;
 use leader::{LeaderElector, LeaderSettings};
+use metrics::KubeMetrics;
+use node_rules::NodeRules;
+use pods::PodWatch;
 use provider::Plugins;
-use worker::HostportTable;
+use worker::{Context, HostportTable};
 
 /// The field manager of every server-side apply cellet makes.
 pub const FIELD_MANAGER: &str = "cellet";
@@ -50,7 +63,8 @@ pub const FIELD_MANAGER: &str = "cellet";
 pub enum DaemonSetPolicy {
     #[default]
     Refuse,
-    Run,
+    /// Run them like any other pod (a cell each).
+    Allow,
 }
 
 /// Settings of the Kubernetes loop; the defaults are the kubelet's where it has one.
@@ -101,38 +115,97 @@ pub enum KubeError {
     Client { source: kube::Error },
 }
 
-/// Connect with the ambient credentials and [`run`] the node until `shutdown` completes.
-pub async fn serve(
-    node: NodeConfig,
-    settings: KubeSettings,
-    plugins: Plugins,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), KubeError> {
-    let client = Client::try_default().await.map_err(|source| KubeError::Client { source })?;
-    run(client, node, settings, plugins, shutdown).await;
-    Ok(())
+/// A client with the ambient credentials: `KUBECONFIG` (or `~/.kube/config`), else the
+/// in-cluster service account.
+pub async fn connect() -> Result<Client, KubeError> {
+    Client::try_default().await.map_err(|source| KubeError::Client { source })
 }
 
-/// Run the node until `shutdown` completes.
-///
-/// *Expected flow*: wait for leadership; as leader, register the node, renew its Lease,
-/// report its status, adopt cells, then watch and work pods; on losing leadership stop
-/// all of that at once (every task is dropped mid-flight; all of them are idempotent) and
-/// wait for leadership again. *Guarantees*: on `shutdown`, work stops and leadership is
-/// released so another replica takes over without waiting out the lock; cells are left
-/// running, for the next leader to adopt.
-pub async fn run(
-    client: Client,
-    node: NodeConfig,
-    settings: KubeSettings,
-    plugins: Plugins,
-    shutdown: impl Future<Output = ()>,
-) {
+/// What every leader term shares, built once per process.
+pub struct Shared {
+    pub client: Client,
+    pub node: NodeConfig,
+    pub settings: KubeSettings,
+    pub plugins: Plugins,
+    pub pods: PodWatch,
+    pub cells: Arc<CellDirectory>,
+    pub rules: Arc<NodeRules>,
+    pub metrics: KubeMetrics,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("node", &self.node.name)
+            .field("plugins", &self.plugins)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The node, ready to run. Built before it runs, so the kubelet API can be given its pod
+/// store and cell directory first.
+pub struct NodeLoop {
+    shared: Shared,
+    watch: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl std::fmt::Debug for NodeLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeLoop").field("shared", &self.shared).finish_non_exhaustive()
+    }
+}
+
+impl NodeLoop {
+    pub fn new(
+        client: Client,
+        node: NodeConfig,
+        settings: KubeSettings,
+        plugins: Plugins,
+        rules: HostPortRules,
+        metrics: KubeMetrics,
+    ) -> Self {
+        let (pods, watch) = PodWatch::new(client.clone(), &node.name);
+        let rules = Arc::new(NodeRules::new(rules, metrics.clone()));
+        let shared = Shared { client, node, settings, plugins, pods, cells: Arc::default(), rules, metrics };
+        NodeLoop { shared, watch: Box::pin(watch) }
+    }
+
+    /// The node's pods, as the process's watch sees them.
+    pub fn pods(&self) -> Store<Pod> {
+        self.shared.pods.store()
+    }
+
+    /// The management IPs of the cells, as the workers last saw them.
+    pub fn cells(&self) -> Arc<CellDirectory> {
+        Arc::clone(&self.shared.cells)
+    }
+
+    /// Run the node until `shutdown` completes.
+    ///
+    /// *Expected flow*: watch the node's pods for the life of the process; wait for
+    /// leadership; as leader, register the node, renew its Lease, report its status, adopt
+    /// cells and re-render the node's rules, then work pods; on losing leadership stop all
+    /// of that at once (every task is dropped mid-flight; all of them are idempotent) and
+    /// wait for leadership again. *Guarantees*: on `shutdown`, work stops and leadership is
+    /// released so another replica takes over without waiting out the lock; cells and node
+    /// rules are left in place, for the next leader to adopt.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let NodeLoop { shared, watch } = self;
+        tokio::select! {
+            () = watch => tracing::error!(node = %shared.node.name, "pod watch ended"),
+            () = lead(&shared, shutdown) => {}
+        }
+    }
+}
+
+/// Take turns as leader until `shutdown` completes.
+async fn lead(shared: &Shared, shutdown: impl Future<Output = ()>) {
+    let node = &shared.node;
     let mut elector = LeaderElector::new(
-        client.clone(),
+        shared.client.clone(),
         &node.name,
         leader::process_identity(),
-        settings.leader.clone(),
+        shared.settings.leader.clone(),
     );
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -140,15 +213,17 @@ pub async fn run(
             () = &mut shutdown => return,
             () = elector.acquire() => {}
         }
+        shared.metrics.set_leader(true);
         let outcome = tokio::select! {
             () = &mut shutdown => None,
             lost = elector.hold() => Some(lost),
-            () = act(client.clone(), node.clone(), settings.clone(), plugins.clone()) => {
-                // The loops only end when their pod store's writer is gone: start over.
+            () = act(shared) => {
+                // None of the loops ends by itself; if one ever does, start over.
                 tracing::error!(node = %node.name, "node loops ended; starting over");
                 Some(leader::Lost::Abandoned)
             }
         };
+        shared.metrics.set_leader(false);
         match outcome {
             Some(lost) => {
                 tracing::warn!(?lost, identity = %elector.identity(), "not leading; stopped acting");
@@ -170,11 +245,12 @@ pub async fn run(
 }
 
 /// Everything the leader does, until dropped.
-async fn act(client: Client, node: NodeConfig, settings: KubeSettings, plugins: Plugins) {
+async fn act(shared: &Shared) {
+    let Shared { client, node, settings, plugins, .. } = shared;
     let nodes: Api<Node> = Api::all(client.clone());
     let mut retry = Duration::from_millis(200);
     let registered = loop {
-        match node::register(&nodes, &node).await {
+        match node::register(&nodes, node).await {
             Ok(n) => break n,
             Err(error) => {
                 tracing::warn!(%error, retry_in = ?retry, "node not registered");
@@ -190,13 +266,13 @@ async fn act(client: Client, node: NodeConfig, settings: KubeSettings, plugins: 
         settings.node_lease_duration,
         settings.node_lease_renew_interval,
     );
-    let status = node::status_loop(nodes, node.clone(), settings.clone(), &plugins, registered);
+    let status = node::status_loop(nodes, node.clone(), settings.clone(), plugins, registered);
     let pods = async {
         let hostports = Arc::new(HostportTable::default());
         let mut retry = Duration::from_millis(200);
-        let orphans = loop {
-            match adopt::adopt(&client, &node, &plugins, &hostports).await {
-                Ok(orphans) => break orphans,
+        let adopted = loop {
+            match adopt::adopt(client, node, plugins, &hostports, &shared.cells).await {
+                Ok(adopted) => break adopted,
                 Err(error) => {
                     tracing::warn!(%error, retry_in = ?retry, "adoption failed; retrying before pods are worked");
                     tokio::time::sleep(retry).await;
@@ -204,20 +280,21 @@ async fn act(client: Client, node: NodeConfig, settings: KubeSettings, plugins: 
                 }
             }
         };
-        let controller = pods::PodController::new(
-            client.clone(),
-            node.clone(),
-            settings.clone(),
-            plugins.clone(),
-            hostports,
-        );
+        // The node's whole rule set from the adopted pods: rules of pods gone while no
+        // leader ran are removed. A failure here holds no pod back; each pod's worker
+        // retries its own rules and reports on the pod.
+        if let Err(error) = shared.rules.replace_all(adopted.rules).await {
+            tracing::warn!(%error, "node hostPort rules not re-rendered at start; the pod workers retry");
+        }
+        let context = Arc::new(Context::new(shared, hostports));
         let sweep = adopt::sweep(
             plugins.clone(),
-            controller.store(),
-            orphans,
+            shared.pods.store(),
+            adopted.orphans,
             settings.orphan_sweep_interval,
+            Arc::clone(&shared.rules),
         );
-        tokio::join!(controller.run(), sweep);
+        tokio::join!(pods::control(&shared.pods, context, settings.max_concurrent_reconciles), sweep);
     };
-    tokio::join!(heartbeat, status, pods);
+    tokio::join!(heartbeat, status, pods, shared.rules.run());
 }

@@ -62,6 +62,12 @@ pub fn containers_running(cell: &Cell) -> bool {
             .any(|t| t.key == CONTAINERS_TAG && t.value == "running")
 }
 
+/// The pod's address in `cell`: a `hostNetwork` pod shares the cell's management IP,
+/// any other has the pod IP of its own network namespace.
+pub fn pod_address(host_network: bool, cell: &Cell) -> Option<&str> {
+    if host_network { cell.management_ip.as_deref() } else { cell.pod_ip.as_deref() }
+}
+
 /// The progress a cell means for its pod.
 pub fn progress_of(cell: &Cell) -> Progress<'_> {
     if containers_running(cell) {
@@ -212,11 +218,7 @@ pub fn desired(pod: &Pod, host_ip: IpAddr, progress: Progress<'_>, now: Timestam
 
     let pod_ip = match progress {
         Progress::Running { cell } | Progress::Waiting { cell: Some(cell) } => {
-            if spec.host_network == Some(true) {
-                cell.management_ip.clone()
-            } else {
-                cell.pod_ip.clone()
-            }
+            pod_address(spec.host_network == Some(true), cell).map(str::to_string)
         }
         _ => None,
     };

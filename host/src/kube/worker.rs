@@ -18,11 +18,14 @@ use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
 use tracing::Instrument;
 
+use super::cells::CellDirectory;
 use super::convert;
 use super::events::{Events, Reason};
+use super::metrics::KubeMetrics;
+use super::node_rules::{self, NodeRules, RulesError};
 use super::provider::{FailureKind, Plugins, failure_kind};
 use super::status::{self, Progress, StatusError};
-use super::{DaemonSetPolicy, KubeSettings};
+use super::{DaemonSetPolicy, KubeSettings, Shared};
 use crate::config::NodeConfig;
 use crate::plugins::CallError;
 use crate::plugins::bindings::{
@@ -61,13 +64,22 @@ pub enum WorkerError {
     /// The pod object could not be deleted after its cell was.
     #[error("failed to delete pod {pod}: {source}")]
     Delete { pod: String, source: kube::Error },
+    /// The pod's hostPort rules could not be installed or removed.
+    #[error("failed to {step} for pod {pod}: {source}")]
+    Rules {
+        step: &'static str,
+        pod: String,
+        source: RulesError,
+    },
 }
 
 impl WorkerError {
     fn kind(&self) -> FailureKind {
         match self {
             WorkerError::Plugin { source, .. } => failure_kind(source),
-            WorkerError::Status(_) | WorkerError::Delete { .. } => FailureKind::Transient,
+            WorkerError::Status(_) | WorkerError::Delete { .. } | WorkerError::Rules { .. } => {
+                FailureKind::Transient
+            }
         }
     }
 }
@@ -133,6 +145,11 @@ impl HostportTable {
     pub async fn release(&self, uid: &str) {
         self.admitted.lock().await.remove(uid);
     }
+
+    /// The mappings admitted for a pod (none when it declares no hostPort).
+    pub async fn mappings(&self, uid: &str) -> Vec<PortMapping> {
+        self.admitted.lock().await.get(uid).cloned().unwrap_or_default()
+    }
 }
 
 /// What every reconcile shares.
@@ -145,6 +162,11 @@ pub struct Context {
     /// This node's pods, as the controller's reflector sees them.
     pub store: Store<Pod>,
     pub hostports: Arc<HostportTable>,
+    /// Management IPs of the cells, for the kubelet API.
+    pub cells: Arc<CellDirectory>,
+    /// The node's hostPort rules.
+    pub rules: Arc<NodeRules>,
+    pub metrics: KubeMetrics,
     /// Consecutive failures per pod UID, for the backoff; cleared by a success.
     failures: std::sync::Mutex<HashMap<String, u32>>,
 }
@@ -158,23 +180,19 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
-    pub fn new(
-        plugins: Plugins,
-        client: Client,
-        node: NodeConfig,
-        settings: KubeSettings,
-        store: Store<Pod>,
-        hostports: Arc<HostportTable>,
-    ) -> Self {
-        let events = Events::new(client.clone(), &node.name);
+    /// A term's context: what lasts across terms from `shared`, and the term's hostPort table.
+    pub fn new(shared: &Shared, hostports: Arc<HostportTable>) -> Self {
         Context {
-            plugins,
-            client,
-            node,
-            settings,
-            events,
-            store,
+            plugins: shared.plugins.clone(),
+            client: shared.client.clone(),
+            node: shared.node.clone(),
+            settings: shared.settings.clone(),
+            events: Events::new(shared.client.clone(), &shared.node.name),
+            store: shared.pods.store(),
             hostports,
+            cells: Arc::clone(&shared.cells),
+            rules: Arc::clone(&shared.rules),
+            metrics: shared.metrics.clone(),
             failures: Default::default(),
         }
     }
@@ -214,6 +232,7 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Worke
     }
     .instrument(span)
     .await;
+    ctx.metrics.pod_reconciled(result.is_ok());
     if result.is_ok() {
         ctx.failures
             .lock()
@@ -265,12 +284,19 @@ fn plugin_error(step: &'static str, pod: &Pod) -> impl FnOnce(CallError) -> Work
 ///
 /// *Expected flow*: stop the pod's containers within `deletionGracePeriodSeconds` (the
 /// cell agent's job, issue #5: until then the cell's deletion is the stop), remove its
-/// hostPort mappings, delete the cell, then delete the object with grace 0 and the pod's
-/// UID as precondition (a new pod of the same name is never touched).
-/// *Guarantees*: the object outlives the cell. *Assumptions*: idempotent; deleting a
-/// missing cell or object succeeds.
+/// hostPort rules from the node, delete the cell, forget its mappings, then delete the
+/// object with grace 0 and the pod's UID as precondition (a new pod of the same name is
+/// never touched).
+/// *Guarantees*: the rules go before the cell (no node port keeps forwarding to an address
+/// the cloud may hand to another pod), and the object outlives the cell. *Assumptions*:
+/// idempotent; deleting missing rules, a missing cell or a missing object succeeds.
+/// *Errors*: rules that cannot be removed are an Event and a retry; the cell waits for them.
 async fn teardown(pod: &Pod, ctx: &Context) -> Result<Action, WorkerError> {
     let uid = uid(pod);
+    if let Err(source) = ctx.rules.remove(&uid).await {
+        ctx.events.publish(pod, Reason::HostPortRulesFailed, source.to_string()).await;
+        return Err(WorkerError::Rules { step: "remove the hostPort rules", pod: key(pod), source });
+    }
     if let Some(cell) = ctx
         .plugins
         .cloud
@@ -290,6 +316,7 @@ async fn teardown(pod: &Pod, ctx: &Context) -> Result<Action, WorkerError> {
         }
         tracing::info!(pod = %key(pod), cell = %cell.id, "cell deleted");
     }
+    ctx.cells.forget(&uid);
     ctx.hostports.release(&uid).await;
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
     let params = DeleteParams {
@@ -362,8 +389,9 @@ async fn run(pod: &Pod, ctx: &Context) -> Result<Action, WorkerError> {
         .map_err(plugin_error("look up the cell", pod))?
     {
         Some(cell) => cell,
-        None => create(pod, wit_pod, ctx).await?,
+        None => create(pod, wit_pod.clone(), ctx).await?,
     };
+    ctx.cells.record(&cell);
     if matches!(cell.state, CellState::Stopping | CellState::Terminated) {
         let note = format!(
             "cell {} is {:?} while its pod still runs",
@@ -378,6 +406,10 @@ async fn run(pod: &Pod, ctx: &Context) -> Result<Action, WorkerError> {
         return Ok(Action::requeue(WAITING_RECHECK));
     }
     let progress = status::progress_of(&cell);
+    if matches!(progress, Progress::Running { .. }) {
+        // Before the status says Running, so a Running pod's hostPorts answer.
+        install_rules(pod, &wit_pod, &cell, ctx).await?;
+    }
     let changed = ctx.report(pod, progress).await?;
     Ok(match progress {
         Progress::Running { .. } => Action::requeue(ctx.settings.pod_resync),
@@ -394,6 +426,35 @@ async fn run(pod: &Pod, ctx: &Context) -> Result<Action, WorkerError> {
             Action::requeue(WAITING_RECHECK)
         }
     })
+}
+
+/// Make the node forward the pod's admitted hostPorts to its address in `cell`.
+///
+/// A pod without hostPorts (or without an address yet) costs nothing here; an unchanged
+/// pod returns at once. A failure is an Event on the pod and a retry.
+async fn install_rules(pod: &Pod, wit_pod: &WitPod, cell: &Cell, ctx: &Context) -> Result<(), WorkerError> {
+    let mappings = ctx.hostports.mappings(&wit_pod.uid).await;
+    if mappings.is_empty() {
+        return Ok(());
+    }
+    let Some(address) = status::pod_address(wit_pod.host_network, cell) else {
+        return Ok(());
+    };
+    let result = match address.parse() {
+        Ok(ip) => match node_rules::rules_for(&wit_pod.uid, ip, &mappings) {
+            Ok(rules) => ctx.rules.set(&wit_pod.uid, rules).await,
+            Err(error) => Err(error),
+        },
+        Err(_) => {
+            tracing::warn!(pod = %key(pod), cell = %cell.id, %address, "cell reported an unparsable pod address; no hostPort rules");
+            return Ok(());
+        }
+    };
+    if let Err(source) = result {
+        ctx.events.publish(pod, Reason::HostPortRulesFailed, source.to_string()).await;
+        return Err(WorkerError::Rules { step: "install the hostPort rules", pod: key(pod), source });
+    }
+    Ok(())
 }
 
 /// Plan the pod's network and create its cell.

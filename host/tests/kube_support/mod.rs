@@ -117,6 +117,16 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Run kubectl as cluster-admin and return its output, failed or not.
+    pub fn kubectl_output(&self, args: &[&str]) -> std::process::Output {
+        Command::new(&self.script)
+            .arg("kubectl")
+            .arg(&self.dir)
+            .args(args)
+            .output()
+            .expect("failed to run kubectl through cluster.sh")
+    }
+
     /// Apply a manifest given as YAML text.
     pub fn apply(&self, manifest: &str) {
         let file = tempfile::NamedTempFile::new().expect("temp file");
@@ -140,12 +150,22 @@ impl Cluster {
 }
 
 /// A `cellet run` process serving one node.
+///
+/// Its kubelet API listens on 127.0.0.1 (the node's InternalIP) with a certificate issued
+/// from the cluster CA, its metrics on a loopback port of their own, and its hostPort rules
+/// go into a network namespace of its own (`netns`), so a test never touches the
+/// machine's rules.
 #[derive(Debug)]
 pub struct Host {
     pub node: String,
     pub dir: PathBuf,
     pub config: PathBuf,
     pub log: PathBuf,
+    pub kubelet_port: u16,
+    pub metrics_port: u16,
+    /// The network namespace holding this host's node rules (removed with the host).
+    pub netns: String,
+    kubeconfig: PathBuf,
     child: Option<Child>,
     /// Keeps the directory alive as long as the host.
     _tmp: tempfile::TempDir,
@@ -158,6 +178,8 @@ pub struct HostOptions {
     pub controller_id: Option<String>,
     /// The `pods` capacity the mock advertises.
     pub max_pods: u32,
+    /// The identity cellet runs with; cluster-admin when `None`.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 impl Default for HostOptions {
@@ -165,8 +187,16 @@ impl Default for HostOptions {
         HostOptions {
             controller_id: None,
             max_pods: 110,
+            kubeconfig: None,
         }
     }
+}
+
+/// A network namespace name unique to this process and `node` (at most 64 characters).
+fn netns_name(node: &str) -> String {
+    let mut name = format!("cellet-t{}-{node}", std::process::id());
+    name.truncate(64);
+    name
 }
 
 /// A free TCP port on loopback (for each host's kubelet API).
@@ -190,12 +220,33 @@ impl Host {
             .controller_id
             .clone()
             .unwrap_or_else(|| format!("{node}-ctl"));
+        let kubelet_port = free_port();
+        let metrics_port = free_port();
+        let netns = netns_name(node);
+        let _ = Command::new("ip").args(["netns", "del", &netns]).output();
+        let made = Command::new("ip")
+            .args(["netns", "add", &netns])
+            .output()
+            .expect("failed to run `ip netns add` (iproute2; tests run as root)");
+        assert!(
+            made.status.success(),
+            "ip netns add {netns}: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let pki = cluster.dir.join("pki");
         let text = format!(
             "node:
   name: {node}
   controller-id: {controller}
   internal-ip: 127.0.0.1
-  kubelet-port: {port}
+  kubelet-port: {kubelet_port}
+kubelet-api:
+  ca-cert: {pki}/ca.crt
+  ca-key: {pki}/ca.key
+  client-ca-file: {pki}/ca.crt
+  metrics-address: 127.0.0.1:{metrics_port}
+node-rules:
+  network-namespace: {netns}
 plugins:
   cache-dir: {cache}
 cloud:
@@ -208,7 +259,7 @@ network:
 hostport:
   source: {hostport}
 ",
-            port = free_port(),
+            pki = pki.display(),
             cache = workspace()
                 .join("target/cellet-test-component-cache")
                 .display(),
@@ -223,15 +274,22 @@ hostport:
             log: dir.join("cellet.log"),
             config,
             dir,
+            kubelet_port,
+            metrics_port,
+            netns,
+            kubeconfig: options
+                .kubeconfig
+                .clone()
+                .unwrap_or_else(|| cluster.kubeconfig.clone()),
             child: None,
             _tmp: tmp,
         };
-        host.spawn(cluster);
+        host.spawn();
         host
     }
 
     /// Start the process (again) with the same config; the log is appended to.
-    pub fn spawn(&mut self, cluster: &Cluster) {
+    pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "host {} already runs", self.node);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -241,7 +299,7 @@ hostport:
         let child = Command::new(env!("CARGO_BIN_EXE_cellet"))
             .args(["--log-format", "json", "run", "--config"])
             .arg(&self.config)
-            .env("KUBECONFIG", &cluster.kubeconfig)
+            .env("KUBECONFIG", &self.kubeconfig)
             .env("CELLET_LOG", "info,cellet=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
@@ -318,6 +376,9 @@ hostport:
 impl Drop for Host {
     fn drop(&mut self) {
         self.kill9();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .output();
     }
 }
 

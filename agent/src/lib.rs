@@ -7,6 +7,10 @@
 pub mod protocol;
 
 #[cfg(feature = "server")]
+pub mod netns;
+#[cfg(feature = "server")]
 pub mod runtime;
 #[cfg(feature = "server")]
 pub mod sandbox;
+#[cfg(feature = "server")]
+pub mod server;

@@ -48,10 +48,9 @@ pub fn agent_server_name(pod_uid: &str) -> String {
 pub struct Bootstrap {
     /// [`PROTOCOL_VERSION`] of the host that wrote the document.
     pub version: u32,
-    /// The cell's name (the name of its instance or local network namespace); the pod
-    /// network namespace is named after it.
-    pub cell_name: String,
-    /// UID of the one pod this cell runs.
+    /// UID of the one pod this cell runs; the pod network namespace is named after it.
+    /// (The cell's own name is not known here: the cloud chooses it after the user data
+    /// is written.)
     pub pod_uid: String,
     /// The agent's serving certificate (PEM), for [`agent_server_name`]`(pod_uid)`.
     pub server_cert_pem: String,
@@ -94,6 +93,10 @@ pub enum BootstrapError {
     /// The document is of another contract version.
     #[error("the bootstrap document has version {found}, this agent speaks version {PROTOCOL_VERSION}")]
     Version { found: u32 },
+    /// `podUid` is empty or holds characters other than letters, digits and `-` (it names
+    /// a network namespace and a directory).
+    #[error("bootstrap field podUid {0:?} is not a pod UID")]
+    PodUid(String),
 }
 
 impl Bootstrap {
@@ -107,6 +110,10 @@ impl Bootstrap {
             return Err(BootstrapError::Version {
                 found: bootstrap.version,
             });
+        }
+        let uid = &bootstrap.pod_uid;
+        if uid.is_empty() || !uid.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(BootstrapError::PodUid(uid.clone()));
         }
         Ok(bootstrap)
     }
@@ -128,7 +135,6 @@ impl Bootstrap {
 pub struct Health {
     /// [`PROTOCOL_VERSION`] of the agent.
     pub version: u32,
-    pub cell_name: String,
     pub pod_uid: String,
 }
 
@@ -370,7 +376,6 @@ mod tests {
     fn bootstrap() -> Bootstrap {
         Bootstrap {
             version: PROTOCOL_VERSION,
-            cell_name: "cell-a".into(),
             pod_uid: "0b1c".into(),
             server_cert_pem: "cert".into(),
             server_key_pem: "key".into(),
@@ -385,7 +390,7 @@ mod tests {
     fn bootstrap_round_trips_and_defaults_apply() {
         let text = bootstrap().to_json().unwrap();
         assert_eq!(Bootstrap::from_json(text.as_bytes()).unwrap(), bootstrap());
-        let minimal = r#"{"version":1,"cellName":"cell-a","podUid":"0b1c","serverCertPem":"cert","serverKeyPem":"key","clientCaPem":"ca"}"#;
+        let minimal = r#"{"version":1,"podUid":"0b1c","serverCertPem":"cert","serverKeyPem":"key","clientCaPem":"ca"}"#;
         assert_eq!(Bootstrap::from_json(minimal.as_bytes()).unwrap(), bootstrap());
     }
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 /// container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodSandbox {
-    /// The pod network namespace file (`/run/netns/<cell>-pod`) every container joins;
+    /// The pod network namespace file (`/run/netns/cellet-pod-<pod uid>`) every container joins;
     /// `None` for `hostNetwork` pods, whose containers stay in the cell's namespace.
     pub netns: Option<PathBuf>,
     /// The pod's address (`status.podIP` for the downward API): its own, or the

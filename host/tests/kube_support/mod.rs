@@ -192,9 +192,11 @@ impl Default for HostOptions {
     }
 }
 
-/// A network namespace name unique to this process and `node` (at most 64 characters).
+/// A network namespace name unique to this host (two replicas may serve one node).
 fn netns_name(node: &str) -> String {
-    let mut name = format!("cellet-t{}-{node}", std::process::id());
+    static HOSTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = HOSTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut name = format!("cellet-t{}-{n}-{node}", std::process::id());
     name.truncate(64);
     name
 }

@@ -3,6 +3,7 @@
 //! WebAssembly components. See `DESIGN.md` in the repository for the architecture.
 
 pub mod api;
+pub mod cells;
 pub mod config;
 pub mod kube;
 pub mod net;

@@ -162,34 +162,53 @@ pub fn issue_serving_cert(
     let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(issue)?;
     let issuer = Issuer::from_ca_cert_pem(&ca_cert_pem, ca_key).map_err(issue)?;
 
-    let mut params = CertificateParams::default();
-    let mut subject = DistinguishedName::new();
-    subject.push(DnType::CommonName, names.node_name.as_str());
-    params.distinguished_name = subject;
-    params.subject_alt_names = names
+    let mut subject_alt_names: Vec<SanType> = names
         .addresses
         .iter()
         .map(|ip| SanType::IpAddress(*ip))
         .collect();
-    params.subject_alt_names.push(SanType::DnsName(
+    subject_alt_names.push(SanType::DnsName(
         names.node_name.clone().try_into().map_err(issue)?,
     ));
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.use_authority_key_identifier_extension = true;
-    let now = time::OffsetDateTime::now_utc();
-    // Backdated a little: clocks of the API server and this host may differ.
-    params.not_before = now - Duration::from_secs(300);
-    params.not_after = now + ISSUED_VALIDITY;
+    let params = leaf_params(
+        &names.node_name,
+        subject_alt_names,
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ISSUED_VALIDITY,
+    );
 
     let key = KeyPair::generate().map_err(issue)?;
     let cert = params.signed_by(&key, &issuer).map_err(issue)?;
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     Ok((vec![cert.der().clone()], key))
+}
+
+/// The parameters of a leaf certificate (not a CA) named `common_name`, for one purpose
+/// (server or client authentication), valid from five minutes ago (clocks of peers differ)
+/// for `validity`. Shared by every certificate the host issues: the kubelet API's and the
+/// cells' (`crate::cells::ca`).
+pub fn leaf_params(
+    common_name: &str,
+    subject_alt_names: Vec<SanType>,
+    purpose: ExtendedKeyUsagePurpose,
+    validity: Duration,
+) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut subject = DistinguishedName::new();
+    subject.push(DnType::CommonName, common_name);
+    params.distinguished_name = subject;
+    params.subject_alt_names = subject_alt_names;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![purpose];
+    params.use_authority_key_identifier_extension = true;
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - Duration::from_secs(300);
+    params.not_after = now + validity;
+    params
 }
 
 fn read_certificates(

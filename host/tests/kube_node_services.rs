@@ -26,10 +26,15 @@ const NOT_AVAILABLE: &str = "cell agent streaming not available in this release"
 
 async fn ready_node(client: &kube::Client, host: &Host) -> Node {
     let nodes: Api<Node> = Api::all(client.clone());
-    eventually(MINUTE, &format!("node {} Ready", host.node), Some(host), || async {
-        let node = nodes.get_opt(&host.node).await.ok().flatten()?;
-        (condition(&node, "Ready").as_deref() == Some("True")).then_some(node)
-    })
+    eventually(
+        MINUTE,
+        &format!("node {} Ready", host.node),
+        Some(host),
+        || async {
+            let node = nodes.get_opt(&host.node).await.ok().flatten()?;
+            (condition(&node, "Ready").as_deref() == Some("True")).then_some(node)
+        },
+    )
     .await
 }
 
@@ -38,15 +43,20 @@ async fn ready_node(client: &kube::Client, host: &Host) -> Node {
 fn client_certificate(cluster: &Cluster, dir: &Path, user: &str) -> (PathBuf, PathBuf) {
     let pki = cluster.dir.join("pki");
     let ca_key = KeyPair::from_pem(&std::fs::read_to_string(pki.join("ca.key")).unwrap()).unwrap();
-    let issuer =
-        Issuer::from_ca_cert_pem(&std::fs::read_to_string(pki.join("ca.crt")).unwrap(), ca_key)
-            .unwrap();
+    let issuer = Issuer::from_ca_cert_pem(
+        &std::fs::read_to_string(pki.join("ca.crt")).unwrap(),
+        ca_key,
+    )
+    .unwrap();
     let mut params = CertificateParams::default();
     params.distinguished_name.push(DnType::CommonName, user);
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     let key = KeyPair::generate().unwrap();
     let cert = params.signed_by(&key, &issuer).unwrap();
-    let (cert_path, key_path) = (dir.join(format!("{user}.crt")), dir.join(format!("{user}.key")));
+    let (cert_path, key_path) = (
+        dir.join(format!("{user}.crt")),
+        dir.join(format!("{user}.key")),
+    );
     std::fs::write(&cert_path, cert.pem()).unwrap();
     std::fs::write(&key_path, key.serialize_pem()).unwrap();
     (cert_path, key_path)
@@ -92,9 +102,12 @@ spec:
 
 async fn running_pod(client: &kube::Client, ns: &str, name: &str, host: &Host) -> Pod {
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);
-    eventually(MINUTE, &format!("pod {ns}/{name} Running"), Some(host), || async {
-        api.get_opt(name).await.ok().flatten().filter(running)
-    })
+    eventually(
+        MINUTE,
+        &format!("pod {ns}/{name} Running"),
+        Some(host),
+        || async { api.get_opt(name).await.ok().flatten().filter(running) },
+    )
     .await
 }
 
@@ -115,18 +128,27 @@ async fn cellet_run_serves_the_kubelet_api_and_metrics() {
 
     let url = |path: &str| format!("https://127.0.0.1:{}{path}", host.kubelet_port);
     let (code, body) = get(&https_client(cluster, None), &url("/pods")).await;
-    assert_eq!((code, body.as_str()), (StatusCode::UNAUTHORIZED, "Unauthorized"));
+    assert_eq!(
+        (code, body.as_str()),
+        (StatusCode::UNAUTHORIZED, "Unauthorized")
+    );
 
     let certs = tempfile::tempdir().unwrap();
     let (cert, key) = client_certificate(cluster, certs.path(), "intruder");
     let (code, body) = get(&https_client(cluster, Some((&cert, &key))), &url("/pods")).await;
     assert_eq!(code, StatusCode::FORBIDDEN, "{body}");
-    assert_eq!(body, "Forbidden (user=intruder, verb=get, resource=nodes, subresource=proxy)");
+    assert_eq!(
+        body,
+        "Forbidden (user=intruder, verb=get, resource=nodes, subresource=proxy)"
+    );
 
     let pki = cluster.dir.join("pki");
     let apiserver = https_client(
         cluster,
-        Some((&pki.join("apiserver-kubelet-client.crt"), &pki.join("apiserver-kubelet-client.key"))),
+        Some((
+            &pki.join("apiserver-kubelet-client.crt"),
+            &pki.join("apiserver-kubelet-client.key"),
+        )),
     );
     let (code, body) = get(&apiserver, &url("/pods")).await;
     assert_eq!(code, StatusCode::OK, "{body}");
@@ -166,14 +188,21 @@ async fn cellet_run_serves_the_kubelet_api_and_metrics() {
         // The ec2 capability's families are registered too, but prometheus-client writes a
         // family only once it has a series: after the first EC2 call, which `mock` never makes.
     ] {
-        assert!(metrics.contains(family), "{family} missing from /metrics:\n{metrics}");
+        assert!(
+            metrics.contains(family),
+            "{family} missing from /metrics:\n{metrics}"
+        );
     }
 
-    let status = host.terminate(Duration::from_secs(30)).expect("cellet exits on SIGTERM");
+    let status = host
+        .terminate(Duration::from_secs(30))
+        .expect("cellet exits on SIGTERM");
     assert!(status.success(), "clean exit: {status:?}");
     for port in [host.kubelet_port, host.metrics_port] {
         assert!(
-            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err(),
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err(),
             "port {port} still open after SIGTERM"
         );
     }
@@ -184,14 +213,26 @@ async fn cellet_run_serves_the_kubelet_api_and_metrics() {
 /// the table.
 fn node_rules(host: &Host) -> String {
     let out = Command::new("ip")
-        .args(["netns", "exec", &host.netns, "nft", "list", "table", "inet", "cellet-hostport"])
+        .args([
+            "netns",
+            "exec",
+            &host.netns,
+            "nft",
+            "list",
+            "table",
+            "inet",
+            "cellet-hostport",
+        ])
         .output()
         .expect("ip netns exec nft");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn uid_ip(pod: &Pod) -> (String, String) {
-    (pod.metadata.uid.clone().unwrap(), pod.status.as_ref().unwrap().pod_ip.clone().unwrap())
+    (
+        pod.metadata.uid.clone().unwrap(),
+        pod.status.as_ref().unwrap().pod_ip.clone().unwrap(),
+    )
 }
 
 /// A pod's hostPort becomes a DNAT mapping to its pod IP once it runs and goes before its
@@ -210,15 +251,33 @@ async fn hostport_rules_follow_the_pods() {
     let (b_uid, b_ip) = uid_ip(&running_pod(&client, "rules", "b", &host).await);
     // A Running pod's rule is installed before its status says so.
     let table = node_rules(&host);
-    for expected in [&a_uid, &a_ip, &b_uid, &b_ip, &"8080".to_string(), &"8081".to_string()] {
-        assert!(table.contains(expected.as_str()), "{expected} missing from:\n{table}");
+    for expected in [
+        &a_uid,
+        &a_ip,
+        &b_uid,
+        &b_ip,
+        &"8080".to_string(),
+        &"8081".to_string(),
+    ] {
+        assert!(
+            table.contains(expected.as_str()),
+            "{expected} missing from:\n{table}"
+        );
     }
 
     cluster.kubectl(&["-n", "rules", "delete", "pod", "b", "--wait=false"]);
-    eventually(MINUTE, "b's rule removed and b gone", Some(&host), || async {
-        let gone = pods(&client, "rules").await.iter().all(|p| p.name_any() != "b");
-        (gone && !node_rules(&host).contains(&b_uid)).then_some(())
-    })
+    eventually(
+        MINUTE,
+        "b's rule removed and b gone",
+        Some(&host),
+        || async {
+            let gone = pods(&client, "rules")
+                .await
+                .iter()
+                .all(|p| p.name_any() != "b");
+            (gone && !node_rules(&host).contains(&b_uid)).then_some(())
+        },
+    )
     .await;
     assert!(node_rules(&host).contains(&a_uid), "a keeps its rule");
     let rules_gone = host.records_with("hostPort rules reconciled").len();
@@ -226,7 +285,15 @@ async fn hostport_rules_follow_the_pods() {
 
     // Down goes the host; a is force-deleted meanwhile, a new pod c arrives.
     host.kill9();
-    cluster.kubectl(&["-n", "rules", "delete", "pod", "a", "--grace-period=0", "--force"]);
+    cluster.kubectl(&[
+        "-n",
+        "rules",
+        "delete",
+        "pod",
+        "a",
+        "--grace-period=0",
+        "--force",
+    ]);
     cluster.apply(&pod("rules", "c", "node-rules", Some(8082)));
     host.spawn();
     let (c_uid, _) = uid_ip(&running_pod(&client, "rules", "c", &host).await);
@@ -261,8 +328,15 @@ async fn cellet_runs_with_its_own_rbac_identity() {
     }
     let kubeconfig_path = dir.path().join("cellet.kubeconfig");
     // JSON is YAML: the kubeconfig loader reads it.
-    std::fs::write(&kubeconfig_path, serde_json::to_string(&kubeconfig).unwrap()).unwrap();
-    let options = HostOptions { kubeconfig: Some(kubeconfig_path), ..Default::default() };
+    std::fs::write(
+        &kubeconfig_path,
+        serde_json::to_string(&kubeconfig).unwrap(),
+    )
+    .unwrap();
+    let options = HostOptions {
+        kubeconfig: Some(kubeconfig_path),
+        ..Default::default()
+    };
     let host = Host::start(cluster, "node-rbac", options);
 
     ready_node(&client, &host).await;
@@ -274,7 +348,10 @@ async fn cellet_runs_with_its_own_rbac_identity() {
     })
     .await;
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
-    let leader = leases.get("cellet-node-rbac-leader").await.expect("leader Lease");
+    let leader = leases
+        .get("cellet-node-rbac-leader")
+        .await
+        .expect("leader Lease");
     assert!(leader.spec.unwrap().holder_identity.is_some());
     assert!(leases.get("node-rbac").await.is_ok(), "node Lease");
 
@@ -282,7 +359,10 @@ async fn cellet_runs_with_its_own_rbac_identity() {
     let pki = cluster.dir.join("pki");
     let apiserver = https_client(
         cluster,
-        Some((&pki.join("apiserver-kubelet-client.crt"), &pki.join("apiserver-kubelet-client.key"))),
+        Some((
+            &pki.join("apiserver-kubelet-client.crt"),
+            &pki.join("apiserver-kubelet-client.key"),
+        )),
     );
     let url = format!("https://127.0.0.1:{}/pods", host.kubelet_port);
     let (code, body) = get(&apiserver, &url).await;
@@ -294,7 +374,11 @@ async fn cellet_runs_with_its_own_rbac_identity() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), StatusCode::FORBIDDEN, "reviewed, then denied by RBAC");
+    assert_eq!(
+        response.status(),
+        StatusCode::FORBIDDEN,
+        "reviewed, then denied by RBAC"
+    );
 
     // Pod objects are deleted by cellet once their cells are gone.
     cluster.kubectl(&["-n", "rbac", "scale", "deployment/web", "--replicas=0"]);

@@ -118,7 +118,7 @@ pub async fn adopt(
             source,
         })?;
     let by_uid: HashMap<&str, &Cell> = cells.iter().map(|c| (c.pod_uid.as_str(), c)).collect();
-    pods.sort_by(|a, b| a.creation_timestamp().cmp(&b.creation_timestamp()));
+    pods.sort_by_key(|p| p.creation_timestamp());
     let live: HashSet<String> = pods.iter().filter_map(|p| p.metadata.uid.clone()).collect();
 
     let mut adopted = 0;
@@ -134,15 +134,20 @@ pub async fn adopt(
         };
         match hostports.admit(plugins, &wit_pod, || live.clone()).await {
             Ok(Decision::Admitted) => {
-                let address = status::pod_address(wit_pod.host_network, cell).and_then(|a| a.parse().ok());
+                let address =
+                    status::pod_address(wit_pod.host_network, cell).and_then(|a| a.parse().ok());
                 let mappings = hostports.mappings(&wit_pod.uid).await;
-                if let Some(ip) = address.filter(|_| status::containers_running(cell) && !mappings.is_empty()) {
+                if let Some(ip) =
+                    address.filter(|_| status::containers_running(cell) && !mappings.is_empty())
+                {
                     match node_rules::rules_for(&wit_pod.uid, ip, &mappings) {
                         Ok(r) => {
                             rules.insert(wit_pod.uid.clone(), r);
                         }
                         // Its worker reports it on the pod.
-                        Err(error) => tracing::warn!(pod = %pod.name_any(), %error, "adopted pod's hostPort rules invalid"),
+                        Err(error) => {
+                            tracing::warn!(pod = %pod.name_any(), %error, "adopted pod's hostPort rules invalid")
+                        }
                     }
                 }
             }
@@ -180,7 +185,13 @@ pub async fn adopt(
 /// deleting a missing cell succeeds, so a cell deleted by a worker meanwhile is harmless.
 /// *Errors*: none escape; a failed list, delete or rule reconcile is logged and the next
 /// pass tries again.
-pub async fn sweep(plugins: Plugins, store: Store<Pod>, mut orphans: Orphans, interval: Duration, rules: Arc<NodeRules>) {
+pub async fn sweep(
+    plugins: Plugins,
+    store: Store<Pod>,
+    mut orphans: Orphans,
+    interval: Duration,
+    rules: Arc<NodeRules>,
+) {
     if store.wait_until_ready().await.is_err() {
         return;
     }

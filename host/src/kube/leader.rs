@@ -124,7 +124,10 @@ impl LeaderElector {
     pub fn new(client: Client, node: &str, identity: String, settings: LeaderSettings) -> Self {
         LeaderElector {
             api: Api::namespaced(client, &settings.namespace),
-            name: settings.lease_name.clone().unwrap_or_else(|| leader_lease_name(node)),
+            name: settings
+                .lease_name
+                .clone()
+                .unwrap_or_else(|| leader_lease_name(node)),
             identity,
             settings,
             observed: None,

@@ -28,12 +28,18 @@ pub struct KubeMetrics {
 }
 
 fn outcome(ok: bool) -> OutcomeLabels {
-    OutcomeLabels { outcome: if ok { "ok" } else { "error" } }
+    OutcomeLabels {
+        outcome: if ok { "ok" } else { "error" },
+    }
 }
 
 impl KubeMetrics {
     pub fn register(&self, registry: &mut Registry) {
-        registry.register("cellet_leader", "1 while this process leads its node, else 0", self.leader.clone());
+        registry.register(
+            "cellet_leader",
+            "1 while this process leads its node, else 0",
+            self.leader.clone(),
+        );
         registry.register(
             "cellet_pod_reconciles",
             "Reconciles of pods by the pod workers, by outcome",
@@ -61,7 +67,9 @@ impl KubeMetrics {
 
     /// One reconcile of the node's rules; `installed` when it succeeded.
     pub fn hostport_reconciled(&self, installed: Option<usize>) {
-        self.hostport_reconciles.get_or_create(&outcome(installed.is_some())).inc();
+        self.hostport_reconciles
+            .get_or_create(&outcome(installed.is_some()))
+            .inc();
         if let Some(n) = installed {
             self.hostport_rules.set(n as i64);
         }

@@ -36,7 +36,11 @@ pub enum RulesError {
 
 /// The hostPort rules of a pod whose address is `pod_ip`, from the mappings the policy
 /// admitted for it.
-pub fn rules_for(pod_uid: &str, pod_ip: IpAddr, mappings: &[PortMapping]) -> Result<Vec<HostPortRule>, RulesError> {
+pub fn rules_for(
+    pod_uid: &str,
+    pod_ip: IpAddr,
+    mappings: &[PortMapping],
+) -> Result<Vec<HostPortRule>, RulesError> {
     mappings
         .iter()
         .map(|m| {
@@ -45,8 +49,18 @@ pub fn rules_for(pod_uid: &str, pod_ip: IpAddr, mappings: &[PortMapping]) -> Res
                 WitProtocol::Udp => Protocol::Udp,
                 WitProtocol::Sctp => Protocol::Sctp,
             };
-            HostPortRule::try_new(pod_uid, pod_ip, protocol, m.host_ip.as_deref(), m.host_port, m.container_port)
-                .map_err(|source| RulesError::Invalid { pod: format!("{}/{}", m.pod_namespace, m.pod_name), source })
+            HostPortRule::try_new(
+                pod_uid,
+                pod_ip,
+                protocol,
+                m.host_ip.as_deref(),
+                m.host_port,
+                m.container_port,
+            )
+            .map_err(|source| RulesError::Invalid {
+                pod: format!("{}/{}", m.pod_namespace, m.pod_name),
+                source,
+            })
         })
         .collect()
 }
@@ -137,12 +151,21 @@ impl NodeRules {
 
     /// Replace the whole desired set and apply it: at the start of a term, after adoption,
     /// so that the rules of pods that no longer exist go.
-    pub async fn replace_all(&self, by_pod: BTreeMap<String, Vec<HostPortRule>>) -> Result<(), RulesError> {
+    pub async fn replace_all(
+        &self,
+        by_pod: BTreeMap<String, Vec<HostPortRule>>,
+    ) -> Result<(), RulesError> {
         let generation = {
             let mut desired = self.desired();
             let before = std::mem::take(&mut desired.by_pod);
-            desired.by_pod = by_pod.into_iter().filter(|(_, rules)| !rules.is_empty()).collect();
-            let touched: Vec<String> = before.into_keys().chain(desired.by_pod.keys().cloned()).collect();
+            desired.by_pod = by_pod
+                .into_iter()
+                .filter(|(_, rules)| !rules.is_empty())
+                .collect();
+            let touched: Vec<String> = before
+                .into_keys()
+                .chain(desired.by_pod.keys().cloned())
+                .collect();
             desired.changed(&touched)
         };
         self.wait(generation, None).await
@@ -153,8 +176,16 @@ impl NodeRules {
     pub async fn retain(&self, live: &HashSet<String>) -> Result<(), RulesError> {
         let generation = {
             let mut desired = self.desired();
-            let gone: Vec<String> = desired.by_pod.keys().filter(|uid| !live.contains(*uid)).cloned().collect();
-            let pending = desired.unconfirmed.keys().any(|uid| !desired.by_pod.contains_key(uid));
+            let gone: Vec<String> = desired
+                .by_pod
+                .keys()
+                .filter(|uid| !live.contains(*uid))
+                .cloned()
+                .collect();
+            let pending = desired
+                .unconfirmed
+                .keys()
+                .any(|uid| !desired.by_pod.contains_key(uid));
             if gone.is_empty() && !pending {
                 return Ok(());
             }
@@ -179,10 +210,13 @@ impl NodeRules {
             seen.outcome.clone()
         };
         match outcome {
-            Some(Ok(report)) => match pod_uid.and_then(|uid| report.rejected.iter().find(|r| r.rule.pod_uid == uid)) {
-                Some(rejected) => {
-                    Err(RulesError::LeftOut { rule: rejected.rule.to_string(), reason: rejected.reason.clone() })
-                }
+            Some(Ok(report)) => match pod_uid
+                .and_then(|uid| report.rejected.iter().find(|r| r.rule.pod_uid == uid))
+            {
+                Some(rejected) => Err(RulesError::LeftOut {
+                    rule: rejected.rule.to_string(),
+                    reason: rejected.reason.clone(),
+                }),
                 None => Ok(()),
             },
             Some(Err(error)) => Err(RulesError::Apply(error)),
@@ -205,7 +239,15 @@ impl NodeRules {
             self.wake.notified().await;
             let (rules, generation) = {
                 let desired = self.desired();
-                (desired.by_pod.values().flatten().cloned().collect::<Vec<_>>(), desired.generation)
+                (
+                    desired
+                        .by_pod
+                        .values()
+                        .flatten()
+                        .cloned()
+                        .collect::<Vec<_>>(),
+                    desired.generation,
+                )
             };
             // A wake-up left behind by requests the previous pass already served: every
             // request bumps the generation, so there is nothing new to do.
@@ -214,11 +256,16 @@ impl NodeRules {
             }
             let outcome = match self.rules.reconcile(&rules).await {
                 Ok(report) => {
-                    self.metrics.hostport_reconciled(Some(report.installed.len()));
-                    let left_out: HashSet<&str> = report.rejected.iter().map(|r| r.rule.pod_uid.as_str()).collect();
-                    self.desired()
-                        .unconfirmed
-                        .retain(|uid, changed| *changed > generation || left_out.contains(uid.as_str()));
+                    self.metrics
+                        .hostport_reconciled(Some(report.installed.len()));
+                    let left_out: HashSet<&str> = report
+                        .rejected
+                        .iter()
+                        .map(|r| r.rule.pod_uid.as_str())
+                        .collect();
+                    self.desired().unconfirmed.retain(|uid, changed| {
+                        *changed > generation || left_out.contains(uid.as_str())
+                    });
                     Ok(Arc::new(report))
                 }
                 Err(error) => {
@@ -227,7 +274,10 @@ impl NodeRules {
                     Err(Arc::new(error))
                 }
             };
-            self.applied.send_replace(Applied { generation, outcome: Some(outcome) });
+            self.applied.send_replace(Applied {
+                generation,
+                outcome: Some(outcome),
+            });
         }
     }
 }
@@ -255,15 +305,24 @@ mod tests {
     impl Netns {
         fn new(tag: &str) -> Netns {
             let name = format!("cellet-u{}-{tag}", std::process::id());
-            let out = std::process::Command::new("ip").args(["netns", "add", &name]).output().expect("ip netns add");
-            assert!(out.status.success(), "ip netns add {name}: {}", String::from_utf8_lossy(&out.stderr));
+            let out = std::process::Command::new("ip")
+                .args(["netns", "add", &name])
+                .output()
+                .expect("ip netns add");
+            assert!(
+                out.status.success(),
+                "ip netns add {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             Netns(name)
         }
     }
 
     impl Drop for Netns {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).output();
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.0])
+                .output();
         }
     }
 
@@ -272,13 +331,17 @@ mod tests {
         metrics.register(&mut registry);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-        text.lines().filter(|l| l.starts_with("cellet_hostport_reconciles_total")).collect::<Vec<_>>().join("\n")
+        text.lines()
+            .filter(|l| l.starts_with("cellet_hostport_reconciles_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     fn pod_rules(i: u8) -> (String, Vec<HostPortRule>) {
         let uid = format!("uid-{i}");
         let ip: IpAddr = format!("10.9.0.{}", i + 10).parse().unwrap();
-        let rule = HostPortRule::try_new(&uid, ip, Protocol::Tcp, None, 8000 + u16::from(i), 80).unwrap();
+        let rule =
+            HostPortRule::try_new(&uid, ip, Protocol::Tcp, None, 8000 + u16::from(i), 80).unwrap();
         (uid, vec![rule])
     }
 
@@ -288,7 +351,10 @@ mod tests {
     async fn bursts_coalesce_and_unchanged_pods_cost_nothing() {
         let netns = Netns::new("rules");
         let metrics = KubeMetrics::default();
-        let rules = HostPortRules::new(hostport::Backend::Nftables, hostport::NetNamespace::Named(netns.0.clone()));
+        let rules = HostPortRules::new(
+            hostport::Backend::Nftables,
+            hostport::NetNamespace::Named(netns.0.clone()),
+        );
         let node = NodeRules::new(rules, metrics.clone());
         let work = async {
             let burst = futures_util::future::join_all((0..20).map(|i| {
@@ -299,19 +365,35 @@ mod tests {
             .await;
             assert!(burst.iter().all(Result::is_ok), "{burst:?}");
             assert_eq!(node.rules.installed().await.unwrap().len(), 20);
-            assert_eq!(reconciles(&metrics), "cellet_hostport_reconciles_total{outcome=\"ok\"} 1", "one reconcile for the burst");
+            assert_eq!(
+                reconciles(&metrics),
+                "cellet_hostport_reconciles_total{outcome=\"ok\"} 1",
+                "one reconcile for the burst"
+            );
 
             let (uid, again) = pod_rules(3);
             node.set(&uid, again).await.unwrap();
             node.set("uid-without-ports", Vec::new()).await.unwrap();
-            assert_eq!(reconciles(&metrics), "cellet_hostport_reconciles_total{outcome=\"ok\"} 1", "nothing changed");
+            assert_eq!(
+                reconciles(&metrics),
+                "cellet_hostport_reconciles_total{outcome=\"ok\"} 1",
+                "nothing changed"
+            );
 
             node.remove(&uid).await.unwrap();
             let live: HashSet<String> = (0..10).map(|i| format!("uid-{i}")).collect();
             node.retain(&live).await.unwrap();
             let installed = node.rules.installed().await.unwrap();
-            assert_eq!(installed.len(), 9, "uid-3 removed, uid-10..19 gone with their pods");
-            assert!(installed.iter().all(|r| live.contains(&r.pod_uid) && r.pod_uid != "uid-3"));
+            assert_eq!(
+                installed.len(),
+                9,
+                "uid-3 removed, uid-10..19 gone with their pods"
+            );
+            assert!(
+                installed
+                    .iter()
+                    .all(|r| live.contains(&r.pod_uid) && r.pod_uid != "uid-3")
+            );
         };
         tokio::select! {
             () = node.run() => unreachable!("the reconciler runs until dropped"),
@@ -324,8 +406,14 @@ mod tests {
         let ip: IpAddr = "10.9.0.5".parse().unwrap();
         let rules = rules_for("uid-1", ip, &[mapping(5353, None)]).unwrap();
         assert_eq!(rules.len(), 1);
-        assert_eq!(rules[0].to_string(), "udp/*:5353 -> 10.9.0.5:53 (pod uid-1)");
+        assert_eq!(
+            rules[0].to_string(),
+            "udp/*:5353 -> 10.9.0.5:53 (pod uid-1)"
+        );
         let err = rules_for("uid-1", ip, &[mapping(0, None)]).unwrap_err();
-        assert_eq!(err.to_string(), "failed to build the hostPort rules of pod default/web: pod uid-1: host port 0 is not a port");
+        assert_eq!(
+            err.to_string(),
+            "failed to build the hostPort rules of pod default/web: pod uid-1: host port 0 is not a port"
+        );
     }
 }

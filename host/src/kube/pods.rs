@@ -45,12 +45,19 @@ pub struct PodWatch {
 impl PodWatch {
     /// The watch, and the future that drives it (run it for the life of the process; it
     /// never ends by itself: watch errors are logged and retried with backoff).
-    pub fn new(client: Client, node: &str) -> (PodWatch, impl Future<Output = ()> + Send + 'static) {
+    pub fn new(
+        client: Client,
+        node: &str,
+    ) -> (PodWatch, impl Future<Output = ()> + Send + 'static) {
         let (store, writer) = reflector::store::<Pod>();
-        let watch = PodWatch { store, term: Arc::default() };
+        let watch = PodWatch {
+            store,
+            term: Arc::default(),
+        };
         let term = Arc::clone(&watch.term);
         let api: Api<Pod> = Api::all(client);
-        let events = watcher(api, watcher::Config::default().fields(&node_selector(node))).default_backoff();
+        let events =
+            watcher(api, watcher::Config::default().fields(&node_selector(node))).default_backoff();
         let drive = reflector::reflector(writer, events).for_each(move |event| {
             match event {
                 // The store has the pod by now (the reflector writes before it yields),
@@ -97,17 +104,24 @@ pub async fn control(watch: &PodWatch, context: Arc<Context>, concurrency: u16) 
     let config = controller::Config::default().concurrency(concurrency);
     // The applier keeps each reconcile future in place: boxed, as kube's Controller does.
     let reconcile = |pod, context| Box::pin(worker::reconcile(pod, context));
-    applier(reconcile, worker::error_policy, context, watch.store(), watch.queue(), config)
-        .for_each(|result| async move {
-            match result {
-                Ok(_) => {}
-                // Already logged, with its pod and backoff, by the error policy.
-                Err(controller::Error::ReconcilerFailed(..)) => {}
-                Err(controller::Error::ObjectNotFound(object)) => {
-                    tracing::debug!(%object, "pod gone before its reconcile")
-                }
-                Err(error) => tracing::warn!(%error, "pod controller"),
+    applier(
+        reconcile,
+        worker::error_policy,
+        context,
+        watch.store(),
+        watch.queue(),
+        config,
+    )
+    .for_each(|result| async move {
+        match result {
+            Ok(_) => {}
+            // Already logged, with its pod and backoff, by the error policy.
+            Err(controller::Error::ReconcilerFailed(..)) => {}
+            Err(controller::Error::ObjectNotFound(object)) => {
+                tracing::debug!(%object, "pod gone before its reconcile")
             }
-        })
-        .await;
+            Err(error) => tracing::warn!(%error, "pod controller"),
+        }
+    })
+    .await;
 }

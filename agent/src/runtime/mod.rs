@@ -1,11 +1,31 @@
-//! The container runtime of the cell: image pulling and runc containers.
+//! The container runtime of the cell: images pulled with oci-client into a blob cache,
+//! unpacked into a rootfs per container run (this kernel has no overlayfs), containers run
+//! by `runc` as supervised children, probed, restarted with the kubelet's back-off, and
+//! reported as Kubernetes container statuses. See `agent/README.md`, "Container runtime".
 //!
-//! The signatures below are the seam between the agent's server and the runtime; the
-//! bodies are placeholders until the runtime lands.
+//! ```text
+//! <state dir>/images/        blob cache and resolved references (image.rs)
+//! <state dir>/runc/          runc's state root for this agent's containers only
+//! <state dir>/pods/<uid>/    hostname, volumes/<name>, containers/<name>/<n>/ (bundles),
+//!                            logs/<name>/<n>.log (CRI format, logs.rs)
+//! ```
+
+mod bundle;
+mod container;
+mod downward;
+mod env;
+mod image;
+mod layers;
+mod logs;
+mod pod;
+mod probe;
+mod runc;
+mod volumes;
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,6 +33,10 @@ use futures_util::Stream;
 
 use crate::protocol::{ApplyPod, LogOptions, PodReport};
 use crate::sandbox::PodSandbox;
+use image::{Credentials, ImageStore};
+use pod::{PodContext, PodEnv, PodRun};
+use runc::Runc;
+use volumes::Volumes;
 
 /// A container's log, as the server streams it to the host.
 pub type LogStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
@@ -21,47 +45,220 @@ pub type LogStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
 /// every other variant with 500, the message in the body.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    /// The runtime cannot run containers yet.
-    #[error("the container runtime is not implemented yet")]
-    NotReady,
     /// The pod has no container of that name.
     #[error("the pod has no container named {0:?}")]
     NoSuchContainer(String),
+    /// The container has no run (yet, or before the current one) to show the log of.
+    #[error("container {container:?} has no {} run to show the log of", if *.previous { "previous" } else { "started" })]
+    NoLog { container: String, previous: bool },
+    /// `apply` with a pod of another UID than the one this runtime runs.
+    #[error("this cell runs pod {running}, not {applied}")]
+    OtherPod { running: String, applied: String },
+    /// The pod has no UID usable as a directory name.
+    #[error("pod UID {0:?} is not usable: it must be non-empty, without '/' or '..'")]
+    BadUid(String),
+    /// The pod's state directory could not be made.
+    #[error("failed to prepare {path}: {source}")]
+    State {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Runs the one pod of the cell.
 #[derive(Debug)]
 pub struct Runtime {
     state_dir: PathBuf,
+    images: Arc<ImageStore>,
+    runc: Runc,
+    pod: tokio::sync::Mutex<Option<Arc<PodRun>>>,
 }
 
 impl Runtime {
     /// A runtime keeping images and containers under `state_dir` (the bootstrap's state
     /// directory joined with `runtime`).
     pub fn new(state_dir: PathBuf) -> Result<Runtime, RuntimeError> {
-        Ok(Runtime { state_dir })
+        Ok(Runtime {
+            images: Arc::new(ImageStore::new(state_dir.join("images"))),
+            runc: Runc::new(state_dir.join("runc")),
+            state_dir,
+            pod: tokio::sync::Mutex::new(None),
+        })
     }
 
     /// Pull the pod's images and run its containers in `sandbox`. Idempotent: the server
-    /// calls it again with the same pod after an agent restart or a repeated `PUT`.
+    /// calls it again with the same pod after an agent restart or a repeated `PUT`; once
+    /// the pod runs, applying it again changes nothing (a changed spec is not rolled out
+    /// to running containers).
+    ///
+    /// Containers left by an earlier agent process are deleted first: their output went to
+    /// pipes of a process that is gone, so they are started again, fresh.
     pub async fn apply(&self, pod: &ApplyPod, sandbox: &PodSandbox) -> Result<(), RuntimeError> {
-        let _ = (pod, sandbox, &self.state_dir);
-        Err(RuntimeError::NotReady)
+        let uid = pod.pod.metadata.uid.clone().unwrap_or_default();
+        let mut current = self.pod.lock().await;
+        if let Some(run) = current.as_ref() {
+            let running = run.env.context.uid();
+            return if running == uid {
+                Ok(())
+            } else {
+                Err(RuntimeError::OtherPod {
+                    running: running.to_string(),
+                    applied: uid,
+                })
+            };
+        }
+        if uid.is_empty() || uid.contains('/') || uid.contains("..") {
+            return Err(RuntimeError::BadUid(uid));
+        }
+        self.delete_leftovers().await;
+
+        let dir = self.state_dir.join("pods").join(&uid);
+        let state_error = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| RuntimeError::State { path, source }
+        };
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(state_error(&dir))?;
+        let context = PodContext {
+            pod: pod.pod.clone(),
+            sandbox: sandbox.clone(),
+            dir,
+            config_maps: pod.config_maps.clone(),
+            secrets: pod.secrets.clone(),
+        };
+        let hostname_file = context.hostname_file();
+        tokio::fs::write(&hostname_file, format!("{}\n", sandbox.hostname))
+            .await
+            .map_err(state_error(&hostname_file))?;
+
+        let (volumes, failure) = match Volumes::prepare(&context, &pod.volumes) {
+            Ok(volumes) => (volumes, None),
+            Err(error) => (Volumes::default(), Some(error)),
+        };
+        let documents: Vec<(String, &[u8])> = pod
+            .image_pull_secrets
+            .iter()
+            .enumerate()
+            .map(|(i, document)| (format!("imagePullSecrets[{i}]"), document.as_bytes()))
+            .collect();
+        let credentials = Credentials::from_docker_configs(
+            documents
+                .iter()
+                .map(|(name, bytes)| (name.as_str(), *bytes)),
+        )
+        .unwrap_or_else(|error| {
+            // As the kubelet does with an unusable pull secret: pull without it.
+            tracing::warn!(%error, "image pull secrets ignored");
+            Credentials::default()
+        });
+        tracing::info!(pod = context.name(), namespace = context.namespace(), %uid, "starting pod");
+        let env = PodEnv {
+            context,
+            images: self.images.clone(),
+            runc: self.runc.clone(),
+            volumes,
+            credentials,
+            insecure_registries: pod.insecure_registries.clone(),
+        };
+        *current = Some(PodRun::start(env, failure));
+        Ok(())
     }
 
     /// The pod's status as the host reports it (phase, container statuses, conditions).
     pub async fn report(&self) -> PodReport {
-        PodReport::default()
+        match self.pod.lock().await.as_ref() {
+            Some(run) => run.report(),
+            None => PodReport::default(),
+        }
     }
 
-    /// Stop every container: SIGTERM, then SIGKILL once `grace` has passed. Idempotent.
+    /// Stop every container: SIGTERM (or the image's stop signal), then SIGKILL once
+    /// `grace` has passed; then delete the containers, their bundles and the pod's volumes.
+    /// Logs stay readable. Idempotent.
+    ///
+    /// # Guarantees
+    /// When it returns, no container of this runtime is left in `runc list` (of its own
+    /// root) and no rootfs is left on disk, whatever state the containers were in.
     pub async fn stop(&self, grace: Duration) {
-        let _ = grace;
+        let run = self.pod.lock().await.clone();
+        if let Some(run) = run {
+            run.stop(grace).await;
+            for dir in ["containers", "volumes"] {
+                let path = run.env.context.dir.join(dir);
+                if let Err(error) = tokio::fs::remove_dir_all(&path).await
+                    && error.kind() != io::ErrorKind::NotFound
+                {
+                    tracing::warn!(path = %path.display(), %error, "failed to remove pod files");
+                }
+            }
+            remove_pod_cgroups(run.env.context.uid());
+        }
+        self.delete_leftovers().await;
     }
 
     /// The log of `container`.
     pub async fn logs(&self, container: &str, opts: LogOptions) -> Result<LogStream, RuntimeError> {
-        let _ = opts;
-        Err(RuntimeError::NoSuchContainer(container.to_string()))
+        let run = self
+            .pod
+            .lock()
+            .await
+            .clone()
+            .ok_or_else(|| RuntimeError::NoSuchContainer(container.to_string()))?;
+        let record = run
+            .init_containers
+            .iter()
+            .chain(&run.containers)
+            .find(|r| r.spec.name == container)
+            .ok_or_else(|| RuntimeError::NoSuchContainer(container.to_string()))?;
+        let log = record
+            .log(opts.previous)
+            .ok_or_else(|| RuntimeError::NoLog {
+                container: container.to_string(),
+                previous: opts.previous,
+            })?;
+        let query = logs::Query {
+            // The previous run is over: there is nothing to follow.
+            follow: opts.follow && !opts.previous,
+            tail_lines: opts.tail_lines,
+            timestamps: opts.timestamps,
+            since: opts
+                .since_seconds
+                .map(|s| logs::now() - Duration::from_secs(s.max(0) as u64)),
+            limit_bytes: opts.limit_bytes,
+        };
+        Ok(logs::read(log.path, query, log.progress))
+    }
+
+    /// Delete every container under this runtime's runc root.
+    async fn delete_leftovers(&self) {
+        match self.runc.list().await {
+            Ok(containers) => {
+                for container in containers {
+                    tracing::info!(id = %container.id, status = %container.status, "deleting leftover container");
+                    if let Err(error) = self.runc.delete(&container.id).await {
+                        tracing::warn!(id = %container.id, %error, "failed to delete leftover container");
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "failed to list containers"),
+        }
+    }
+}
+
+/// Remove the pod's parent cgroup (`/cellet/<uid>`) in every cgroup v1 hierarchy; runc
+/// removes each container's own cgroup on delete, not the parents it created.
+fn remove_pod_cgroups(uid: &str) {
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    for hierarchy in hierarchies.flatten() {
+        let pod = hierarchy.path().join("cellet").join(uid);
+        if let Err(error) = std::fs::remove_dir(&pod)
+            && error.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(cgroup = %pod.display(), %error, "failed to remove the pod's cgroup");
+        }
     }
 }

@@ -407,7 +407,9 @@ async fn init_container_fills_an_empty_dir_that_the_main_container_reads() {
         "containers": [{
             "name": "main", "image": "$IMAGE",
             "command": ["sh", "-c"],
-            "args": ["cat /work/message; echo \"$(POD_NAME) $POD_IP $GREETING $FROM_IMAGE\"; cat /etc/hostname; echo to-stderr >&2; sleep 1; echo last; exit 3"],
+            // stdout and stderr lines are ordered by when the agent reads each pipe: the
+            // pauses keep the order of the two streams in the log deterministic.
+            "args": ["cat /work/message; echo \"$(POD_NAME) $POD_IP $GREETING $FROM_IMAGE\"; cat /etc/hostname; sleep 1; echo to-stderr >&2; sleep 1; echo last; exit 3"],
             "env": [
                 { "name": "POD_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
                 { "name": "POD_IP", "valueFrom": { "fieldRef": { "fieldPath": "status.podIP" } } },

@@ -199,7 +199,7 @@ pub fn start_error(runc_log: &Path) -> Option<String> {
         .filter_map(|line| serde_json::from_str::<Entry>(line).ok())
         .filter(|entry| entry.level == "error" || entry.level == "fatal")
         .map(|entry| entry.msg)
-        .last()
+        .next_back()
 }
 
 /// The exit code Kubernetes reports for a `runc run` exit status: the container's code,

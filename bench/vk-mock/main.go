@@ -1,4 +1,4 @@
-// vk-mock: the peer of cellet's node benchmark (bench/src/bin/node-bench.rs).
+// vk-mock: the peer of cellet's node benchmark (bench/src/bin/node-bench/).
 //
 // A virtual-kubelet node built the way its users build one: nodeutil.NewNode with the
 // node and pod controllers of github.com/virtual-kubelet/virtual-kubelet, and an
@@ -14,8 +14,11 @@
 // serves it when given certificates (its APISERVER_CERT_LOCATION, APISERVER_KEY_LOCATION
 // and APISERVER_CA_CERT_LOCATION are the flags --tls-cert, --tls-key and --client-ca
 // here): TLS, the provider's routes, webhook authentication and authorization. The only
-// flags beyond the reference command's are --kube-api-qps and --kube-api-burst, so the
-// benchmark can also show the node without client-go's rate limit.
+// flag beyond the reference command's is --unthrottled: it lifts virtual-kubelet's rate
+// limits — client-go's (5 requests/s, bursts of 10) and the overall 10 items/s (bursts of
+// 100) of client-go's default controller rate limiter on each of the pod controller's work
+// queues, keeping only their per-item retry backoff — so the benchmark can also show the
+// node loop without them.
 package main
 
 import (
@@ -43,6 +46,7 @@ import (
 	"k8s.io/apiserver/pkg/server/dynamiccertificates"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/util/workqueue"
 	statsv1alpha1 "k8s.io/kubelet/pkg/apis/stats/v1alpha1"
 )
 
@@ -60,8 +64,7 @@ func main() {
 	internalIP := flag.String("internal-ip", "127.0.0.1", "the node's InternalIP address")
 	pods := flag.String("pods", "20", "the node's pod capacity (the mock provider's default is 20)")
 	workers := flag.Int("pod-sync-workers", defaultPodSyncWorkers, "pod sync workers")
-	qps := flag.Float64("kube-api-qps", 0, "client QPS; 0 keeps client-go's default (5)")
-	burst := flag.Int("kube-api-burst", 0, "client burst; 0 keeps client-go's default (10)")
+	unthrottled := flag.Bool("unthrottled", false, "lift the client's and the pod controller's rate limits (not a default)")
 	var api kubeletAPI
 	flag.IntVar(&api.port, "listen-port", 10250, "port of the kubelet API")
 	flag.StringVar(&api.cert, "tls-cert", "", "serving certificate of the kubelet API (none: the API is not served)")
@@ -69,7 +72,7 @@ func main() {
 	flag.StringVar(&api.clientCA, "client-ca", "", "CA of client certificates (none: no authentication)")
 	flag.Parse()
 
-	if err := run(*nodeName, *kubeconfig, *internalIP, *pods, *workers, float32(*qps), *burst, api); err != nil {
+	if err := run(*nodeName, *kubeconfig, *internalIP, *pods, *workers, *unthrottled, api); err != nil {
 		fmt.Fprintf(os.Stderr, "vk-mock: %v\n", err)
 		os.Exit(1)
 	}
@@ -113,11 +116,11 @@ func (a kubeletAPI) options(nodeName string) []nodeutil.NodeOpt {
 	return []nodeutil.NodeOpt{auth, nodeutil.WithTLSConfig(tls...), nodeutil.AttachProviderRoutes(mux)}
 }
 
-func run(nodeName, kubeconfig, internalIP, pods string, workers int, qps float32, burst int, kubeletAPI kubeletAPI) error {
+func run(nodeName, kubeconfig, internalIP, pods string, workers int, unthrottled bool, kubeletAPI kubeletAPI) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
-	client, err := clientset(kubeconfig, qps, burst)
+	client, err := clientset(kubeconfig, unthrottled)
 	if err != nil {
 		return err
 	}
@@ -143,6 +146,9 @@ func run(nodeName, kubeconfig, internalIP, pods string, workers int, qps float32
 			return nil
 		},
 	}
+	if unthrottled {
+		opts = append(opts, nodeutil.WithPodControllerConfigOverrides(unthrottledQueues))
+	}
 	n, err := nodeutil.NewNode(nodeName, newProvider, append(opts, kubeletAPI.options(nodeName)...)...)
 	if err != nil {
 		return err
@@ -164,17 +170,29 @@ func run(nodeName, kubeconfig, internalIP, pods string, workers int, qps float32
 	return nil
 }
 
-// clientset is nodeutil.ClientsetFromEnv, plus the optional rate-limit override.
-func clientset(kubeconfig string, qps float32, burst int) (kubernetes.Interface, error) {
-	if qps == 0 && burst == 0 {
+// clientset is nodeutil.ClientsetFromEnv, or without client-side rate limit.
+func clientset(kubeconfig string, unthrottled bool) (kubernetes.Interface, error) {
+	if !unthrottled {
 		return nodeutil.ClientsetFromEnv(kubeconfig)
 	}
 	config, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
 		return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
 	}
-	config.QPS, config.Burst = qps, burst
+	config.QPS = -1 // client-go: a negative QPS disables its rate limiter
 	return kubernetes.NewForConfig(config)
+}
+
+// unthrottledQueues keeps the pod controller's per-item retry backoff (as in client-go's
+// default controller rate limiter) without the overall 10/s bucket.
+func unthrottledQueues(cfg *node.PodControllerConfig) error {
+	backoff := func() workqueue.TypedRateLimiter[any] {
+		return workqueue.NewTypedItemExponentialFailureRateLimiter[any](5*time.Millisecond, 1000*time.Second)
+	}
+	cfg.SyncPodsFromKubernetesRateLimiter = backoff()
+	cfg.DeletePodsFromKubernetesRateLimiter = backoff()
+	cfg.SyncPodStatusFromProviderRateLimiter = backoff()
+	return nil
 }
 
 // configureNode does what the mock provider's ConfigureNode does: capacity, address,

@@ -95,7 +95,13 @@ impl Events {
         }
     }
 
-    /// Publish an Event about `pod`; failures are logged.
+    /// Publish an Event about `pod` in the background; failures are logged.
+    ///
+    /// The caller never waits for the API server: an Event describes a step, it is not
+    /// part of it, and awaiting its write put one API round trip on every pod's way to
+    /// Running (the CellCreated Event is published between the cell's creation and the
+    /// status write). The kubelet's and virtual-kubelet's recorders do not block either.
+    /// Still `async`, so that callers keep their shape should publishing need to wait again.
     pub async fn publish(&self, pod: &Pod, reason: Reason, note: impl Into<String>) {
         // The API refuses notes over 1 kB; plugin messages may be longer.
         let mut note: String = note.into();
@@ -115,11 +121,14 @@ impl Events {
             secondary: None,
         };
         let reference = pod.object_ref(&());
-        if let Err(error) = self.recorder.publish(&event, &reference).await {
-            tracing::warn!(
-                pod = ?reference.name, namespace = ?reference.namespace, reason = reason.as_str(), %error,
-                "failed to publish event"
-            );
-        }
+        let recorder = self.recorder.clone();
+        tokio::spawn(async move {
+            if let Err(error) = recorder.publish(&event, &reference).await {
+                tracing::warn!(
+                    pod = ?reference.name, namespace = ?reference.namespace, reason = reason.as_str(), %error,
+                    "failed to publish event"
+                );
+            }
+        });
     }
 }

@@ -24,7 +24,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::controller::{self, applier};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use tokio::sync::mpsc;
 
 use super::worker::{self, Context};
@@ -56,8 +56,11 @@ impl PodWatch {
         };
         let term = Arc::clone(&watch.term);
         let api: Api<Pod> = Api::all(client);
-        let events =
-            watcher(api, watcher::Config::default().fields(&node_selector(node))).default_backoff();
+        // managedFields are dropped before the store: nothing in cellet reads them (its
+        // status writes are server-side applies), and they are a large share of each pod.
+        let events = watcher(api, watcher::Config::default().fields(&node_selector(node)))
+            .default_backoff()
+            .modify(|pod| pod.managed_fields_mut().clear());
         let drive = reflector::reflector(writer, events).for_each(move |event| {
             match event {
                 // The store has the pod by now (the reflector writes before it yields),

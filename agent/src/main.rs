@@ -23,7 +23,11 @@ const ADDRESS_WAIT: Duration = Duration::from_secs(120);
 #[command(name = "cellet-agent", version, about = "The cellet cell agent")]
 struct Args {
     /// The bootstrap document (JSON; the cell's user data).
-    #[arg(long, conflicts_with = "bootstrap_env", required_unless_present = "bootstrap_env")]
+    #[arg(
+        long,
+        conflicts_with = "bootstrap_env",
+        required_unless_present = "bootstrap_env"
+    )]
     bootstrap: Option<PathBuf>,
     /// An environment variable holding the bootstrap document instead of a file.
     #[arg(long)]
@@ -72,11 +76,18 @@ async fn run(args: Args) -> Result<(), String> {
     let tls = server::tls_config(&bootstrap).map_err(|error| error.to_string())?;
     let management_ip = wait_for_address(&bootstrap.management_interface).await?;
     std::fs::create_dir_all(&bootstrap.state_dir).map_err(|error| {
-        format!("failed to create the state directory {}: {error}", bootstrap.state_dir.display())
+        format!(
+            "failed to create the state directory {}: {error}",
+            bootstrap.state_dir.display()
+        )
     })?;
     let container_runtime =
         Runtime::new(bootstrap.state_dir.join("runtime")).map_err(|error| error.to_string())?;
-    let network = PodNet::new(&bootstrap.pod_uid, &bootstrap.management_interface, &bootstrap.state_dir);
+    let network = PodNet::new(
+        &bootstrap.pod_uid,
+        &bootstrap.management_interface,
+        &bootstrap.state_dir,
+    );
     let agent = Arc::new(Agent::new(&bootstrap, container_runtime, network));
     let address = std::net::SocketAddr::from((management_ip, bootstrap.port));
     let listener = tokio::net::TcpListener::bind(address)

@@ -22,10 +22,11 @@
 //! probes, pass); forwarding through the cell stays open.
 //!
 //! The namespace is a named one (a bind mount under `/run/netns`), so it outlives the agent
-//! process and the runtime's containers join it by path. The agent must run in the mount
-//! namespace where that mount should be seen: under `ip netns exec` (which gives the agent a
-//! mount namespace of its own whose mounts do not propagate back) the pod namespace is
-//! visible only to the agent and its children, and lives as long as they do.
+//! process and the runtime's containers join it by path. An agent in a mount namespace of
+//! its own (started by `ip netns exec`, as local cells are), whose mounts never propagate
+//! back, keeps a `/run/netns` of its own instead: the host's directory would otherwise get
+//! an empty file that no tool can open, left behind if the agent dies. The pod namespace is
+//! then seen by the agent and its containers only, and lives as long as they do.
 //!
 //! Links, addresses and routes are made over netlink (rtnetlink); the nftables table is
 //! loaded with `nft -f -`, one atomic transaction, like the host's hostPort rules — no
@@ -153,11 +154,10 @@ impl PodNet {
         network: &PodNetwork,
         host_aliases: &[HostAlias],
     ) -> Result<PodSandbox, NetError> {
-        let (management_index, host_ip) = management_address(cell, &self.management_interface).await?;
+        let (management_index, host_ip) =
+            management_address(cell, &self.management_interface).await?;
         let pod_ip = network.pod_ip.unwrap_or(host_ip);
-        let (hosts_file, resolv_conf) = self
-            .write_files(network, pod_ip, host_aliases)
-            .await?;
+        let (hosts_file, resolv_conf) = self.write_files(network, pod_ip, host_aliases).await?;
         let sandbox = PodSandbox {
             netns: network.pod_ip.map(|_| self.netns_path()),
             pod_ip,
@@ -209,14 +209,22 @@ impl PodNet {
                 .replace()
                 .execute()
                 .await
-                .map_err(netlink(format!("add the route to {pod_ip} via {CELL_VETH}")))?;
+                .map_err(netlink(format!(
+                    "add the route to {pod_ip} via {CELL_VETH}"
+                )))?;
             for (key, value) in [
                 ("ipv4/ip_forward".to_string(), "1"),
-                (format!("ipv4/conf/{}/proxy_arp", self.management_interface), "1"),
+                (
+                    format!("ipv4/conf/{}/proxy_arp", self.management_interface),
+                    "1",
+                ),
                 (format!("ipv4/conf/{CELL_VETH}/proxy_arp"), "1"),
                 // Proxy ARP answers after a random delay of up to 0.8 s by default; a
                 // secondary IP of an ENI answers at once.
-                (format!("ipv4/neigh/{}/proxy_delay", self.management_interface), "0"),
+                (
+                    format!("ipv4/neigh/{}/proxy_delay", self.management_interface),
+                    "0",
+                ),
             ] {
                 write_sysctl(&key, value)?;
             }
@@ -239,7 +247,9 @@ impl PodNet {
                     .replace()
                     .execute()
                     .await
-                    .map_err(netlink(format!("add the route to {destination}/{prefix} in the cell")))?;
+                    .map_err(netlink(format!(
+                        "add the route to {destination}/{prefix} in the cell"
+                    )))?;
             }
 
             // Pod side: its address, the gateway on-link, and every plan route through it.
@@ -254,7 +264,10 @@ impl PodNet {
                 .replace()
                 .execute()
                 .await
-                .map_err(netlink(format!("add {pod_ip}/{} to the pod", network.prefix_len)))?;
+                .map_err(netlink(format!(
+                    "add {pod_ip}/{} to the pod",
+                    network.prefix_len
+                )))?;
             for index in [pod_index, link_index(&pod, "lo").await?.unwrap_or(1)] {
                 pod.link()
                     .set(LinkUnspec::new_with_index(index).up().build())
@@ -272,7 +285,9 @@ impl PodNet {
                 .replace()
                 .execute()
                 .await
-                .map_err(netlink(format!("add the route to {POD_GATEWAY} in the pod")))?;
+                .map_err(netlink(format!(
+                    "add the route to {POD_GATEWAY} in the pod"
+                )))?;
             for &((destination, prefix), _) in &routes {
                 let route = RouteMessageBuilder::<Ipv4Addr>::new()
                     .destination_prefix(destination, prefix)
@@ -284,7 +299,9 @@ impl PodNet {
                     .replace()
                     .execute()
                     .await
-                    .map_err(netlink(format!("add the route to {destination}/{prefix} in the pod")))?;
+                    .map_err(netlink(format!(
+                        "add the route to {destination}/{prefix} in the pod"
+                    )))?;
             }
             load_nft(&nft_isolation_script()).await
         }
@@ -304,7 +321,10 @@ impl PodNet {
     /// A namespace still used by processes (containers not yet stopped) lives on, unnamed,
     /// until they exit; stop the runtime first.
     pub async fn teardown(&self) -> Result<(), NetError> {
-        load_nft(&format!("add table inet {NFT_TABLE}\ndelete table inet {NFT_TABLE}\n")).await?;
+        load_nft(&format!(
+            "add table inet {NFT_TABLE}\ndelete table inet {NFT_TABLE}\n"
+        ))
+        .await?;
         let (connection, cell) = connect_here()?;
         let result = async {
             if let Some(index) = link_index(&cell, CELL_VETH).await? {
@@ -332,9 +352,10 @@ impl PodNet {
         result?;
         remove_netns(&self.netns_path())?;
         match std::fs::remove_dir_all(&self.files_dir) {
-            Err(error) if error.kind() != io::ErrorKind::NotFound => {
-                Err(io_error(format!("remove {}", self.files_dir.display()))(error))
-            }
+            Err(error) if error.kind() != io::ErrorKind::NotFound => Err(io_error(format!(
+                "remove {}",
+                self.files_dir.display()
+            ))(error)),
             _ => Ok(()),
         }
     }
@@ -381,7 +402,9 @@ impl PodNet {
             .add(veth)
             .execute()
             .await
-            .map_err(netlink(format!("add the veth pair {CELL_VETH}/{POD_INTERFACE}")))?;
+            .map_err(netlink(format!(
+                "add the veth pair {CELL_VETH}/{POD_INTERFACE}"
+            )))?;
         link_index(cell, CELL_VETH)
             .await?
             .ok_or_else(|| NetError::Io {
@@ -405,7 +428,9 @@ impl PodNet {
             hosts_file(network, pod_ip, host_aliases)
         } else {
             // hostNetwork pods see the cell's own names, as the kubelet gives them the node's.
-            let own = tokio::fs::read_to_string("/etc/hosts").await.unwrap_or_default();
+            let own = tokio::fs::read_to_string("/etc/hosts")
+                .await
+                .unwrap_or_default();
             own + &host_aliases_lines(host_aliases)
         };
         let resolv = match &network.dns {
@@ -423,7 +448,10 @@ impl PodNet {
 }
 
 /// The index and first IPv4 address of the management interface.
-pub async fn management_address(handle: &Handle, interface: &str) -> Result<(u32, Ipv4Addr), NetError> {
+pub async fn management_address(
+    handle: &Handle,
+    interface: &str,
+) -> Result<(u32, Ipv4Addr), NetError> {
     let index = link_index(handle, interface)
         .await?
         .ok_or_else(|| NetError::NoManagementAddress(interface.to_string()))?;
@@ -440,7 +468,9 @@ pub async fn management_address(handle: &Handle, interface: &str) -> Result<(u32
         .flat_map(|message| &message.attributes)
         .find_map(|attribute| match attribute {
             rtnetlink::packet_route::address::AddressAttribute::Local(IpAddr::V4(ip))
-            | rtnetlink::packet_route::address::AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+            | rtnetlink::packet_route::address::AddressAttribute::Address(IpAddr::V4(ip)) => {
+                Some(*ip)
+            }
             _ => None,
         })
         .map(|ip| (index, ip))
@@ -483,7 +513,8 @@ fn connect_in(netns: &File) -> Result<(tokio::task::JoinHandle<()>, Handle), Net
         action: "open a netlink socket in the pod namespace".into(),
         source: io::Error::other("the thread panicked"),
     })?;
-    let (connection, handle) = made.map_err(io_error("open a netlink socket in the pod namespace"))?;
+    let (connection, handle) =
+        made.map_err(io_error("open a netlink socket in the pod namespace"))?;
     Ok((tokio::spawn(connection), handle))
 }
 
@@ -531,7 +562,12 @@ fn ignore_missing<T>(result: Result<T, rtnetlink::Error>) -> Result<Option<T>, r
         Err(rtnetlink::Error::NetlinkError(message))
             if matches!(
                 message.to_io().raw_os_error(),
-                Some(nix::libc::ENODEV | nix::libc::ESRCH | nix::libc::ENOENT | nix::libc::EADDRNOTAVAIL)
+                Some(
+                    nix::libc::ENODEV
+                        | nix::libc::ESRCH
+                        | nix::libc::ENOENT
+                        | nix::libc::EADDRNOTAVAIL
+                )
             ) =>
         {
             Ok(None)
@@ -543,7 +579,8 @@ fn ignore_missing<T>(result: Result<T, rtnetlink::Error>) -> Result<Option<T>, r
 /// True when `path` is a mounted network namespace (not a leftover empty file).
 fn is_netns(path: &Path) -> bool {
     File::open(path).is_ok_and(|file| {
-        nix::sys::statfs::fstatfs(&file).is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
+        nix::sys::statfs::fstatfs(&file)
+            .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
     })
 }
 
@@ -553,7 +590,11 @@ fn is_netns(path: &Path) -> bool {
 fn create_netns(path: &Path) -> Result<(), NetError> {
     let dir = Path::new(NETNS_DIR);
     std::fs::create_dir_all(dir).map_err(io_error(format!("create {NETNS_DIR}")))?;
-    share_netns_dir(dir)?;
+    if own_mount_namespace() {
+        private_netns_dir(dir)?;
+    } else {
+        share_netns_dir(dir)?;
+    }
     std::fs::write(path, b"").map_err(io_error(format!("create {}", path.display())))?;
     let target = path.to_path_buf();
     let made = std::thread::spawn(move || -> nix::Result<()> {
@@ -577,23 +618,68 @@ fn create_netns(path: &Path) -> Result<(), NetError> {
     })
 }
 
+/// True when the agent's mount namespace is not the one of PID 1 (the instance's).
+fn own_mount_namespace() -> bool {
+    let namespace = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+    namespace("self") != namespace("1")
+}
+
+/// Mount a tmpfs of the agent's own on `/run/netns`, once per agent process (its mount
+/// namespace lives as long as the process and its containers).
+fn private_netns_dir(dir: &Path) -> Result<(), NetError> {
+    static MOUNTED: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut mounted = MOUNTED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if *mounted {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some("cellet-agent"),
+        dir,
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
+        Some("mode=0755"),
+    )
+    .map_err(|errno| NetError::Io {
+        action: format!("mount a tmpfs of the agent's own on {}", dir.display()),
+        source: io::Error::from_raw_os_error(errno as i32),
+    })?;
+    *mounted = true;
+    Ok(())
+}
+
 /// Make `/run/netns` a shared mount point, as iproute2 does, so namespaces mounted there
 /// show in mount namespaces made later (`ip netns exec`, containers).
 fn share_netns_dir(dir: &Path) -> Result<(), NetError> {
     use nix::mount::{MsFlags, mount};
     let shared = |dir: &Path| {
-        mount(None::<&str>, dir, None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>)
+        mount(
+            None::<&str>,
+            dir,
+            None::<&str>,
+            MsFlags::MS_SHARED | MsFlags::MS_REC,
+            None::<&str>,
+        )
     };
     if shared(dir).is_ok() {
         return Ok(());
     }
     // Not a mount point yet: bind it onto itself first.
-    mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-        .and_then(|()| shared(dir))
-        .map_err(|errno| NetError::Io {
-            action: format!("make {} a shared mount", dir.display()),
-            source: io::Error::from_raw_os_error(errno as i32),
-        })
+    mount(
+        Some(dir),
+        dir,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .and_then(|()| shared(dir))
+    .map_err(|errno| NetError::Io {
+        action: format!("make {} a shared mount", dir.display()),
+        source: io::Error::from_raw_os_error(errno as i32),
+    })
 }
 
 /// Unmount and remove a named namespace; nothing to do when it is gone.
@@ -658,7 +744,9 @@ async fn load_nft(script: &str) -> Result<(), NetError> {
     if output.status.success() {
         Ok(())
     } else {
-        Err(NetError::Nft(String::from_utf8_lossy(&output.stderr).trim().to_string()))
+        Err(NetError::Nft(
+            String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        ))
     }
 }
 
@@ -763,17 +851,28 @@ mod tests {
         let text = hosts_file(&network(), Ipv4Addr::new(10, 250, 0, 11), &aliases);
         assert!(text.contains("127.0.0.1\tlocalhost\n"));
         assert!(text.contains("10.250.0.11\tweb-0.web.default.svc.cluster.local\tweb-0\n"));
-        assert!(text.ends_with("# Entries added by HostAliases.\n10.1.2.3\tfoo.local\tbar.local\n"));
+        assert!(
+            text.ends_with("# Entries added by HostAliases.\n10.1.2.3\tfoo.local\tbar.local\n")
+        );
     }
 
     #[test]
     fn resolv_conf_lists_servers_searches_and_options() {
         let dns = PodDns {
             nameservers: vec!["10.96.0.10".parse().unwrap()],
-            searches: vec!["default.svc.cluster.local".into(), "svc.cluster.local".into()],
+            searches: vec![
+                "default.svc.cluster.local".into(),
+                "svc.cluster.local".into(),
+            ],
             options: vec![
-                DnsOption { name: "ndots".into(), value: Some("5".into()) },
-                DnsOption { name: "edns0".into(), value: None },
+                DnsOption {
+                    name: "ndots".into(),
+                    value: Some("5".into()),
+                },
+                DnsOption {
+                    name: "edns0".into(),
+                    value: None,
+                },
             ],
         };
         assert_eq!(
@@ -785,9 +884,15 @@ mod tests {
     #[test]
     fn route_destinations_must_be_ipv4_cidrs() {
         assert_eq!(parse_cidr("0.0.0.0/0").unwrap(), (Ipv4Addr::UNSPECIFIED, 0));
-        assert_eq!(parse_cidr("10.0.0.0/16").unwrap(), (Ipv4Addr::new(10, 0, 0, 0), 16));
+        assert_eq!(
+            parse_cidr("10.0.0.0/16").unwrap(),
+            (Ipv4Addr::new(10, 0, 0, 0), 16)
+        );
         for bad in ["10.0.0.0", "10.0.0.0/33", "fd00::/8", "x/1"] {
-            assert!(matches!(parse_cidr(bad), Err(NetError::BadRoute(_))), "{bad}");
+            assert!(
+                matches!(parse_cidr(bad), Err(NetError::BadRoute(_))),
+                "{bad}"
+            );
         }
     }
 

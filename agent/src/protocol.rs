@@ -91,7 +91,9 @@ pub enum BootstrapError {
     #[error("failed to parse the bootstrap document: {0}")]
     Json(#[from] serde_json::Error),
     /// The document is of another contract version.
-    #[error("the bootstrap document has version {found}, this agent speaks version {PROTOCOL_VERSION}")]
+    #[error(
+        "the bootstrap document has version {found}, this agent speaks version {PROTOCOL_VERSION}"
+    )]
     Version { found: u32 },
     /// `podUid` is empty or holds characters other than letters, digits and `-` (it names
     /// a network namespace and a directory).
@@ -391,7 +393,10 @@ mod tests {
         let text = bootstrap().to_json().unwrap();
         assert_eq!(Bootstrap::from_json(text.as_bytes()).unwrap(), bootstrap());
         let minimal = r#"{"version":1,"podUid":"0b1c","serverCertPem":"cert","serverKeyPem":"key","clientCaPem":"ca"}"#;
-        assert_eq!(Bootstrap::from_json(minimal.as_bytes()).unwrap(), bootstrap());
+        assert_eq!(
+            Bootstrap::from_json(minimal.as_bytes()).unwrap(),
+            bootstrap()
+        );
     }
 
     #[test]

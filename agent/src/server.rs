@@ -170,7 +170,9 @@ async fn apply_pod(State(agent): State<Arc<Agent>>, Json(apply): Json<ApplyPod>)
         );
     }
     let spec = apply.pod.spec.as_ref();
-    let host_aliases = spec.and_then(|spec| spec.host_aliases.clone()).unwrap_or_default();
+    let host_aliases = spec
+        .and_then(|spec| spec.host_aliases.clone())
+        .unwrap_or_default();
     let mut state = agent.pod.lock().await;
     state.grace = spec
         .and_then(|spec| spec.termination_grace_period_seconds)
@@ -180,7 +182,11 @@ async fn apply_pod(State(agent): State<Arc<Agent>>, Json(apply): Json<ApplyPod>)
         Err(net_error) => {
             tracing::error!(pod_uid = uid, error = %net_error, "pod network setup failed");
             state.network_error = Some(net_error.to_string());
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "NetworkFailed", net_error);
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "NetworkFailed",
+                net_error,
+            );
         }
     };
     tracing::info!(pod_uid = uid, pod_ip = %sandbox.pod_ip, netns = ?sandbox.netns, "pod network ready");
@@ -198,7 +204,9 @@ async fn report(agent: &Agent) -> PodReport {
     let mut report = agent.runtime.report().await;
     let state = agent.pod.lock().await;
     if let Some(sandbox) = &state.sandbox {
-        report.pod_uid.get_or_insert_with(|| agent.health.pod_uid.clone());
+        report
+            .pod_uid
+            .get_or_insert_with(|| agent.health.pod_uid.clone());
         report.pod_ip.get_or_insert(sandbox.pod_ip);
     }
     if let Some(message) = &state.network_error {
@@ -223,7 +231,11 @@ async fn stop_pod(State(agent): State<Arc<Agent>>, body: Option<Json<StopPod>>) 
     agent.runtime.stop(grace).await;
     if let Err(net_error) = agent.network.teardown().await {
         tracing::error!(error = %net_error, "pod network teardown failed");
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "NetworkFailed", net_error);
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "NetworkFailed",
+            net_error,
+        );
     }
     state.sandbox = None;
     state.network_error = None;
@@ -282,15 +294,20 @@ pub async fn serve(
                 }
             };
             let builder = auto::Builder::new(TokioExecutor::new());
-            let connection = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(app));
+            let connection = builder.serve_connection_with_upgrades(
+                TokioIo::new(stream),
+                TowerToHyperService::new(app),
+            );
             if let Err(error) = watcher.watch(connection.into_owned()).await {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!(timeout = ?DRAIN_TIMEOUT, "connections still open after the drain timeout; closing them");
     }
 }

@@ -68,13 +68,27 @@ impl Vpc {
         }
         run(&["ip", "-n", &vpc.vpc, "link", "add", "br0", "type", "bridge"]);
         run(&["ip", "-n", &vpc.vpc, "link", "set", "br0", "up"]);
-        for (ns, port, ip) in [(&vpc.cell, "to-cell", CELL_IP), (&vpc.peer, "to-peer", PEER_IP)] {
+        for (ns, port, ip) in [
+            (&vpc.cell, "to-cell", CELL_IP),
+            (&vpc.peer, "to-peer", PEER_IP),
+        ] {
             run(&[
                 "ip", "-n", &vpc.vpc, "link", "add", port, "type", "veth", "peer", "name", "eth0",
                 "netns", ns,
             ]);
-            run(&["ip", "-n", &vpc.vpc, "link", "set", port, "master", "br0", "up"]);
-            run(&["ip", "-n", ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+            run(&[
+                "ip", "-n", &vpc.vpc, "link", "set", port, "master", "br0", "up",
+            ]);
+            run(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{ip}/24"),
+                "dev",
+                "eth0",
+            ]);
             run(&["ip", "-n", ns, "link", "set", "eth0", "up"]);
         }
         vpc
@@ -127,7 +141,10 @@ fn ca(name: &str) -> Ca {
     let mut params = CertificateParams::default();
     params.distinguished_name.push(DnType::CommonName, name);
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let key = KeyPair::generate().unwrap();
     let pem = params.self_signed(&key).unwrap().pem();
     Ca {
@@ -194,7 +211,7 @@ impl Agent {
     }
 
     /// A path as the agent sees it: under `ip netns exec` it has a mount namespace of its
-    /// own, where its pod namespace is mounted.
+    /// own, where its pod namespace is mounted (on a /run/netns of its own).
     fn seen_by_agent(&self, path: &Path) -> PathBuf {
         Path::new(&format!("/proc/{}/root", self.child.id())).join(path.strip_prefix("/").unwrap())
     }
@@ -208,7 +225,11 @@ impl Drop for Agent {
 }
 
 fn start_agent(vpc: &Vpc, dir: &Path, server_ca: &Ca, client_ca: &Ca) -> Agent {
-    let (cert, key) = leaf(server_ca, &agent_server_name(POD_UID), ExtendedKeyUsagePurpose::ServerAuth);
+    let (cert, key) = leaf(
+        server_ca,
+        &agent_server_name(POD_UID),
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
     let bootstrap = Bootstrap {
         version: PROTOCOL_VERSION,
         pod_uid: POD_UID.into(),
@@ -223,10 +244,18 @@ fn start_agent(vpc: &Vpc, dir: &Path, server_ca: &Ca, client_ca: &Ca) -> Agent {
     std::fs::write(&path, bootstrap.to_json().unwrap()).unwrap();
     let log = dir.join("agent.log");
     let child = Command::new("ip")
-        .args(["netns", "exec", &vpc.cell, env!("CARGO_BIN_EXE_cellet-agent"), "--bootstrap"])
+        .args([
+            "netns",
+            "exec",
+            &vpc.cell,
+            env!("CARGO_BIN_EXE_cellet-agent"),
+            "--bootstrap",
+        ])
         .arg(&path)
         .stdout(Stdio::from(File::create(&log).unwrap()))
-        .stderr(Stdio::from(File::options().append(true).open(&log).unwrap()))
+        .stderr(Stdio::from(
+            File::options().append(true).open(&log).unwrap(),
+        ))
         .spawn()
         .unwrap();
     Agent { child, log }
@@ -238,7 +267,11 @@ fn wait_listening(vpc: &Vpc, agent: &Agent) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         let up = in_netns(peer.clone(), || {
-            TcpStream::connect_timeout(&SocketAddr::from((CELL_IP, AGENT_PORT)), Duration::from_millis(200)).is_ok()
+            TcpStream::connect_timeout(
+                &SocketAddr::from((CELL_IP, AGENT_PORT)),
+                Duration::from_millis(200),
+            )
+            .is_ok()
         });
         if up {
             return;
@@ -291,7 +324,15 @@ fn only_clients_of_the_cell_ca_are_answered() {
 
     let good = client(&server_ca, Some(&host));
     let health: Health = block_in_netns(Vpc::path(&vpc.peer), async move {
-        good.get(url("/v1/healthz")).send().await.unwrap().error_for_status().unwrap().json().await.unwrap()
+        good.get(url("/v1/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     });
     assert_eq!(
         health,
@@ -303,12 +344,22 @@ fn only_clients_of_the_cell_ca_are_answered() {
 
     for (what, refused) in [
         ("no certificate", client(&server_ca, None)),
-        ("a certificate of another CA", client(&server_ca, Some(&stranger))),
+        (
+            "a certificate of another CA",
+            client(&server_ca, Some(&stranger)),
+        ),
     ] {
         let answer = block_in_netns(Vpc::path(&vpc.peer), async move {
-            refused.get(url("/v1/healthz")).send().await.map(|r| r.status())
+            refused
+                .get(url("/v1/healthz"))
+                .send()
+                .await
+                .map(|r| r.status())
         });
-        assert!(answer.is_err(), "a client with {what} got an answer: {answer:?}");
+        assert!(
+            answer.is_err(),
+            "a client with {what} got an answer: {answer:?}"
+        );
     }
 
     // A pod of another UID than the cell's is refused.
@@ -337,36 +388,80 @@ fn the_pod_network_reaches_the_vpc_but_not_the_agent_and_is_removed_on_stop() {
     let (status, body) = {
         let http = http.clone();
         block_in_netns(Vpc::path(&vpc.peer), async move {
-            let response = http.put(url("/v1/pod")).json(&apply_pod()).send().await.unwrap();
+            let response = http
+                .put(url("/v1/pod"))
+                .json(&apply_pod())
+                .send()
+                .await
+                .unwrap();
             (response.status().as_u16(), response.text().await.unwrap())
         })
     };
     if status != 200 {
         let error: ApiError = serde_json::from_str(&body).unwrap();
-        assert_eq!(error.reason, "RuntimeFailed", "{status} {body}\nagent log:\n{}", agent.log());
+        assert_eq!(
+            error.reason,
+            "RuntimeFailed",
+            "{status} {body}\nagent log:\n{}",
+            agent.log()
+        );
     }
     let report: PodReport = {
         let http = http.clone();
         block_in_netns(Vpc::path(&vpc.peer), async move {
-            http.get(url("/v1/pod/status")).send().await.unwrap().json().await.unwrap()
+            http.get(url("/v1/pod/status"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap()
         })
     };
     assert_eq!(report.pod_ip, Some(POD_IP));
 
-    let pod_netns = agent.seen_by_agent(&Path::new("/run/netns").join(format!("cellet-pod-{POD_UID}")));
-    assert!(pod_netns.exists(), "no pod namespace at {}; agent log:\n{}", pod_netns.display(), agent.log());
+    let pod_netns =
+        agent.seen_by_agent(&Path::new("/run/netns").join(format!("cellet-pod-{POD_UID}")));
+    assert!(
+        pod_netns.exists(),
+        "no pod namespace at {}; agent log:\n{}",
+        pod_netns.display(),
+        agent.log()
+    );
+    // The agent runs in a mount namespace of its own (`ip netns exec`): the host's
+    // /run/netns gets nothing it could not open or that could be left behind.
+    let host_view = Path::new("/run/netns").join(format!("cellet-pod-{POD_UID}"));
+    assert!(
+        !host_view.exists(),
+        "{} shows on the host",
+        host_view.display()
+    );
     let hosts = std::fs::read_to_string(dir.path().join("state/network/hosts")).unwrap();
     assert!(hosts.contains(&format!("{POD_IP}\tweb\n")), "{hosts}");
 
     // The VPC reaches the pod IP through the cell, as a secondary IP of its interface.
-    let (ok, text) = output(&["ip", "netns", "exec", &vpc.peer, "ping", "-c", "1", "-W", "5", &POD_IP.to_string()]);
+    let (ok, text) = output(&[
+        "ip",
+        "netns",
+        "exec",
+        &vpc.peer,
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "5",
+        &POD_IP.to_string(),
+    ]);
     assert!(ok, "the peer cannot ping the pod: {text}");
 
     // From inside the pod: the peer answers, the agent's port does not.
-    let listener = in_netns(Vpc::path(&vpc.peer), || TcpListener::bind((PEER_IP, 8080)).unwrap());
+    let listener = in_netns(Vpc::path(&vpc.peer), || {
+        TcpListener::bind((PEER_IP, 8080)).unwrap()
+    });
     let (to_peer, to_agent, to_gateway) = in_netns(pod_netns.clone(), || {
         let connect = |ip: Ipv4Addr, port| {
-            TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_secs(2)).map(|_| ())
+            TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_secs(2))
+                .map(|_| ())
         };
         (
             connect(PEER_IP, 8080),
@@ -375,9 +470,18 @@ fn the_pod_network_reaches_the_vpc_but_not_the_agent_and_is_removed_on_stop() {
         )
     });
     drop(listener);
-    assert!(to_peer.is_ok(), "the pod cannot reach the peer: {to_peer:?}");
-    assert!(to_agent.is_err(), "the pod reached the agent's management port");
-    assert!(to_gateway.is_err(), "the pod reached the cell through its gateway");
+    assert!(
+        to_peer.is_ok(),
+        "the pod cannot reach the peer: {to_peer:?}"
+    );
+    assert!(
+        to_agent.is_err(),
+        "the pod reached the agent's management port"
+    );
+    assert!(
+        to_gateway.is_err(),
+        "the pod reached the cell through its gateway"
+    );
 
     // Stop: the namespace, the veth, the routes and the table are gone.
     let _: serde_json::Value = block_in_netns(Vpc::path(&vpc.peer), async move {

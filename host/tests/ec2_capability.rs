@@ -515,7 +515,7 @@ async fn load(moto: &Moto, controller_id: &str, config: serde_json::Value) -> Lo
         grants: vec![Capability::Log, Capability::Ec2],
         config,
     };
-    let providers = Providers { ec2: Some(capability(&moto.endpoint, Ec2Metrics::default()).await) };
+    let providers = Providers { ec2: Some(capability(&moto.endpoint, Ec2Metrics::default()).await), ..Providers::default() };
     let loaded = runtime
         .load_with(&spec, &component_bytes(), providers)
         .await

@@ -333,7 +333,7 @@ async fn links_the_ec2_capability_for_a_plugin_granted_it() {
         "{err}"
     );
 
-    let providers = Providers { ec2: Some(unreachable_ec2("aws").await) };
+    let providers = Providers { ec2: Some(unreachable_ec2("aws").await), ..Providers::default() };
     let loaded = h.runtime.load_with(&spec, &component(AWS_EC2), providers).await.unwrap();
     let PluginHandle::Cloud(cloud) = loaded.handle else {
         panic!("expected a cloud plugin");
@@ -351,7 +351,7 @@ async fn links_the_ec2_capability_for_a_plugin_granted_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refuses_to_grant_local_cells_in_this_release() {
+async fn refuses_to_grant_local_cells_without_its_settings() {
     let h = harness();
     let mut spec = spec("local", Slot::Cloud, json!({}));
     spec.grants.push(Capability::LocalCells);
@@ -359,14 +359,14 @@ async fn refuses_to_grant_local_cells_in_this_release() {
     assert!(
         matches!(
             &err,
-            LoadError::Capability(CapabilityError::NotImplemented {
+            LoadError::Capability(CapabilityError::NotProvided {
                 capability: Capability::LocalCells,
                 ..
             })
         ),
         "{err}"
     );
-    assert!(err.to_string().contains("not implemented by this host release"), "{err}");
+    assert!(err.to_string().contains("no `local-cells` client"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

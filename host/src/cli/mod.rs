@@ -1,5 +1,6 @@
 //! Command-line interface: argument definitions (clap derive) and dispatch.
 
+mod local_cells;
 pub mod logging;
 mod plugin;
 mod run;
@@ -43,6 +44,20 @@ pub enum Command {
     /// Work with plugin components.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Work with the local VPC of the `local-cells` cloud.
+    #[command(subcommand)]
+    LocalCells(LocalCellsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LocalCellsCommand {
+    /// Delete every cell of the config's local VPC (agent, namespace, links, record), then
+    /// the host's uplink and the VPC namespace with its bridge and routes.
+    Down {
+        /// The config file whose cloud slot is granted `local-cells`.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,6 +129,7 @@ pub async fn run(command: Command) -> ExitCode {
         Command::Plugin(PluginCommand::New { name, world, dir, sdk }) => {
             plugin::new(&name, world, &dir, sdk).map_err(Into::into)
         }
+        Command::LocalCells(LocalCellsCommand::Down { config }) => local_cells::down(&config).await.map_err(Into::into),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

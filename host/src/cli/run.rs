@@ -53,6 +53,7 @@ pub async fn run(config_path: &Path) -> Result<(), RunError> {
     let mut registry = Registry::default();
     loaded.runtime.metrics().register(&mut registry);
     loaded.ec2_metrics.register(&mut registry);
+    loaded.local_cells_metrics.register(&mut registry);
     let api_metrics = ApiMetrics::default();
     api_metrics.register(&mut registry);
     let kube_metrics = KubeMetrics::default();

@@ -11,6 +11,7 @@ use std::path::Path;
 
 use crate::config::{Config, ConfigError, Draft, NodeConfig, PluginsConfig, Problem, Problems, SlotConfig};
 use crate::plugins::capabilities::ec2::{Ec2Capability, Ec2Metrics};
+use crate::plugins::capabilities::local_cells::{LocalCellsCapability, LocalCellsMetrics};
 use crate::plugins::source::{Fetcher, SourceError};
 use crate::plugins::{LoadError, LoadedPlugin, PluginRuntime, Providers, RuntimeConfig, RuntimeError, Slot};
 
@@ -60,6 +61,8 @@ pub struct Loaded {
     pub runtime: PluginRuntime,
     /// Metrics of the `ec2` capability, for the process's registry.
     pub ec2_metrics: Ec2Metrics,
+    /// Metrics of the `local-cells` capability, for the process's registry.
+    pub local_cells_metrics: LocalCellsMetrics,
     pub cloud: LoadedPlugin,
     pub network: LoadedPlugin,
     pub hostport: LoadedPlugin,
@@ -83,24 +86,36 @@ pub fn fetcher(plugins: &PluginsConfig) -> Fetcher {
     Fetcher::new(Some(plugins.cache_dir.join("oci")), plugins.insecure_registries.clone())
 }
 
-/// Fetch and load one slot's plugin, with the clients its capabilities need. `ec2`
-/// metrics go to `ec2_metrics` (register them once with the process's registry).
+/// The metrics of the capabilities, shared by every slot (register them once with the
+/// process's registry).
+#[derive(Debug, Clone, Default)]
+pub struct CapabilityMetrics {
+    pub ec2: Ec2Metrics,
+    pub local_cells: LocalCellsMetrics,
+}
+
+/// Fetch and load one slot's plugin, with the clients its capabilities need.
 pub async fn load_slot(
     runtime: &PluginRuntime,
     fetcher: &Fetcher,
     slot: &SlotConfig,
-    ec2_metrics: &Ec2Metrics,
+    metrics: &CapabilityMetrics,
 ) -> Result<LoadedPlugin, SlotError> {
     let name = slot.spec.slot;
     let fetched = fetcher.fetch(&slot.source, slot.pin).await.map_err(|source| SlotError::Fetch { slot: name, source })?;
     tracing::debug!(slot = %name, source = %slot.source, digest = %fetched.digest, origin = ?fetched.origin, "plugin fetched");
     let ec2 = match &slot.ec2 {
         // Building the client reads the credential chain but calls no AWS API.
-        Some(settings) => Some(Ec2Capability::connect(&slot.spec.name, settings, ec2_metrics.clone()).await),
+        Some(settings) => Some(Ec2Capability::connect(&slot.spec.name, settings, metrics.ec2.clone()).await),
         None => None,
     };
+    // Touches nothing until the plugin's first call: `config check` makes no namespace.
+    let local_cells = slot
+        .local_cells
+        .as_ref()
+        .map(|settings| LocalCellsCapability::new(&slot.spec.name, settings.clone(), metrics.local_cells.clone()));
     runtime
-        .load_with(&slot.spec, &fetched.bytes, Providers { ec2 })
+        .load_with(&slot.spec, &fetched.bytes, Providers { ec2, local_cells })
         .await
         .map_err(|source| SlotError::Load { slot: name, origin: slot.source.to_string(), source })
 }
@@ -110,11 +125,12 @@ pub async fn start(path: &Path) -> Result<Loaded, StartError> {
     let config = Config::load(path)?;
     let runtime = PluginRuntime::new(runtime_config(Some(&config.node), &config.plugins))?;
     let fetcher = fetcher(&config.plugins);
-    let ec2_metrics = Ec2Metrics::default();
-    let cloud = load_slot(&runtime, &fetcher, &config.cloud, &ec2_metrics).await?;
-    let network = load_slot(&runtime, &fetcher, &config.network, &ec2_metrics).await?;
-    let hostport = load_slot(&runtime, &fetcher, &config.hostport, &ec2_metrics).await?;
-    Ok(Loaded { config, runtime, ec2_metrics, cloud, network, hostport })
+    let metrics = CapabilityMetrics::default();
+    let cloud = load_slot(&runtime, &fetcher, &config.cloud, &metrics).await?;
+    let network = load_slot(&runtime, &fetcher, &config.network, &metrics).await?;
+    let hostport = load_slot(&runtime, &fetcher, &config.hostport, &metrics).await?;
+    let CapabilityMetrics { ec2: ec2_metrics, local_cells: local_cells_metrics } = metrics;
+    Ok(Loaded { config, runtime, ec2_metrics, local_cells_metrics, cloud, network, hostport })
 }
 
 /// What `config check` found.
@@ -136,9 +152,9 @@ pub async fn check(path: &Path) -> Result<Report, ConfigError> {
         match PluginRuntime::new(runtime_config(node.as_ref(), &plugins)) {
             Ok(runtime) => {
                 let fetcher = fetcher(&plugins);
-                let ec2_metrics = Ec2Metrics::default();
+                let metrics = CapabilityMetrics::default();
                 for slot in slots.iter().flatten() {
-                    match load_slot(&runtime, &fetcher, slot, &ec2_metrics).await {
+                    match load_slot(&runtime, &fetcher, slot, &metrics).await {
                         Ok(plugin) => loaded.push((slot.spec.slot, slot.source.to_string(), plugin)),
                         Err(error) => problems.push(error.problem(path, slot)),
                     }

@@ -26,6 +26,7 @@ pub use problem::{Problem, Problems};
 use crate::kube::KubeSettings;
 use crate::plugins::cache::ComponentCache;
 use crate::plugins::capabilities::ec2::Ec2Settings;
+use crate::plugins::capabilities::local_cells::LocalCellsSettings;
 use crate::plugins::source::{PluginSource, Sha256Digest};
 use crate::plugins::{Capability, EngineSettings, Limits, PluginSpec, Slot};
 use yaml::{Field, Reader, Section};
@@ -45,7 +46,7 @@ const TOP_KEYS: &[&str] = &["node", "plugins", "cloud", "network", "hostport", "
 const NODE_KEYS: &[&str] = &["name", "controller-id", "internal-ip", "kubelet-port", "labels"];
 const PLUGINS_KEYS: &[&str] = &["cache-dir", "insecure-registries", "max-instances", "max-memory"];
 const SLOT_KEYS: &[&str] =
-    &["source", "sha256", "deadline", "memory", "max-instances", "capabilities", "config", "ec2"];
+    &["source", "sha256", "deadline", "memory", "max-instances", "capabilities", "config", "ec2", "local-cells"];
 
 /// Errors of loading a config file for use.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +136,9 @@ pub struct SlotConfig {
     /// Region and endpoint of the `ec2` capability: the slot's `ec2:` section, present
     /// exactly when `ec2` is granted.
     pub ec2: Option<Ec2Settings>,
+    /// The VPC of the `local-cells` capability: the slot's `local-cells:` section (its
+    /// defaults when absent), present exactly when `local-cells` is granted.
+    pub local_cells: Option<LocalCellsSettings>,
 }
 
 /// What parsing produced: every valid part, and every problem. A slot or section with a
@@ -409,6 +413,7 @@ fn slot_config(reader: &mut Reader, slot: Slot, field: &Field<'_, '_>, base_dir:
         None => Some(vec![Capability::Log]),
     };
     let ec2 = ec2_settings(reader, slot, &section, grants.as_deref());
+    let local_cells = local_cells_settings(reader, slot, &section, grants.as_deref(), base_dir);
     let config_field = section.get("config");
     let config_line = config_field.as_ref().map_or(source_line, |f| f.line);
     let config = match &config_field {
@@ -422,7 +427,7 @@ fn slot_config(reader: &mut Reader, slot: Slot, field: &Field<'_, '_>, base_dir:
         max_instances: max_instances?.unwrap_or(defaults.max_instances),
     };
     let spec = PluginSpec { name: slot.config_key().to_string(), slot, limits, grants: grants?, config: config? };
-    Some(SlotConfig { spec, source: source?, pin: pin?, source_line, config_line, memory_line, ec2: ec2? })
+    Some(SlotConfig { spec, source: source?, pin: pin?, source_line, config_line, memory_line, ec2: ec2?, local_cells: local_cells? })
 }
 
 /// The slot's `ec2:` section. It goes with the `ec2` grant both ways: a grant without
@@ -456,6 +461,34 @@ fn ec2_settings(
             );
             None
         }
+        (None, _) => Some(None),
+    }
+}
+
+/// The slot's `local-cells:` section. Every key has a default, so the grant alone is
+/// enough; the section without the grant, or on another slot than `cloud`, is a mistake.
+fn local_cells_settings(
+    reader: &mut Reader,
+    slot: Slot,
+    section: &Section<'_, '_>,
+    grants: Option<&[Capability]>,
+    base_dir: &Path,
+) -> Option<Option<LocalCellsSettings>> {
+    let granted = grants.map(|g| g.contains(&Capability::LocalCells));
+    match (section.get("local-cells"), granted) {
+        (Some(f), _) if slot != Slot::Cloud => {
+            reader.report(f.line, &f.path, "only the cloud slot can be granted local-cells");
+            None
+        }
+        (Some(f), Some(false)) => {
+            reader.report(f.line, &f.path, "local-cells settings without the local-cells capability (add `local-cells` to `capabilities`)");
+            None
+        }
+        (Some(f), _) => {
+            let value = reader.json(&f)?;
+            LocalCellsSettings::from_json(value, base_dir).map(Some).map_err(|e| reader.report(f.line, &f.path, e.to_string())).ok()
+        }
+        (None, Some(true)) => Some(Some(LocalCellsSettings::default())),
         (None, _) => Some(None),
     }
 }
@@ -647,6 +680,34 @@ hostport:
         assert!(found[0].starts_with("cellet.yaml:15: cloud.ec2: ") && found[0].contains("Mars"), "{found:?}");
         let on_network = GOOD.replace("network:\n", "network:\n  ec2: {region: us-east-1}\n");
         assert_eq!(problems(&on_network), vec!["cellet.yaml:19: network.ec2: only the cloud slot can be granted ec2"]);
+    }
+
+    #[test]
+    fn the_local_cells_section_goes_with_the_local_cells_grant() {
+        let config = parse(Path::new("/etc/cellet/cellet.yaml"), GOOD).into_config().unwrap();
+        assert_eq!(config.cloud.local_cells, Some(LocalCellsSettings::default()), "the grant alone takes the defaults");
+        assert_eq!(config.network.local_cells, None);
+
+        let section = GOOD.replace(
+            "capabilities: [local-cells]",
+            "capabilities: [local-cells]\n  local-cells: {subnet: 10.9.0.0/24, state-dir: state, max-cells: 4}",
+        );
+        let settings = parse(Path::new("/etc/cellet/cellet.yaml"), &section).into_config().unwrap().cloud.local_cells.unwrap();
+        assert_eq!(settings.subnet.to_string(), "10.9.0.0/24");
+        assert_eq!(settings.state_dir, PathBuf::from("/etc/cellet/state"));
+        assert_eq!(settings.max_cells, 4);
+
+        let bad = GOOD.replace("capabilities: [local-cells]", "capabilities: [local-cells]\n  local-cells: {gateway: 10.1.0.1}");
+        let found = problems(&bad);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("cellet.yaml:15: cloud.local-cells: ") && found[0].contains("`gateway`"), "{found:?}");
+        let on_network = GOOD.replace("network:\n", "network:\n  local-cells: {}\n");
+        assert_eq!(problems(&on_network), vec!["cellet.yaml:19: network.local-cells: only the cloud slot can be granted local-cells"]);
+        let without_grant = GOOD.replace("capabilities: [local-cells]", "capabilities: []\n  local-cells: {}");
+        assert_eq!(
+            problems(&without_grant),
+            vec!["cellet.yaml:15: cloud.local-cells: local-cells settings without the local-cells capability (add `local-cells` to `capabilities`)"]
+        );
     }
 
     #[test]

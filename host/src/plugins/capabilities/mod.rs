@@ -6,7 +6,7 @@
 //! capability goes through three phases, each of which names it when it fails:
 //!
 //! 1. **configure**, once per plugin at load: [`Grants::configure`] checks the grants
-//!    against the slot and refuses capabilities this host release does not implement;
+//!    against the slot and takes the client of each granted capability;
 //! 2. **link**, once per plugin: [`Grants::add_to_linker`] links only what was granted, so
 //!    a plugin never reaches an interface it was not given;
 //! 3. **prepare**, once per instance: [`Grants::prepare`] builds the per-instance state
@@ -14,8 +14,9 @@
 //!
 //! Capabilities that talk to the outside world need a client the host builds before the
 //! load (the EC2 client needs the slot's `ec2:` settings and credentials, loaded
-//! asynchronously): the caller of `PluginRuntime::load_with` hands them over as
-//! [`Providers`]. A grant without its provider is refused at configure time.
+//! asynchronously; `local-cells` needs the slot's `local-cells:` settings): the caller of
+//! `PluginRuntime::load_with` hands them over as [`Providers`]. A grant without its
+//! provider is refused at configure time.
 //!
 //! The per-instance getter of a capability is a plain `fn` (bindgen's `host_getter`), so it
 //! cannot capture: every state lives in [`CapabilityStates`], in the instance's store.
@@ -52,14 +53,6 @@ pub enum CapabilityError {
         plugin: String,
         capability: Capability,
     },
-    /// The capability is part of the contract but this host release does not implement it.
-    #[error(
-        "failed to configure plugin `{plugin}`: capability `{capability}` is not implemented by this host release"
-    )]
-    NotImplemented {
-        plugin: String,
-        capability: Capability,
-    },
     /// Linking the capability's functions failed (a bug: the bindings and the linker
     /// disagree).
     #[error("failed to link capability `{capability}` for plugin `{plugin}`: {source}")]
@@ -76,6 +69,8 @@ pub enum CapabilityError {
 pub struct Providers {
     /// Serves `ec2`; required when the plugin is granted `ec2`, ignored otherwise.
     pub ec2: Option<ec2::Ec2Capability>,
+    /// Serves `local-cells`; required when the plugin is granted `local-cells`.
+    pub local_cells: Option<local_cells::LocalCellsCapability>,
 }
 
 /// Per-instance state of every granted capability, kept in the instance's store.
@@ -84,6 +79,8 @@ pub struct CapabilityStates {
     pub(crate) log: log::LogState,
     /// `Some` exactly when `ec2` is granted (and therefore linked): see [`Grants`].
     pub(crate) ec2: Option<ec2::Ec2Capability>,
+    /// `Some` exactly when `local-cells` is granted.
+    pub(crate) local_cells: Option<local_cells::LocalCellsCapability>,
 }
 
 /// The capabilities one plugin was granted, checked against its slot, with the clients
@@ -95,6 +92,8 @@ pub struct Grants {
     granted: Vec<Capability>,
     /// `Some` exactly when `granted` holds `ec2` (checked in `configure`).
     ec2: Option<ec2::Ec2Capability>,
+    /// `Some` exactly when `granted` holds `local-cells`.
+    local_cells: Option<local_cells::LocalCellsCapability>,
 }
 
 impl Grants {
@@ -104,6 +103,8 @@ impl Grants {
         let plugin: Arc<str> = Arc::from(spec.name.as_str());
         let mut granted = Vec::with_capacity(spec.grants.len());
         let mut ec2 = None;
+        let mut local_cells = None;
+        let not_provided = |capability| CapabilityError::NotProvided { plugin: spec.name.clone(), capability };
         for &capability in &spec.grants {
             if !spec.slot.grantable().contains(&capability) {
                 return Err(CapabilityError::NotGrantable {
@@ -121,15 +122,10 @@ impl Grants {
             }
             match capability {
                 Capability::Log => {}
-                Capability::Ec2 => {
-                    ec2 = Some(providers.ec2.clone().ok_or_else(|| {
-                        CapabilityError::NotProvided {
-                            plugin: spec.name.clone(),
-                            capability,
-                        }
-                    })?);
+                Capability::Ec2 => ec2 = Some(providers.ec2.clone().ok_or_else(|| not_provided(capability))?),
+                Capability::LocalCells => {
+                    local_cells = Some(providers.local_cells.clone().ok_or_else(|| not_provided(capability))?);
                 }
-                Capability::LocalCells => return Err(local_cells::refuse(&spec.name)),
             }
             if !granted.contains(&capability) {
                 granted.push(capability);
@@ -140,6 +136,7 @@ impl Grants {
             slot: spec.slot,
             granted,
             ec2,
+            local_cells,
         })
     }
 
@@ -159,8 +156,9 @@ impl Grants {
             let linked = match capability {
                 Capability::Log => log::add_to_linker(linker, |s: &mut HostState| &mut s.caps.log),
                 Capability::Ec2 => ec2::Ec2Capability::add_to_linker(linker, ec2_state),
-                // `configure` refused this grant.
-                Capability::LocalCells => Ok(()),
+                Capability::LocalCells => {
+                    local_cells::LocalCellsCapability::add_to_linker(linker, local_cells_state)
+                }
             };
             linked.map_err(|source| CapabilityError::Link {
                 plugin: self.plugin.to_string(),
@@ -176,6 +174,7 @@ impl Grants {
         CapabilityStates {
             log: log::LogState::new(self.plugin.clone(), self.slot),
             ec2: self.ec2.clone(),
+            local_cells: self.local_cells.clone(),
         }
     }
 }
@@ -188,6 +187,15 @@ fn ec2_state(state: &mut HostState) -> &mut ec2::Ec2Capability {
         .ec2
         .as_mut()
         .expect("ec2 is linked only for plugins whose grants hold an ec2 capability")
+}
+
+/// The `local-cells` state of an instance; linked only when granted, like [`ec2_state`].
+fn local_cells_state(state: &mut HostState) -> &mut local_cells::LocalCellsCapability {
+    state
+        .caps
+        .local_cells
+        .as_mut()
+        .expect("local-cells is linked only for plugins whose grants hold a local-cells capability")
 }
 
 #[cfg(test)]
@@ -220,12 +228,12 @@ mod tests {
     }
 
     #[test]
-    fn refuses_local_cells_as_not_implemented() {
+    fn refuses_local_cells_without_its_settings() {
         let err = Grants::configure(&spec(Slot::Cloud, &[Capability::Log, Capability::LocalCells]), Providers::default())
             .unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "failed to configure plugin `p`: capability `local-cells` is not implemented by this host release"
+        assert!(
+            matches!(err, CapabilityError::NotProvided { capability: Capability::LocalCells, .. }),
+            "{err}"
         );
     }
 

@@ -22,7 +22,8 @@ use sha2::{Digest, Sha256};
 
 /// Busybox applets the test image links to, besides `sh`.
 const APPLETS: &[&str] = &[
-    "sh", "echo", "cat", "sleep", "touch", "rm", "ls", "true", "false", "test", "env",
+    "httpd", "mkdir", "sh", "echo", "cat", "sleep", "touch", "rm", "ls", "true", "false", "test",
+    "env",
 ];
 const POD_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 2);
 
@@ -209,12 +210,19 @@ struct Fixture {
     registry: Registry,
     image: String,
     uid: String,
-    _netns: Netns,
+    _netns: Option<Netns>,
     _files: tempfile::TempDir,
 }
 
 impl Fixture {
+    /// A pod in a network namespace of its own.
     async fn new() -> Fixture {
+        Fixture::with_network(false).await
+    }
+
+    /// With `host_network`, the pod shares the test's network namespace (as a
+    /// `hostNetwork` pod shares the cell's) and its IP is loopback.
+    async fn with_network(host_network: bool) -> Fixture {
         let registry = Registry::up();
         let image = registry.push_busybox().await;
         let uid = format!(
@@ -222,20 +230,25 @@ impl Fixture {
             std::process::id(),
             rand_suffix()
         );
-        let netns = Netns::create(&uid);
+        let netns = (!host_network).then(|| Netns::create(&uid));
+        let pod_ip = if host_network {
+            Ipv4Addr::LOCALHOST
+        } else {
+            POD_IP
+        };
         let files = tempfile::tempdir().unwrap();
         let hosts_file = files.path().join("hosts");
         std::fs::write(
             &hosts_file,
-            format!("127.0.0.1 localhost\n{POD_IP} test-pod\n"),
+            format!("127.0.0.1 localhost\n{pod_ip} test-pod\n"),
         )
         .unwrap();
         let resolv_conf = files.path().join("resolv.conf");
         std::fs::write(&resolv_conf, "nameserver 127.0.0.53\n").unwrap();
         let state = tempfile::tempdir().unwrap();
         let sandbox = PodSandbox {
-            netns: Some(netns.path()),
-            pod_ip: POD_IP,
+            netns: netns.as_ref().map(Netns::path),
+            pod_ip,
             host_ip: Ipv4Addr::LOCALHOST,
             hostname: "test-pod".into(),
             hosts_file,
@@ -265,7 +278,7 @@ impl Fixture {
         let apply = ApplyPod {
             pod,
             network: PodNetwork {
-                pod_ip: Some(POD_IP),
+                pod_ip: self.sandbox.netns.is_some().then_some(POD_IP),
                 prefix_len: 32,
                 routes: vec![],
                 mtu: None,
@@ -627,4 +640,38 @@ async fn image_absent_with_pull_policy_never_waits_with_err_image_never_pull() {
         .await;
     assert_eq!(report.phase, PodPhase::Pending);
     pod.stop_and_check_clean(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn host_network_pod_turns_ready_by_http_and_stays_live_by_tcp() {
+    let pod = Fixture::with_network(true).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    pod.apply(serde_json::json!({
+        "hostNetwork": true,
+        "terminationGracePeriodSeconds": 1,
+        "containers": [{
+            "name": "web", "image": "$IMAGE",
+            "command": ["sh", "-c", format!(
+                "mkdir -p /tmp/www; echo ok > /tmp/www/index.html; exec httpd -f -p 127.0.0.1:{port} -h /tmp/www"
+            )],
+            "ports": [{ "name": "http", "containerPort": port }],
+            "readinessProbe": { "httpGet": { "port": "http", "path": "/index.html" }, "periodSeconds": 1 },
+            "livenessProbe": { "tcpSocket": { "port": port }, "initialDelaySeconds": 2, "periodSeconds": 1, "failureThreshold": 1 },
+        }],
+    }))
+    .await;
+    let report = pod
+        .wait_for(Duration::from_secs(30), "ready", |r| r.ready)
+        .await;
+    assert_eq!(report.phase, PodPhase::Running);
+    assert_eq!(report.pod_ip, Some(Ipv4Addr::LOCALHOST));
+    // Live: three more probe periods without a restart.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let report = pod.runtime.report().await;
+    assert_eq!(status(&report.container_statuses, "web").restart_count, 0);
+    pod.stop_and_check_clean(Duration::from_secs(2)).await;
 }

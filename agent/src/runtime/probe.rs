@@ -240,4 +240,47 @@ mod tests {
                 .is_err()
         );
     }
+
+    #[tokio::test]
+    async fn http_checks_succeed_below_400_and_fail_above() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let mut request = vec![0u8; 1024];
+                let n = stream.read(&mut request).await.unwrap();
+                let path_ok = String::from_utf8_lossy(&request[..n]).starts_with("GET /healthz ");
+                let status = if path_ok { "200 OK" } else { "404 Not Found" };
+                let response =
+                    format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                stream.write_all(response.as_bytes()).await.unwrap();
+            }
+        });
+        let container = Container::default();
+        let runc = Runc::new("/nonexistent".into());
+        let target = Target {
+            runc: &runc,
+            id: "x",
+            pod_ip: Ipv4Addr::LOCALHOST,
+            container: &container,
+        };
+        let get = |path: &str| HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(port as i32),
+            ..Default::default()
+        };
+        assert_eq!(
+            check(
+                Action::Http(&get("/healthz")),
+                target,
+                Duration::from_secs(2)
+            )
+            .await,
+            Ok(())
+        );
+        let missing = check(Action::Http(&get("/nope")), target, Duration::from_secs(2)).await;
+        assert!(missing.is_err_and(|e| e.contains("404")));
+    }
 }

@@ -43,6 +43,11 @@ fn main() -> ExitCode {
         )
         .init();
     let args = Args::parse();
+    // Before any thread exists: unshare(CLONE_NEWNS) refuses a multi-threaded process.
+    if let Err(error) = cellet_agent::netns::enter_private_mount_namespace() {
+        tracing::error!(%error, "failed to enter a mount namespace of the agent's own");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -618,6 +618,24 @@ fn create_netns(path: &Path) -> Result<(), NetError> {
     })
 }
 
+/// Move the agent into a mount namespace of its own, receiving the instance's mounts
+/// (slave propagation) but never showing its own: the pod namespace it mounts on a private
+/// `/run/netns` then lives exactly as long as the agent and its containers, and never
+/// leaves a file on the instance (or, for local cells, on the host that shares one
+/// filesystem with every cell). Unlike `ip netns exec`, `/sys` is left as it is, so runc
+/// still finds the cgroup hierarchies under `/sys/fs/cgroup`. Call it before any thread
+/// is started.
+pub fn enter_private_mount_namespace() -> Result<(), NetError> {
+    use nix::mount::{MsFlags, mount};
+    let failed = |action: &str| {
+        let action = action.to_string();
+        move |errno: nix::errno::Errno| NetError::Io { action, source: io::Error::from_raw_os_error(errno as i32) }
+    };
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(failed("unshare the mount namespace"))?;
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
+        .map_err(failed("make / a slave mount"))
+}
+
 /// True when the agent's mount namespace is not the one of PID 1 (the instance's).
 fn own_mount_namespace() -> bool {
     let namespace = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();

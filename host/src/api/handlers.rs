@@ -8,7 +8,8 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -16,6 +17,8 @@ use k8s_openapi::List;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use prometheus_client::registry::Registry;
+
+use cellet_agent::protocol::LogOptions;
 
 use crate::api::metrics::OPENMETRICS_CONTENT_TYPE;
 use crate::api::pods::{CellEndpoints, NodePods, has_container};
@@ -139,12 +142,29 @@ struct Target {
 /// 404; the pod has no cell yet → 400, the kubelet's answer for a container waiting to
 /// start; otherwise 501, because the cell agent that serves sessions is not in this release.
 fn route_to_cell(view: &NodeView, session: Session, target: Target) -> Failure {
+    let (namespace, name) = (target.namespace.clone(), target.pod.clone());
+    let pod = match find_in_cell(view, &target) {
+        Ok(pod) => pod,
+        Err(failure) => return failure,
+    };
+    let ip = view.cells.management_ip(&pod).map(|ip| ip.to_string()).unwrap_or_default();
+    tracing::debug!(session = session.describe(), %namespace, pod = %name, cell = %ip, "session routed to a cell agent that does not serve it");
+    Failure::not_implemented(format!(
+        "cell agent streaming not available in this release: {} for pod \"{namespace}/{name}\" needs the agent of its cell at {ip}",
+        session.describe()
+    ))
+}
+
+/// The pod `target` names, checked to be on this node, to have the container, and to have
+/// a cell.
+fn find_in_cell(view: &NodeView, target: &Target) -> Result<Arc<Pod>, Failure> {
     let Target {
         namespace,
         pod: name,
         uid,
         container,
     } = target;
+    let (namespace, name) = (namespace.clone(), name.clone());
     let not_found = || {
         Failure::not_found(format!(
             "pod \"{namespace}/{name}\" not found on node \"{}\"",
@@ -152,52 +172,85 @@ fn route_to_cell(view: &NodeView, session: Session, target: Target) -> Failure {
         ))
     };
     let Some(pod) = view.pods.get(&namespace, &name) else {
-        return not_found();
+        return Err(not_found());
     };
     if let Some(uid) = &uid
         && pod.metadata.uid.as_deref() != Some(uid.as_str())
     {
-        return Failure::not_found(format!(
+        return Err(Failure::not_found(format!(
             "pod \"{namespace}/{name}\" with UID \"{uid}\" not found on node \"{}\"",
             view.node_name
-        ));
+        )));
     }
     if let Some(container) = &container
         && !has_container(&pod, container)
     {
-        return Failure::not_found(format!(
+        return Err(Failure::not_found(format!(
             "container \"{container}\" not found in pod \"{namespace}/{name}\""
-        ));
+        )));
     }
-    let Some(ip) = view.cells.management_ip(&pod) else {
-        return Failure::bad_request(match &container {
+    if view.cells.management_ip(&pod).is_none() {
+        return Err(Failure::bad_request(match &container {
             Some(container) => format!(
                 "container \"{container}\" in pod \"{namespace}/{name}\" is waiting to start: the pod has no cell yet"
             ),
             None => format!("pod \"{namespace}/{name}\" is waiting to start: it has no cell yet"),
-        });
-    };
-    tracing::debug!(session = session.describe(), %namespace, pod = %name, cell = %ip, "session routed to a cell without an agent");
-    Failure::not_implemented(format!(
-        "cell agent streaming not available in this release: {} for pod \"{namespace}/{name}\" needs the agent of its cell at {ip}",
-        session.describe()
-    ))
+        }));
+    }
+    Ok(pod)
 }
 
+/// `kubectl logs`: the agent's log stream, passed through as it arrives.
 async fn container_logs(
     State(view): State<NodeView>,
     Path((namespace, pod, container)): Path<(String, String, String)>,
-) -> Failure {
-    route_to_cell(
-        &view,
-        Session::Logs,
-        Target {
-            namespace,
-            pod,
-            uid: None,
-            container: Some(container),
-        },
-    )
+    Query(query): Query<LogQuery>,
+) -> Result<Response, Failure> {
+    let target = Target { namespace, pod, uid: None, container: Some(container.clone()) };
+    let pod = find_in_cell(&view, &target)?;
+    let Some(agent) = view.cells.agent(&pod) else {
+        return Err(route_to_cell(&view, Session::Logs, target));
+    };
+    let options = query.options();
+    let stream = agent.logs(&container, &options).await.map_err(|error| {
+        tracing::warn!(%error, "logs not read from the cell agent");
+        Failure::internal(error.to_string())
+    })?;
+    Ok(([(CONTENT_TYPE, "text/plain")], Body::from_stream(stream)).into_response())
+}
+
+/// The kubelet's `containerLogs` query (what `kubectl logs` flags become).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LogQuery {
+    #[serde(default, deserialize_with = "kube_bool")]
+    follow: bool,
+    #[serde(default, deserialize_with = "kube_bool")]
+    previous: bool,
+    #[serde(default, deserialize_with = "kube_bool")]
+    timestamps: bool,
+    tail_lines: Option<u64>,
+    since_seconds: Option<i64>,
+    limit_bytes: Option<u64>,
+}
+
+impl LogQuery {
+    fn options(&self) -> LogOptions {
+        LogOptions {
+            follow: self.follow,
+            tail_lines: self.tail_lines,
+            previous: self.previous,
+            timestamps: self.timestamps,
+            since_seconds: self.since_seconds,
+            limit_bytes: self.limit_bytes,
+        }
+    }
+}
+
+/// A query flag as the API server sends it (`follow=true`; an empty value is true too).
+fn kube_bool<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    let text = <String as serde::Deserialize>::deserialize(deserializer)?;
+    Ok(matches!(text.as_str(), "" | "true" | "1"))
 }
 
 async fn exec(

@@ -6,6 +6,8 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::cells::AgentClient;
+
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::{ObjectRef, Store};
 
@@ -34,6 +36,12 @@ pub trait CellEndpoints: Send + Sync + 'static {
     /// The management IP of the cell running `pod`, or `None` while it has no cell
     /// (not created yet, or being replaced).
     fn management_ip(&self, pod: &Pod) -> Option<IpAddr>;
+
+    /// A client of the agent in `pod`'s cell, or `None` when its cell runs no agent (the
+    /// `mock` test cloud) or the host has not reached it yet.
+    fn agent(&self, _pod: &Pod) -> Option<AgentClient> {
+        None
+    }
 }
 
 /// Does `pod` have a container (regular, init or ephemeral) named `name`?

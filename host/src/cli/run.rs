@@ -16,7 +16,11 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
 use cellet::api::{self, ApiError, ApiMetrics, Auth, KubeletApi, NodeView, Readiness, ServeError, ServingNames};
+use cellet::cells::{BootstrapSettings, CaError, CellCa, ClientError};
+use cellet::config::Config;
 use cellet::config::check::{self, StartError};
+use cellet::kube::agents::CellAgents;
+use cellet::plugins::spec::Capability;
 use cellet::kube::metrics::KubeMetrics;
 use cellet::kube::provider::{Plugins, WrongSlot};
 use cellet::kube::{self, KubeError, NodeLoop};
@@ -38,6 +42,32 @@ pub enum RunError {
     Api(#[from] ApiError),
     #[error(transparent)]
     Serve(#[from] ServeError),
+    #[error(transparent)]
+    CellCa(#[from] CaError),
+    #[error(transparent)]
+    AgentTls(#[from] ClientError),
+}
+
+/// The host's side of the cell agents: the CA from `cells.ca-dir` (made there on first use,
+/// then kept: running agents trust only it) and what each new agent is told.
+///
+/// `None` when the cloud plugin is granted no capability that makes machines (`ec2`,
+/// `local-cells`): such a plugin (the `mock` test tool) cannot start an agent anywhere.
+fn cell_agents(config: &Config) -> Result<Option<Arc<CellAgents>>, RunError> {
+    let makes_machines =
+        config.cloud.spec.grants.iter().any(|c| matches!(c, Capability::Ec2 | Capability::LocalCells));
+    if !makes_machines {
+        return Ok(None);
+    }
+    let cells = &config.cells;
+    let ca = CellCa::load_or_create(&cells.ca_dir)?;
+    let bootstrap = BootstrapSettings {
+        management_interface: cells.management_interface.clone(),
+        port: cells.agent_port,
+        state_root: cells.agent_state_dir.clone(),
+    };
+    let agents = CellAgents::new(ca, &config.node.name, bootstrap, cells.insecure_registries.clone())?;
+    Ok(Some(Arc::new(agents)))
 }
 
 pub async fn run(config_path: &Path) -> Result<(), RunError> {
@@ -61,8 +91,9 @@ pub async fn run(config_path: &Path) -> Result<(), RunError> {
     let registry = Arc::new(registry);
 
     let rules = HostPortRules::new(config.node_rules.backend, config.node_rules.netns.clone());
+    let agents = cell_agents(config)?;
     let node_loop =
-        NodeLoop::new(client.clone(), node.clone(), config.kube.clone(), plugins, rules, kube_metrics);
+        NodeLoop::new(client.clone(), node.clone(), config.kube.clone(), plugins, rules, agents, kube_metrics);
 
     // The servers stop when `stop` fires or is dropped (the node loop ended).
     let (stop, stopped) = watch::channel(());

@@ -7,6 +7,7 @@
 //! their problems too. [`Config::load`] is the strict entry point for `cellet run`.
 
 pub mod check;
+mod cells;
 mod kube_loop;
 mod kubelet_api;
 mod node_rules;
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use kubelet_api::{DEFAULT_METRICS_ADDRESS, KubeletApiConfig, KubeletApiListener};
+pub use cells::CellsConfig;
 pub use node_rules::NodeRulesConfig;
 pub use problem::{Problem, Problems};
 
@@ -42,7 +44,7 @@ const MIN_MEMORY_BYTES: u64 = 1 << 20;
 const MAX_MEMORY_BYTES: u64 = 4 << 30;
 const MAX_INSTANCES: i64 = 1024;
 
-const TOP_KEYS: &[&str] = &["node", "plugins", "cloud", "network", "hostport", "kube", "kubelet-api", "node-rules"];
+const TOP_KEYS: &[&str] = &["node", "plugins", "cloud", "network", "hostport", "kube", "kubelet-api", "node-rules", "cells"];
 const NODE_KEYS: &[&str] = &["name", "controller-id", "internal-ip", "kubelet-port", "labels"];
 const PLUGINS_KEYS: &[&str] = &["cache-dir", "insecure-registries", "max-instances", "max-memory"];
 const SLOT_KEYS: &[&str] =
@@ -76,6 +78,8 @@ pub struct Config {
     pub kubelet_api: Option<KubeletApiConfig>,
     /// The `node-rules:` section (the defaults when absent).
     pub node_rules: NodeRulesConfig,
+    /// The `cells:` section (the defaults when absent).
+    pub cells: CellsConfig,
 }
 
 /// The `node:` section: the identity of the virtual node.
@@ -154,6 +158,7 @@ pub struct Draft {
     /// `Some(None)` when the section is absent.
     pub kubelet_api: Option<Option<KubeletApiConfig>>,
     pub node_rules: Option<NodeRulesConfig>,
+    pub cells: Option<CellsConfig>,
     pub problems: Vec<Problem>,
 }
 
@@ -181,15 +186,15 @@ impl Draft {
             path: self.path.clone(),
             problems: Problems(problems).sorted(),
         };
-        let host = (self.kube, self.kubelet_api, self.node_rules);
+        let host = (self.kube, self.kubelet_api, self.node_rules, self.cells);
         match (self.problems.is_empty(), self.node, self.plugins, self.slots, host) {
             (
                 true,
                 Some(node),
                 Some(plugins),
                 [Some(cloud), Some(network), Some(hostport)],
-                (Some(kube), Some(kubelet_api), Some(node_rules)),
-            ) => Ok(Config { path: self.path, node, plugins, cloud, network, hostport, kube, kubelet_api, node_rules }),
+                (Some(kube), Some(kubelet_api), Some(node_rules), Some(cells)),
+            ) => Ok(Config { path: self.path, node, plugins, cloud, network, hostport, kube, kubelet_api, node_rules, cells }),
             // Every `None` part comes with a problem; this arm is for the non-empty list.
             _ => Err(invalid(self.problems)),
         }
@@ -207,6 +212,7 @@ pub fn parse(path: &Path, text: &str) -> Draft {
         kube: None,
         kubelet_api: None,
         node_rules: None,
+        cells: None,
         problems: Vec::new(),
     };
     let root = match yaml::parse_document(path, text) {
@@ -247,6 +253,7 @@ pub fn parse(path: &Path, text: &str) -> Draft {
         None => Some(None),
     };
     draft.node_rules = node_rules::node_rules(&mut reader, top.get("node-rules").as_ref());
+    draft.cells = cells::cells(&mut reader, top.get("cells").as_ref(), &base_dir);
     draft.problems = Problems(reader.into_problems()).sorted().0;
     draft
 }

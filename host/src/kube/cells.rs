@@ -7,20 +7,28 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use k8s_openapi::api::core::v1::Pod;
 
+use super::agents::CellAgents;
 use crate::api::CellEndpoints;
+use crate::cells::AgentClient;
 use crate::plugins::bindings::{Cell, CellState};
 
-/// Management IPs of the cells, by pod UID.
+/// Management IPs of the cells, by pod UID, and the clients of their agents.
 #[derive(Debug, Default)]
 pub struct CellDirectory {
     by_pod: RwLock<HashMap<String, IpAddr>>,
+    agents: Option<Arc<CellAgents>>,
 }
 
 impl CellDirectory {
+    /// A directory whose pods' agents are reached through `agents` (`None`: cells run none).
+    pub fn new(agents: Option<Arc<CellAgents>>) -> Self {
+        CellDirectory { by_pod: RwLock::default(), agents }
+    }
+
     /// Remember what the cloud reported for `cell`. A cell without a management IP (not
     /// assigned yet) or on its way out has no agent to reach.
     pub fn record(&self, cell: &Cell) {
@@ -53,6 +61,10 @@ impl CellEndpoints for CellDirectory {
             .unwrap_or_else(|e| e.into_inner())
             .get(uid)
             .copied()
+    }
+
+    fn agent(&self, pod: &Pod) -> Option<AgentClient> {
+        self.agents.as_ref()?.cached(pod.metadata.uid.as_deref()?)
     }
 }
 

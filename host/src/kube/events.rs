@@ -35,6 +35,10 @@ pub enum Reason {
     CellDeleteFailed,
     /// The pod's hostPort rules could not be installed or removed on the node (Warning).
     HostPortRulesFailed,
+    /// The cell runs but its agent does not answer yet (Normal: agents take a moment to start).
+    AgentUnreachable,
+    /// The cell's agent refused the pod, or its references could not be resolved (Warning).
+    AgentFailed,
 }
 
 impl Reason {
@@ -51,12 +55,14 @@ impl Reason {
             Reason::CellLost => "CellLost",
             Reason::CellDeleteFailed => "CellDeleteFailed",
             Reason::HostPortRulesFailed => "HostPortRulesFailed",
+            Reason::AgentUnreachable => "AgentUnreachable",
+            Reason::AgentFailed => "AgentFailed",
         }
     }
 
     fn event_type(self) -> EventType {
         match self {
-            Reason::CellCreated | Reason::CellPending => EventType::Normal,
+            Reason::CellCreated | Reason::CellPending | Reason::AgentUnreachable => EventType::Normal,
             _ => EventType::Warning,
         }
     }
@@ -67,6 +73,7 @@ impl Reason {
             Reason::HostPortDenied | Reason::DaemonSetPodRefused | Reason::InvalidPod => "Admit",
             Reason::CellDeleteFailed => "DeleteCell",
             Reason::HostPortRulesFailed => "ApplyHostPortRules",
+            Reason::AgentUnreachable | Reason::AgentFailed => "RunPod",
             _ => "CreateCell",
         }
     }

@@ -17,6 +17,7 @@
 //! Data flows one way: watch → worker → plugins (decide) → cloud and node rules (act) → status.
 
 pub mod adopt;
+pub mod agents;
 pub mod cells;
 pub mod convert;
 pub mod events;
@@ -28,6 +29,7 @@ pub mod node_rules;
 pub mod pods;
 pub mod provider;
 pub mod status;
+pub mod volumes;
 pub mod worker;
 
 use std::future::Future;
@@ -41,6 +43,7 @@ use kube::{Api, Client};
 
 use crate::config::NodeConfig;
 use crate::net::hostport::HostPortRules;
+use agents::CellAgents;
 use cells::CellDirectory;
 use leader::{LeaderElector, LeaderSettings};
 use metrics::KubeMetrics;
@@ -130,6 +133,8 @@ pub struct Shared {
     pub pods: PodWatch,
     pub cells: Arc<CellDirectory>,
     pub rules: Arc<NodeRules>,
+    /// The cell agents (`None`: the cloud runs none, as the `mock` test plugin).
+    pub agents: Option<Arc<CellAgents>>,
     pub metrics: KubeMetrics,
 }
 
@@ -162,11 +167,12 @@ impl NodeLoop {
         settings: KubeSettings,
         plugins: Plugins,
         rules: HostPortRules,
+        agents: Option<Arc<CellAgents>>,
         metrics: KubeMetrics,
     ) -> Self {
         let (pods, watch) = PodWatch::new(client.clone(), &node.name);
         let rules = Arc::new(NodeRules::new(rules, metrics.clone()));
-        let shared = Shared { client, node, settings, plugins, pods, cells: Arc::default(), rules, metrics };
+        let shared = Shared { client, node, settings, plugins, pods, cells: Arc::new(CellDirectory::new(agents.clone())), rules, agents, metrics };
         NodeLoop { shared, watch: Box::pin(watch) }
     }
 

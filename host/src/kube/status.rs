@@ -22,6 +22,8 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 
 use super::FIELD_MANAGER;
+use cellet_agent::protocol::PodReport;
+
 use crate::plugins::bindings::{Cell, CellState};
 
 /// Cell tag by which a cloud that simulates containers reports their state.
@@ -87,22 +89,7 @@ pub fn desired(pod: &Pod, host_ip: IpAddr, progress: Progress<'_>, now: Timestam
     let running = matches!(progress, Progress::Running { .. });
 
     let condition = |kind: &str, ok: bool, reason: Option<String>, message: Option<String>| {
-        let status = if ok { "True" } else { "False" };
-        let transition = current
-            .conditions
-            .iter()
-            .flatten()
-            .find(|c| c.type_ == kind && c.status == status)
-            .and_then(|c| c.last_transition_time.clone())
-            .unwrap_or(Time(now));
-        PodCondition {
-            type_: kind.into(),
-            status: status.into(),
-            reason,
-            message,
-            last_transition_time: Some(transition),
-            ..Default::default()
-        }
+        condition(&current, kind, ok, reason, message, now)
     };
     let not_ready = |names: &mut dyn Iterator<Item = &str>| {
         let list: Vec<&str> = names.collect();
@@ -242,6 +229,76 @@ pub fn desired(pod: &Pod, host_ip: IpAddr, progress: Progress<'_>, now: Timestam
         init_container_statuses: (!init.is_empty()).then(|| statuses(&init, true)),
         reason,
         message,
+        ..Default::default()
+    }
+}
+
+/// Condition `kind` as `ok` says, keeping the transition time already in `current` when
+/// the condition's status is unchanged.
+fn condition(
+    current: &PodStatus,
+    kind: &str,
+    ok: bool,
+    reason: Option<String>,
+    message: Option<String>,
+    now: Timestamp,
+) -> PodCondition {
+    let status = if ok { "True" } else { "False" };
+    let transition = current
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == kind && c.status == status)
+        .and_then(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    PodCondition {
+        type_: kind.into(),
+        status: status.into(),
+        reason,
+        message,
+        last_transition_time: Some(transition),
+        ..Default::default()
+    }
+}
+
+/// The status of a pod whose cell agent reported `report`: phase, conditions and
+/// container statuses are the agent's; addresses are the agent's pod IP, else the cell's.
+pub fn reported(pod: &Pod, host_ip: IpAddr, cell: &Cell, report: &PodReport, now: Timestamp) -> PodStatus {
+    let current = pod.status.clone().unwrap_or_default();
+    let spec = pod.spec.clone().unwrap_or_default();
+    let has_init = spec.init_containers.as_ref().is_some_and(|c| !c.is_empty());
+    let unready = (!report.containers_ready).then(|| "ContainersNotReady".to_string());
+    let message = report.message.clone().or_else(|| unready.as_ref().map(|_| "containers are not ready".to_string()));
+    let mut conditions = vec![
+        condition(&current, "ContainersReady", report.containers_ready, unready.clone(), unready.as_ref().and(message.clone()), now),
+        condition(
+            &current,
+            "Initialized",
+            report.initialized,
+            (!report.initialized).then(|| "ContainersNotInitialized".into()),
+            None,
+            now,
+        ),
+        condition(&current, "PodScheduled", true, None, None, now),
+        condition(&current, "Ready", report.ready, unready.clone(), unready.as_ref().and(message), now),
+    ];
+    conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+    let pod_ip = report
+        .pod_ip
+        .map(|ip| ip.to_string())
+        .or_else(|| pod_address(spec.host_network == Some(true), cell).map(str::to_string));
+    PodStatus {
+        phase: Some(report.phase.as_str().into()),
+        conditions: Some(conditions),
+        host_ip: Some(host_ip.to_string()),
+        host_ips: Some(vec![HostIP { ip: host_ip.to_string() }]),
+        pod_ips: pod_ip.clone().map(|ip| vec![PodIP { ip }]),
+        pod_ip,
+        start_time: Some(current.start_time.clone().or_else(|| report.start_time.clone()).unwrap_or(Time(now))),
+        container_statuses: Some(report.container_statuses.clone()),
+        init_container_statuses: has_init.then(|| report.init_container_statuses.clone()),
+        reason: None,
+        message: None,
         ..Default::default()
     }
 }

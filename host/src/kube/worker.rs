@@ -18,6 +18,9 @@ use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
 use tracing::Instrument;
 
+use super::agents::{self, AgentError, CellAgents};
+use crate::cells::ClientError;
+use cellet_agent::protocol::PodPhase;
 use super::cells::CellDirectory;
 use super::convert;
 use super::events::{Events, Reason};
@@ -64,6 +67,13 @@ pub enum WorkerError {
     /// The pod object could not be deleted after its cell was.
     #[error("failed to delete pod {pod}: {source}")]
     Delete { pod: String, source: kube::Error },
+    /// The pod's cell agent could not be reached or refused the pod.
+    #[error("failed to {step} for pod {pod}: {source}")]
+    Agent {
+        step: &'static str,
+        pod: String,
+        source: AgentError,
+    },
     /// The pod's hostPort rules could not be installed or removed.
     #[error("failed to {step} for pod {pod}: {source}")]
     Rules {
@@ -77,7 +87,10 @@ impl WorkerError {
     fn kind(&self) -> FailureKind {
         match self {
             WorkerError::Plugin { source, .. } => failure_kind(source),
-            WorkerError::Status(_) | WorkerError::Delete { .. } | WorkerError::Rules { .. } => {
+            WorkerError::Status(_)
+            | WorkerError::Delete { .. }
+            | WorkerError::Rules { .. }
+            | WorkerError::Agent { .. } => {
                 FailureKind::Transient
             }
         }
@@ -166,6 +179,8 @@ pub struct Context {
     pub cells: Arc<CellDirectory>,
     /// The node's hostPort rules.
     pub rules: Arc<NodeRules>,
+    /// The cell agents; `None` when the cloud runs none (the `mock` test plugin).
+    pub agents: Option<Arc<CellAgents>>,
     pub metrics: KubeMetrics,
     /// Consecutive failures per pod UID, for the backoff; cleared by a success.
     failures: std::sync::Mutex<HashMap<String, u32>>,
@@ -192,6 +207,7 @@ impl Context {
             hostports,
             cells: Arc::clone(&shared.cells),
             rules: Arc::clone(&shared.rules),
+            agents: shared.agents.clone(),
             metrics: shared.metrics.clone(),
             failures: Default::default(),
         }
@@ -304,6 +320,14 @@ async fn teardown(pod: &Pod, ctx: &Context) -> Result<Action, WorkerError> {
         .await
         .map_err(plugin_error("look up the cell", pod))?
     {
+        if let Some(agents) = ctx.agents.as_ref().filter(|_| agents::has_agent(&cell))
+            && matches!(cell.state, CellState::Running)
+        {
+            // Containers get their grace period; a cell whose agent is gone is simply deleted.
+            if let Err(error) = agents.stop(pod, &cell).await {
+                tracing::warn!(pod = %key(pod), cell = %cell.id, %error, "containers not stopped by the agent; deleting the cell");
+            }
+        }
         if let Err(source) = ctx.plugins.cloud.delete_cell(&cell.id).await {
             ctx.events
                 .publish(pod, Reason::CellDeleteFailed, source.to_string())
@@ -317,6 +341,9 @@ async fn teardown(pod: &Pod, ctx: &Context) -> Result<Action, WorkerError> {
         tracing::info!(pod = %key(pod), cell = %cell.id, "cell deleted");
     }
     ctx.cells.forget(&uid);
+    if let Some(agents) = &ctx.agents {
+        agents.forget(&uid);
+    }
     ctx.hostports.release(&uid).await;
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
     let params = DeleteParams {
@@ -405,6 +432,9 @@ async fn run(pod: &Pod, ctx: &Context) -> Result<Action, WorkerError> {
         }
         return Ok(Action::requeue(WAITING_RECHECK));
     }
+    if let Some(agents) = ctx.agents.as_ref().filter(|_| agents::has_agent(&cell)) {
+        return run_in_agent(pod, &wit_pod, &cell, agents, ctx).await;
+    }
     let progress = status::progress_of(&cell);
     if matches!(progress, Progress::Running { .. }) {
         // Before the status says Running, so a Running pod's hostPorts answer.
@@ -457,6 +487,58 @@ async fn install_rules(pod: &Pod, wit_pod: &WitPod, cell: &Cell, ctx: &Context) 
     Ok(())
 }
 
+/// How soon the status of a pod running in an agent is read again: restarts, readiness
+/// and exits are seen this late at most (agents do not push).
+const AGENT_POLL: Duration = Duration::from_secs(5);
+/// How soon an agent that does not answer yet is asked again.
+const AGENT_RECHECK: Duration = Duration::from_secs(2);
+
+/// Run the pod through its cell's agent and write what the agent reports.
+///
+/// *Expected flow*: once the cloud reports the cell running, the pod (with its network
+/// plan and resolved references) is sent to the agent once, then its status is read on
+/// every reconcile; hostPort rules go in when the agent first reports the pod Running.
+/// *Errors*: an agent that cannot be reached yet keeps the pod waiting (an Event, a quick
+/// retry); one that refuses the pod is an Event and a retry with backoff.
+async fn run_in_agent(
+    pod: &Pod,
+    wit_pod: &WitPod,
+    cell: &Cell,
+    agents: &CellAgents,
+    ctx: &Context,
+) -> Result<Action, WorkerError> {
+    if !matches!(cell.state, CellState::Running) {
+        ctx.report(pod, Progress::Waiting { cell: Some(cell) }).await?;
+        return Ok(Action::requeue(WAITING_RECHECK));
+    }
+    let plan = ctx
+        .plugins
+        .network
+        .plan_pod(wit_pod)
+        .await
+        .map_err(plugin_error("plan the network", pod))?;
+    let report = match agents.ensure_running(&ctx.client, pod, cell, &plan).await {
+        Ok(report) => report,
+        Err(AgentError::Client(ClientError::Request { source, .. })) => {
+            if ctx.report(pod, Progress::Waiting { cell: Some(cell) }).await? {
+                let note = format!("waiting for the agent of cell {}: {source}", cell.id);
+                ctx.events.publish(pod, Reason::AgentUnreachable, note).await;
+            }
+            return Ok(Action::requeue(AGENT_RECHECK));
+        }
+        Err(source) => {
+            ctx.events.publish(pod, Reason::AgentFailed, source.to_string()).await;
+            return Err(WorkerError::Agent { step: "run the pod in its cell", pod: key(pod), source });
+        }
+    };
+    if report.phase == PodPhase::Running {
+        install_rules(pod, wit_pod, cell, ctx).await?;
+    }
+    let desired = status::reported(pod, ctx.node.internal_ip, cell, &report, Timestamp::now());
+    status::write(&ctx.client, pod, desired).await?;
+    Ok(Action::requeue(AGENT_POLL))
+}
+
 /// Plan the pod's network and create its cell.
 async fn create(pod: &Pod, wit_pod: WitPod, ctx: &Context) -> Result<Cell, WorkerError> {
     let plan = match ctx.plugins.network.plan_pod(&wit_pod).await {
@@ -486,11 +568,18 @@ async fn create(pod: &Pod, wit_pod: WitPod, ctx: &Context) -> Result<Cell, Worke
         value,
     })
     .collect();
-    // The agent's bootstrap document comes with the agent (issue #5).
+    let user_data = match &ctx.agents {
+        Some(agents) => agents.user_data(&wit_pod.uid).map_err(|e| WorkerError::Agent {
+            step: "write the cell's bootstrap document",
+            pod: key(pod),
+            source: e.into(),
+        })?,
+        None => String::new(),
+    };
     let request = CellRequest {
         pod: wit_pod,
         needs_pod_ip,
-        user_data: String::new(),
+        user_data,
         tags,
     };
     match ctx.plugins.cloud.create_cell(&request).await {

@@ -180,6 +180,11 @@ pub struct HostOptions {
     pub max_pods: u32,
     /// The identity cellet runs with; cluster-admin when `None`.
     pub kubeconfig: Option<PathBuf>,
+    /// The whole `cloud:` section (YAML, keys indented by two spaces); the `mock` plugin
+    /// when `None`.
+    pub cloud: Option<String>,
+    /// More top-level sections, appended to the config as they are.
+    pub extra: String,
 }
 
 impl Default for HostOptions {
@@ -188,6 +193,8 @@ impl Default for HostOptions {
             controller_id: None,
             max_pods: 110,
             kubeconfig: None,
+            cloud: None,
+            extra: String::new(),
         }
     }
 }
@@ -252,10 +259,7 @@ node-rules:
 plugins:
   cache-dir: {cache}
 cloud:
-  source: {mock}
-  max-instances: 1
-  config:
-    pods: {pods}
+{cloud}
 network:
   source: {network}
 hostport:
@@ -265,12 +269,15 @@ hostport:
             cache = workspace()
                 .join("target/cellet-test-component-cache")
                 .display(),
-            mock = plugin("cellet_plugin_mock.wasm").display(),
-            pods = options.max_pods,
+            cloud = options.cloud.clone().unwrap_or_else(|| format!(
+                "  source: {mock}\n  max-instances: 1\n  config:\n    pods: {pods}",
+                mock = plugin("cellet_plugin_mock.wasm").display(),
+                pods = options.max_pods,
+            )),
             network = plugin("cellet_plugin_vpc_native.wasm").display(),
             hostport = plugin("cellet_plugin_hostport_nat.wasm").display(),
         );
-        std::fs::write(&config, text).expect("write config");
+        std::fs::write(&config, text + &options.extra).expect("write config");
         let mut host = Host {
             node: node.into(),
             log: dir.join("cellet.log"),

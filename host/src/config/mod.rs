@@ -61,6 +61,15 @@ pub enum ConfigError {
     Invalid { path: PathBuf, problems: Problems },
 }
 
+/// The smallest valid config, for the tests of the section parsers.
+#[cfg(test)]
+const MINIMAL: &str = "\
+node: {name: n, controller-id: c, internal-ip: 127.0.0.1}
+cloud: {source: c.wasm}
+network: {source: n.wasm}
+hostport: {source: h.wasm}
+";
+
 /// A valid config.
 #[derive(Debug, Clone)]
 pub struct Config {

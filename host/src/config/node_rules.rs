@@ -55,12 +55,8 @@ mod tests {
     use super::*;
     use crate::config::parse;
 
-    const BASE: &str = "\
-node: {name: n, controller-id: c, internal-ip: 127.0.0.1}
-cloud: {source: c.wasm}
-network: {source: n.wasm}
-hostport: {source: h.wasm}
-";
+    /// The smallest valid config; each test adds the section under test.
+    const BASE: &str = crate::config::MINIMAL;
 
     #[test]
     fn nftables_in_the_hosts_namespace_by_default() {

@@ -16,6 +16,7 @@ use kube::{Client, ResourceExt};
 
 use super::status::CONTAINERS_TAG;
 use super::volumes::{self, ResolveError};
+use super::worker::key;
 use crate::cells::{AgentClient, AgentTls, BootstrapBuildError, BootstrapSettings, CellCa, ClientError, bootstrap_document};
 use crate::plugins::bindings::{Cell, NextHop, PodNetworkPlan};
 
@@ -103,9 +104,14 @@ impl CellAgents {
         self.clients.lock().unwrap_or_else(|e| e.into_inner()).remove(pod_uid);
     }
 
-    /// Make sure the agent runs `pod`, and return what it reports. The pod is sent once:
-    /// an agent that already reports it (after a host restart too) is only asked.
-    pub async fn ensure_running(
+    /// What `cell`'s agent reports; `pod_uid` is `None` until a pod was applied.
+    pub async fn status(&self, cell: &Cell) -> Result<PodReport, AgentError> {
+        Ok(self.client(cell)?.status().await?)
+    }
+
+    /// Send `pod` to `cell`'s agent, with its references resolved and its network planned,
+    /// and return what the agent reports.
+    pub async fn apply(
         &self,
         client: &Client,
         pod: &Pod,
@@ -113,10 +119,6 @@ impl CellAgents {
         plan: &PodNetworkPlan,
     ) -> Result<PodReport, AgentError> {
         let agent = self.client(cell)?;
-        let report = agent.status().await?;
-        if report.pod_uid.is_some() {
-            return Ok(report);
-        }
         let resolved = volumes::resolve(client, pod).await?;
         let apply = ApplyPod {
             pod: Pod { status: None, ..pod.clone() },
@@ -127,7 +129,7 @@ impl CellAgents {
             secrets: resolved.secrets,
             insecure_registries: self.insecure_registries.clone(),
         };
-        tracing::info!(pod = %pod_key(pod), cell = %cell.id, "sending the pod to its cell agent");
+        tracing::info!(pod = %key(pod), cell = %cell.id, "sending the pod to its cell agent");
         Ok(agent.apply(&apply).await?)
     }
 
@@ -141,10 +143,6 @@ impl CellAgents {
         self.client(cell)?.stop(grace).await?;
         Ok(())
     }
-}
-
-fn pod_key(pod: &Pod) -> String {
-    format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any())
 }
 
 /// The pod's network as the agent applies it: the cell's pod address and the strategy's

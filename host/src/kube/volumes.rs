@@ -114,11 +114,10 @@ fn env_references(pod: &Pod) -> (BTreeMap<String, bool>, BTreeMap<String, bool>)
 
 /// A ConfigMap's `data` and `binaryData` as strings (environment values are text).
 fn config_map_strings(map: &ConfigMap) -> BTreeMap<String, String> {
-    let mut all = map.data.clone().unwrap_or_default();
-    for (key, value) in map.binary_data.iter().flatten() {
-        all.insert(key.clone(), String::from_utf8_lossy(&value.0).into_owned());
-    }
-    all
+    config_map_bytes(map)
+        .into_iter()
+        .map(|(key, value)| (key, String::from_utf8_lossy(&value).into_owned()))
+        .collect()
 }
 
 struct Resolver<'a> {

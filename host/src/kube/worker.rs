@@ -283,7 +283,7 @@ pub fn backoff(kind: FailureKind, attempts: u32) -> Duration {
     first.saturating_mul(1 << doublings).min(BACKOFF_MAX)
 }
 
-fn key(pod: &Pod) -> String {
+pub(super) fn key(pod: &Pod) -> String {
     format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any())
 }
 
@@ -511,13 +511,19 @@ async fn run_in_agent(
         ctx.report(pod, Progress::Waiting { cell: Some(cell) }).await?;
         return Ok(Action::requeue(WAITING_RECHECK));
     }
-    let plan = ctx
-        .plugins
-        .network
-        .plan_pod(wit_pod)
-        .await
-        .map_err(plugin_error("plan the network", pod))?;
-    let report = match agents.ensure_running(&ctx.client, pod, cell, &plan).await {
+    // The pod is sent once: an agent that already reports it (after a host restart too) is
+    // only asked, and the network is planned only for the one send.
+    let mut answer = agents.status(cell).await;
+    if matches!(&answer, Ok(report) if report.pod_uid.is_none()) {
+        let plan = ctx
+            .plugins
+            .network
+            .plan_pod(wit_pod)
+            .await
+            .map_err(plugin_error("plan the network", pod))?;
+        answer = agents.apply(&ctx.client, pod, cell, &plan).await;
+    }
+    let report = match answer {
         Ok(report) => report,
         Err(AgentError::Client(ClientError::Request { source, .. })) => {
             if ctx.report(pod, Progress::Waiting { cell: Some(cell) }).await? {

@@ -629,11 +629,21 @@ pub fn enter_private_mount_namespace() -> Result<(), NetError> {
     use nix::mount::{MsFlags, mount};
     let failed = |action: &str| {
         let action = action.to_string();
-        move |errno: nix::errno::Errno| NetError::Io { action, source: io::Error::from_raw_os_error(errno as i32) }
+        move |errno: nix::errno::Errno| NetError::Io {
+            action,
+            source: io::Error::from_raw_os_error(errno as i32),
+        }
     };
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(failed("unshare the mount namespace"))?;
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
-        .map_err(failed("make / a slave mount"))
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(failed("unshare the mount namespace"))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .map_err(failed("make / a slave mount"))
 }
 
 /// True when the agent's mount namespace is not the one of PID 1 (the instance's).

@@ -94,12 +94,18 @@ fn pod() -> Pod {
         .port(2020);
     // The builder starts with `app`; 19 more make 20.
     for i in 1..20 {
-        pod = pod.label(&format!("app.kubernetes.io/part-{i:02}"), &format!("checkout-component-{i:02}"));
+        pod = pod.label(
+            &format!("app.kubernetes.io/part-{i:02}"),
+            &format!("checkout-component-{i:02}"),
+        );
     }
     for i in 0..20 {
         pod = pod.annotation(
             &format!("checkout.shop.example.com/annotation-{i:02}"),
-            &format!("{{\"revision\":{i},\"checksum\":\"sha256:{:064x}\"}}", i * 0x9e37_79b9u64),
+            &format!(
+                "{{\"revision\":{i},\"checksum\":\"sha256:{:064x}\"}}",
+                i * 0x9e37_79b9u64
+            ),
         );
     }
     pod.build()
@@ -127,8 +133,17 @@ fn existing_mappings() -> Vec<PortMapping> {
             let builder = MappingBuilder::new("ingress", &format!("gateway-{:02}", i / 2), port)
                 .container("gateway")
                 .container_port(8000 + port % 100)
-                .protocol(if i % 2 == 0 { Protocol::Tcp } else { Protocol::Udp });
-            if i % 4 == 0 { builder.host_ip("10.0.0.10") } else { builder }.build()
+                .protocol(if i % 2 == 0 {
+                    Protocol::Tcp
+                } else {
+                    Protocol::Udp
+                });
+            if i % 4 == 0 {
+                builder.host_ip("10.0.0.10")
+            } else {
+                builder
+            }
+            .build()
         })
         .collect()
 }
@@ -229,7 +244,10 @@ mod tests {
         let inputs = Inputs::realistic();
         let (native, host) = (&inputs.native, &inputs.host);
         assert_eq!(host.pod.uid, native.pod.uid);
-        assert_eq!(host.pod.annotations[7].value, native.pod.annotations[7].value);
+        assert_eq!(
+            host.pod.annotations[7].value,
+            native.pod.annotations[7].value
+        );
         let host_ports: Vec<_> = host.pod.containers.iter().flat_map(|c| &c.ports).collect();
         assert_eq!(host_ports[8].host_ip.as_deref(), Some("10.0.0.10"));
         assert_eq!(host_ports[7].protocol, host::Protocol::Udp);

@@ -52,7 +52,11 @@ impl Machine {
                 .next()
                 .unwrap_or("unknown")
                 .to_string(),
-            build: if cfg!(debug_assertions) { "debug" } else { "release" },
+            build: if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            },
         }
     }
 }

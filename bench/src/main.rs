@@ -88,8 +88,16 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> Result<String, RunError> {
     let machine = Machine::detect();
-    let iterations = if args.quick { Iterations::QUICK } else { Iterations::FULL };
-    let plugins = if args.plugins.is_empty() { Plugin::ALL.to_vec() } else { args.plugins };
+    let iterations = if args.quick {
+        Iterations::QUICK
+    } else {
+        Iterations::FULL
+    };
+    let plugins = if args.plugins.is_empty() {
+        Plugin::ALL.to_vec()
+    } else {
+        args.plugins
+    };
     let plugin_dir = args.plugin_dir.unwrap_or_else(default_plugin_dir);
 
     // A fresh cache directory, so the first load of each plugin really compiles.
@@ -137,6 +145,7 @@ fn default_plugin_dir() -> PathBuf {
     std::env::var_os("CELLET_PLUGIN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release-plugins")
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/wasm32-wasip2/release-plugins")
         })
 }

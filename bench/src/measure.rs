@@ -23,7 +23,8 @@ use std::time::Instant;
 
 use cellet::plugins::cache::CacheError;
 use cellet::plugins::{
-    CacheOutcome, Capability, Limits, LoadError, LoadedPlugin, PluginHandle, PluginRuntime, PluginSpec,
+    CacheOutcome, Capability, Limits, LoadError, LoadedPlugin, PluginHandle, PluginRuntime,
+    PluginSpec,
 };
 use prometheus_client::encoding::text::encode;
 use prometheus_client::registry::Registry;
@@ -125,12 +126,17 @@ pub enum BenchError {
         #[source]
         source: CacheError,
     },
-    #[error("failed to benchmark fresh instances of plugin `{plugin}`: {discarded} warm instances to discard, expected 1")]
+    #[error(
+        "failed to benchmark fresh instances of plugin `{plugin}`: {discarded} warm instances to discard, expected 1"
+    )]
     NotOneWarmInstance { plugin: Plugin, discarded: usize },
     #[error("failed to read `{series}` of plugin `{plugin}` from the runtime's metrics")]
     Metric { plugin: Plugin, series: String },
     #[error("failed to benchmark plugin `{plugin}`: `{measure}` ran no iteration")]
-    NoIterations { plugin: Plugin, measure: &'static str },
+    NoIterations {
+        plugin: Plugin,
+        measure: &'static str,
+    },
 }
 
 /// Everything measured for one plugin.
@@ -226,8 +232,15 @@ impl Bench<'_> {
         let it = self.iterations;
 
         let mut native = Native::init(plugin, context(plugin)).map_err(call_failed)?;
-        let native_decision = native.call(function, native_inputs).map_err(call_failed)?.decision();
-        let wasm_decision = wasm.call(function, host).await.map_err(call_failed)?.decision();
+        let native_decision = native
+            .call(function, native_inputs)
+            .map_err(call_failed)?
+            .decision();
+        let wasm_decision = wasm
+            .call(function, host)
+            .await
+            .map_err(call_failed)?
+            .decision();
         if wasm_decision != native_decision {
             return Err(BenchError::Mismatch {
                 plugin,
@@ -275,7 +288,8 @@ impl Bench<'_> {
         for _ in 0..it.native {
             let ctx = context(plugin);
             let started = Instant::now();
-            let output = Native::init(plugin, ctx).and_then(|mut n| n.call(function, native_inputs));
+            let output =
+                Native::init(plugin, ctx).and_then(|mut n| n.call(function, native_inputs));
             native_fresh.record(started.elapsed());
             black_box(output.map_err(call_failed)?);
         }
@@ -307,7 +321,11 @@ impl Bench<'_> {
     ) -> Result<Summary, BenchError> {
         let (count, expected, measure) = match uncache {
             Some(_) => (self.iterations.cold_loads, CacheOutcome::Miss, "cold load"),
-            None => (self.iterations.cached_loads, CacheOutcome::Hit, "cached load"),
+            None => (
+                self.iterations.cached_loads,
+                CacheOutcome::Hit,
+                "cached load",
+            ),
         };
         let mut samples = Samples::with_capacity(count);
         for _ in 0..count {
@@ -337,7 +355,12 @@ impl Bench<'_> {
 
     /// Time the cache's part of a cached load: look the entry up, check it and
     /// deserialize it.
-    fn cache_reads(&self, plugin: Plugin, bytes: &[u8], sha256: &str) -> Result<Summary, BenchError> {
+    fn cache_reads(
+        &self,
+        plugin: Plugin,
+        bytes: &[u8],
+        sha256: &str,
+    ) -> Result<Summary, BenchError> {
         let (engine, cache) = (self.runtime.engine(), self.runtime.cache());
         let mut samples = Samples::with_capacity(self.iterations.cached_loads);
         for _ in 0..self.iterations.cached_loads {
@@ -359,7 +382,12 @@ impl Bench<'_> {
         })
     }
 
-    async fn load(&self, plugin: Plugin, spec: &PluginSpec, bytes: &[u8]) -> Result<LoadedPlugin, BenchError> {
+    async fn load(
+        &self,
+        plugin: Plugin,
+        spec: &PluginSpec,
+        bytes: &[u8],
+    ) -> Result<LoadedPlugin, BenchError> {
         self.runtime
             .load(spec, bytes)
             .await

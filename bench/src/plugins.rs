@@ -216,7 +216,11 @@ impl Native {
     /// Call `function` with its input. The trait methods take their records by value, so
     /// the input is cloned on every call: the component call copies it into the guest's
     /// memory too, and a baseline without the copy would flatter native code.
-    pub fn call(&mut self, function: Function, inputs: &NativeInputs) -> Result<NativeOutput, CallFailure> {
+    pub fn call(
+        &mut self,
+        function: Function,
+        inputs: &NativeInputs,
+    ) -> Result<NativeOutput, CallFailure> {
         match self {
             Native::VpcNative(s) => network(s, function, inputs),
             Native::CloudRoutes(s) => network(s, function, inputs),
@@ -344,15 +348,21 @@ impl Wasm {
 
     /// Call `function` through the handle: lease an instance (creating it if none is
     /// warm), lower the input, run the guest, lift and validate the answer.
-    pub async fn call(&self, function: Function, inputs: &HostInputs) -> Result<WasmOutput, CallFailure> {
+    pub async fn call(
+        &self,
+        function: Function,
+        inputs: &HostInputs,
+    ) -> Result<WasmOutput, CallFailure> {
         let failed = |source| CallFailure::Wasm {
             function: function.name(),
             source,
         };
         match (self, function) {
-            (Wasm::Network(p), Function::PlanPod) => {
-                p.plan_pod(&inputs.pod).await.map(WasmOutput::PodPlan).map_err(failed)
-            }
+            (Wasm::Network(p), Function::PlanPod) => p
+                .plan_pod(&inputs.pod)
+                .await
+                .map(WasmOutput::PodPlan)
+                .map_err(failed),
             (Wasm::Network(p), Function::PlanCluster) => p
                 .plan_cluster(&inputs.nodes)
                 .await
@@ -425,7 +435,11 @@ fn pod_plan<'a>(
     )
 }
 
-fn cluster_plan<'a>(routes: impl Iterator<Item = &'a str>, manage: bool, warnings: usize) -> String {
+fn cluster_plan<'a>(
+    routes: impl Iterator<Item = &'a str>,
+    manage: bool,
+    warnings: usize,
+) -> String {
     let routes: Vec<&str> = routes.collect();
     let span = match (routes.first(), routes.last()) {
         (Some(first), Some(last)) => format!(" ({first} … {last})"),
@@ -438,13 +452,19 @@ fn cluster_plan<'a>(routes: impl Iterator<Item = &'a str>, manage: bool, warning
 }
 
 fn admitted(mappings: impl Iterator<Item = (u16, u16)>) -> String {
-    let mappings: Vec<String> = mappings.map(|(host, container)| format!("{host}→{container}")).collect();
+    let mappings: Vec<String> = mappings
+        .map(|(host, container)| format!("{host}→{container}"))
+        .collect();
     format!("admit [{}]", mappings.join(", "))
 }
 
 fn cell_decision(pod_uid: &str, state: &str, pod_ip: bool) -> String {
     format!(
         "cell for pod {pod_uid}, {state}, {}",
-        if pod_ip { "with a pod IP" } else { "without a pod IP" }
+        if pod_ip {
+            "with a pod IP"
+        } else {
+            "without a pod IP"
+        }
     )
 }

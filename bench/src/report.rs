@@ -61,7 +61,11 @@ impl RunReport {
             "Machine: {}, {} logical CPUs{}, Linux {}; 1-minute load average at start {}. Build: {}.",
             m.cpu,
             m.logical_cpus,
-            if m.virtual_machine { " (virtual machine)" } else { "" },
+            if m.virtual_machine {
+                " (virtual machine)"
+            } else {
+                ""
+            },
             m.kernel,
             m.load_average,
             m.build
@@ -112,13 +116,19 @@ fn plugin_markdown(out: &mut String, p: &PluginReport, targets: &[TargetResult])
         out,
         "| measure | wasm p50 | wasm p99 | native p50 | native p99 | wasm/native p50 | wasm/native p99 | target (p99) | result |"
     );
-    let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |");
+    let _ = writeln!(
+        out,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"
+    );
     let verdict = |measure: &str| {
         targets
             .iter()
             .find(|t| t.plugin == p.plugin && t.measure == measure)
             .map_or(("—".to_string(), "—"), |t| {
-                (format!("< {}", human(t.limit_ns)), if t.pass { "pass" } else { "**FAIL**" })
+                (
+                    format!("< {}", human(t.limit_ns)),
+                    if t.pass { "pass" } else { "**FAIL**" },
+                )
             })
     };
     for f in &p.functions {
@@ -155,7 +165,13 @@ fn plugin_markdown(out: &mut String, p: &PluginReport, targets: &[TargetResult])
     }
     let _ = writeln!(out);
     for f in &p.functions {
-        let _ = writeln!(out, "- `{}` of {}: {}", f.function.name(), f.input, f.decision);
+        let _ = writeln!(
+            out,
+            "- `{}` of {}: {}",
+            f.function.name(),
+            f.input,
+            f.decision
+        );
     }
 }
 
@@ -171,10 +187,22 @@ fn targets(p: &PluginReport) -> Vec<TargetResult> {
     let mut out = Vec::new();
     for f in &p.functions {
         let name = f.function.name();
-        out.push(check(format!("`{name}` warm call"), &f.warm, WARM_CALL_P99_NS));
-        out.push(check(format!("`{name}` fresh instance + call"), &f.fresh, FRESH_CALL_P99_NS));
+        out.push(check(
+            format!("`{name}` warm call"),
+            &f.warm,
+            WARM_CALL_P99_NS,
+        ));
+        out.push(check(
+            format!("`{name}` fresh instance + call"),
+            &f.fresh,
+            FRESH_CALL_P99_NS,
+        ));
     }
-    out.push(check("load, cached".to_string(), &p.load_cached, CACHED_LOAD_P99_NS));
+    out.push(check(
+        "load, cached".to_string(),
+        &p.load_cached,
+        CACHED_LOAD_P99_NS,
+    ));
     out
 }
 

@@ -18,7 +18,8 @@ impl Samples {
     }
 
     pub fn record(&mut self, took: Duration) {
-        self.0.push(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
+        self.0
+            .push(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
     }
 
     /// The summary of what was recorded, or `None` when nothing was.
@@ -96,7 +97,10 @@ mod tests {
     fn percentiles_are_nearest_rank_order_statistics() {
         // 1..=1000 shuffled by a fixed stride: the order of recording must not matter.
         let s = summary_of((0..1000u64).map(|i| (i * 7919) % 1000 + 1));
-        assert_eq!((s.min_ns, s.p50_ns, s.p99_ns, s.max_ns), (1, 500, 990, 1000));
+        assert_eq!(
+            (s.min_ns, s.p50_ns, s.p99_ns, s.max_ns),
+            (1, 500, 990, 1000)
+        );
         assert_eq!(s.mean_ns, 500);
         assert_eq!(s.iterations, 1000);
     }

@@ -41,30 +41,60 @@ fn assert_summary(summary: &Value, iterations: u64, what: &str) {
             .unwrap_or_else(|| panic!("{what}: no `{name}` in {summary}"))
     };
     assert_eq!(field("iterations"), iterations, "{what}: {summary}");
-    let (min, p50, p99, max) = (field("min_ns"), field("p50_ns"), field("p99_ns"), field("max_ns"));
-    assert!(min > 0 && min <= p50 && p50 <= p99 && p99 <= max, "{what}: {summary}");
+    let (min, p50, p99, max) = (
+        field("min_ns"),
+        field("p50_ns"),
+        field("p99_ns"),
+        field("max_ns"),
+    );
+    assert!(
+        min > 0 && min <= p50 && p50 <= p99 && p99 <= max,
+        "{what}: {summary}"
+    );
     assert!((min..=max).contains(&field("mean_ns")), "{what}: {summary}");
 }
 
 #[test]
 fn quick_run_reports_every_measure_of_every_shipped_plugin() {
-    let report: Value = serde_json::from_str(&stdout_of(&bench(&["--quick", "--json"]))).expect("JSON report");
+    let report: Value =
+        serde_json::from_str(&stdout_of(&bench(&["--quick", "--json"]))).expect("JSON report");
     let iterations = &report["iterations"];
     let count = |name: &str| iterations[name].as_u64().unwrap();
 
     let plugins = report["plugins"].as_array().expect("plugins");
-    let names: Vec<&str> = plugins.iter().map(|p| p["plugin"].as_str().unwrap()).collect();
+    let names: Vec<&str> = plugins
+        .iter()
+        .map(|p| p["plugin"].as_str().unwrap())
+        .collect();
     assert_eq!(names, PLUGINS.map(|(name, _)| name));
 
     for (plugin, (name, functions)) in plugins.iter().zip(PLUGINS) {
         for size in ["component_bytes", "compiled_bytes", "instance_memory_bytes"] {
-            assert!(plugin[size].as_u64().unwrap() > 0, "{name}: {size} in {plugin}");
+            assert!(
+                plugin[size].as_u64().unwrap() > 0,
+                "{name}: {size} in {plugin}"
+            );
         }
         // A compiled component is native code: larger than its wasm.
-        assert!(plugin["compiled_bytes"].as_u64() > plugin["component_bytes"].as_u64(), "{name}");
-        assert_summary(&plugin["load_cold"], count("cold_loads"), &format!("{name} cold load"));
-        assert_summary(&plugin["load_cached"], count("cached_loads"), &format!("{name} cached load"));
-        assert_summary(&plugin["cache_read"], count("cached_loads"), &format!("{name} cache read"));
+        assert!(
+            plugin["compiled_bytes"].as_u64() > plugin["component_bytes"].as_u64(),
+            "{name}"
+        );
+        assert_summary(
+            &plugin["load_cold"],
+            count("cold_loads"),
+            &format!("{name} cold load"),
+        );
+        assert_summary(
+            &plugin["load_cached"],
+            count("cached_loads"),
+            &format!("{name} cached load"),
+        );
+        assert_summary(
+            &plugin["cache_read"],
+            count("cached_loads"),
+            &format!("{name} cache read"),
+        );
 
         let measured: Vec<&str> = plugin["functions"]
             .as_array()
@@ -77,19 +107,42 @@ fn quick_run_reports_every_measure_of_every_shipped_plugin() {
             let what = format!("{name} {}", f["function"]);
             assert_summary(&f["warm"], count("warm"), &format!("{what} warm"));
             assert_summary(&f["fresh"], count("fresh"), &format!("{what} fresh"));
-            assert_summary(&f["native_warm"], count("native"), &format!("{what} native"));
-            assert_summary(&f["native_fresh"], count("native"), &format!("{what} native fresh"));
+            assert_summary(
+                &f["native_warm"],
+                count("native"),
+                &format!("{what} native"),
+            );
+            assert_summary(
+                &f["native_fresh"],
+                count("native"),
+                &format!("{what} native fresh"),
+            );
         }
     }
 
     // What the plugins decided on the realistic inputs (the same natively, or the run
     // would have failed): the work measured is the work intended.
     let decision = |plugin: usize, function: usize| {
-        plugins[plugin]["functions"][function]["decision"].as_str().unwrap().to_string()
+        plugins[plugin]["functions"][function]["decision"]
+            .as_str()
+            .unwrap()
+            .to_string()
     };
-    assert!(decision(0, 0).starts_with("vpc-secondary, routes [0.0.0.0/0]"), "{}", decision(0, 0));
-    assert!(decision(0, 1).starts_with("0 routes"), "vpc-native plans no route: {}", decision(0, 1));
-    assert!(decision(1, 1).starts_with("50 routes"), "one route per node: {}", decision(1, 1));
+    assert!(
+        decision(0, 0).starts_with("vpc-secondary, routes [0.0.0.0/0]"),
+        "{}",
+        decision(0, 0)
+    );
+    assert!(
+        decision(0, 1).starts_with("0 routes"),
+        "vpc-native plans no route: {}",
+        decision(0, 1)
+    );
+    assert!(
+        decision(1, 1).starts_with("50 routes"),
+        "one route per node: {}",
+        decision(1, 1)
+    );
     for hostport in [2, 3] {
         assert_eq!(
             decision(hostport, 0),
@@ -98,7 +151,11 @@ fn quick_run_reports_every_measure_of_every_shipped_plugin() {
             names[hostport]
         );
     }
-    assert!(decision(4, 0).contains("running, with a pod IP"), "{}", decision(4, 0));
+    assert!(
+        decision(4, 0).contains("running, with a pod IP"),
+        "{}",
+        decision(4, 0)
+    );
 
     // One target per call measure, plus the cached load, for every plugin.
     let targets = report["targets"].as_array().unwrap();
@@ -112,18 +169,34 @@ fn quick_run_reports_every_measure_of_every_shipped_plugin() {
 fn markdown_report_has_a_table_per_plugin() {
     let text = stdout_of(&bench(&["--quick", "--plugin", "hostport-nat"]));
     assert!(text.starts_with("Machine: "), "{text}");
-    assert!(text.contains("#### hostport-nat (`hostport-policy`)"), "{text}");
-    for row in ["| `admit` warm call |", "| `admit` fresh instance + call |", "| load, cached |"] {
+    assert!(
+        text.contains("#### hostport-nat (`hostport-policy`)"),
+        "{text}"
+    );
+    for row in [
+        "| `admit` warm call |",
+        "| `admit` fresh instance + call |",
+        "| load, cached |",
+    ] {
         assert!(text.contains(row), "missing row {row}:\n{text}");
     }
-    assert!(!text.contains("#### vpc-native"), "--plugin selects: {text}");
+    assert!(
+        !text.contains("#### vpc-native"),
+        "--plugin selects: {text}"
+    );
     assert!(text.contains("Targets met: "), "{text}");
 }
 
 #[test]
 fn a_missing_component_fails_with_the_command_that_builds_it() {
     let dir = tempfile::tempdir().unwrap();
-    let output = bench(&["--quick", "--plugin", "mock", "--plugin-dir", dir.path().to_str().unwrap()]);
+    let output = bench(&[
+        "--quick",
+        "--plugin",
+        "mock",
+        "--plugin-dir",
+        dir.path().to_str().unwrap(),
+    ]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

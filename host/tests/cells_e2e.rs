@@ -67,12 +67,17 @@ fn run(program: &str, args: &[&str]) -> String {
 
 /// `GET /` over plain HTTP/1.0; the body.
 fn http_get(address: &str) -> Option<String> {
-    let mut stream = TcpStream::connect_timeout(&address.parse().ok()?, Duration::from_secs(2)).ok()?;
+    let mut stream =
+        TcpStream::connect_timeout(&address.parse().ok()?, Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    stream.write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n").ok()?;
+    stream
+        .write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n")
+        .ok()?;
     let mut answer = String::new();
     stream.read_to_string(&mut answer).ok()?;
-    answer.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+    answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -87,15 +92,29 @@ async fn a_pod_with_a_host_port_runs_in_a_cell_and_leaves_nothing_behind() {
     let _shared = cluster.exclusive.read().await;
     let client = cluster.client().await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut fixture = Fixture { registry: dir.path().join("registry"), dir, forward: None, config: None };
+    let mut fixture = Fixture {
+        registry: dir.path().join("registry"),
+        dir,
+        forward: None,
+        config: None,
+    };
 
-    run(workspace().join("tests/registry/registry.sh").to_str().unwrap(), &["up", fixture.registry.to_str().unwrap()]);
+    run(
+        workspace()
+            .join("tests/registry/registry.sh")
+            .to_str()
+            .unwrap(),
+        &["up", fixture.registry.to_str().unwrap()],
+    );
     let port = std::fs::read_to_string(fixture.registry.join("port")).expect("registry port");
     let page = "hello from the e2e cell";
     run(
         "python3",
         &[
-            workspace().join("tests/images/busybox-httpd.py").to_str().unwrap(),
+            workspace()
+                .join("tests/images/busybox-httpd.py")
+                .to_str()
+                .unwrap(),
             &format!("127.0.0.1:{}", port.trim()),
             "e2e/httpd:1",
             "--page",
@@ -127,21 +146,42 @@ async fn a_pod_with_a_host_port_runs_in_a_cell_and_leaves_nothing_behind() {
         ca = state.join("ca").display(),
         agents = state.join("agents").display(),
     );
-    let host = Host::start(cluster, "node-cells", HostOptions { cloud: Some(cloud), extra, ..Default::default() });
+    let host = Host::start(
+        cluster,
+        "node-cells",
+        HostOptions {
+            cloud: Some(cloud),
+            extra,
+            ..Default::default()
+        },
+    );
     // `local-cells down` at the end needs the config after the host's directory is gone.
     let config = fixture.dir.path().join("cellet.yaml");
     std::fs::copy(&host.config, &config).expect("copy the host's config");
     fixture.config = Some(config);
 
     // Cells reach the registry on the host's VPC address, once cellet has made the VPC.
-    eventually(Duration::from_secs(60), "the local VPC's host address", Some(&host), || async {
-        let output = Command::new("ip").args(["-4", "-o", "addr", "show", "dev", UPLINK]).output().ok()?;
-        String::from_utf8_lossy(&output.stdout).contains(HOST_ADDRESS).then_some(())
-    })
+    eventually(
+        Duration::from_secs(60),
+        "the local VPC's host address",
+        Some(&host),
+        || async {
+            let output = Command::new("ip")
+                .args(["-4", "-o", "addr", "show", "dev", UPLINK])
+                .output()
+                .ok()?;
+            String::from_utf8_lossy(&output.stdout)
+                .contains(HOST_ADDRESS)
+                .then_some(())
+        },
+    )
     .await;
     fixture.forward = Some(
         Command::new("socat")
-            .args([&format!("TCP-LISTEN:5000,bind={HOST_ADDRESS},fork,reuseaddr"), &format!("TCP:127.0.0.1:{}", port.trim())])
+            .args([
+                &format!("TCP-LISTEN:5000,bind={HOST_ADDRESS},fork,reuseaddr"),
+                &format!("TCP:127.0.0.1:{}", port.trim()),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -167,52 +207,118 @@ spec:
         ports: [{{containerPort: 80, hostPort: {HOST_PORT}}}]
 "
     ));
-    let pod = eventually(Duration::from_secs(180), "the pod Running in its cell", Some(&host), || async {
-        pods(&client, "cells-e2e").await.into_iter().find(running)
-    })
+    let pod = eventually(
+        Duration::from_secs(180),
+        "the pod Running in its cell",
+        Some(&host),
+        || async { pods(&client, "cells-e2e").await.into_iter().find(running) },
+    )
     .await;
     let status = pod.status.clone().unwrap();
     let pod_ip = status.pod_ip.clone().unwrap();
-    assert!(pod_ip.starts_with("10.214.7."), "pod IP {pod_ip} is not from the VPC {SUBNET}");
+    assert!(
+        pod_ip.starts_with("10.214.7."),
+        "pod IP {pod_ip} is not from the VPC {SUBNET}"
+    );
     let container = &status.container_statuses.as_ref().unwrap()[0];
-    assert!(container.image_id.contains("@sha256:"), "imageID {:?}", container.image_id);
-    assert!(container.container_id.as_deref().is_some_and(|id| id.starts_with("runc://")), "{container:?}");
+    assert!(
+        container.image_id.contains("@sha256:"),
+        "imageID {:?}",
+        container.image_id
+    );
+    assert!(
+        container
+            .container_id
+            .as_deref()
+            .is_some_and(|id| id.starts_with("runc://")),
+        "{container:?}"
+    );
 
     // The pod answers on its VPC address, from the host's side of the VPC.
-    let body = eventually(Duration::from_secs(30), "the pod's answer", Some(&host), || async {
-        http_get(&format!("{pod_ip}:80"))
-    })
+    let body = eventually(
+        Duration::from_secs(30),
+        "the pod's answer",
+        Some(&host),
+        || async { http_get(&format!("{pod_ip}:80")) },
+    )
     .await;
     assert_eq!(body.trim(), page);
 
     // The node's rule maps the hostPort to the pod (in the test host's own rule namespace).
-    let rules = run("ip", &["netns", "exec", &host.netns, "nft", "list", "table", "inet", "cellet-hostport"]);
-    assert!(rules.contains(&HOST_PORT.to_string()) && rules.contains(&pod_ip), "{rules}");
+    let rules = run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &host.netns,
+            "nft",
+            "list",
+            "table",
+            "inet",
+            "cellet-hostport",
+        ],
+    );
+    assert!(
+        rules.contains(&HOST_PORT.to_string()) && rules.contains(&pod_ip),
+        "{rules}"
+    );
 
     // kubectl logs: API server → the kubelet API → the cell agent. `httpd -v` logs each
     // answer as `<client>: response:200`.
     let name = pod.metadata.name.clone().unwrap();
-    let logs = eventually(Duration::from_secs(30), "the request in kubectl logs", Some(&host), || async {
-        let output = cluster.kubectl_output(&["logs", "-n", "cells-e2e", &name]);
-        let text = String::from_utf8_lossy(&output.stdout).into_owned();
-        (output.status.success() && text.contains("response:200")).then_some(text)
-    })
+    let logs = eventually(
+        Duration::from_secs(30),
+        "the request in kubectl logs",
+        Some(&host),
+        || async {
+            let output = cluster.kubectl_output(&["logs", "-n", "cells-e2e", &name]);
+            let text = String::from_utf8_lossy(&output.stdout).into_owned();
+            (output.status.success() && text.contains("response:200")).then_some(text)
+        },
+    )
     .await;
-    assert!(logs.contains(HOST_ADDRESS), "the request came from the host's VPC address: {logs}");
+    assert!(
+        logs.contains(HOST_ADDRESS),
+        "the request came from the host's VPC address: {logs}"
+    );
 
     // Delete: the cell, its namespaces, links and record, and the rule all go.
     cluster.kubectl(&["delete", "namespace", "cells-e2e", "--wait=false"]);
-    eventually(Duration::from_secs(120), "the pod gone", Some(&host), || async {
-        pods(&client, "cells-e2e").await.is_empty().then_some(())
-    })
+    eventually(
+        Duration::from_secs(120),
+        "the pod gone",
+        Some(&host),
+        || async { pods(&client, "cells-e2e").await.is_empty().then_some(()) },
+    )
     .await;
     let netns = run("ip", &["netns", "list"]);
-    assert!(!netns.contains("cell-") && !netns.contains("cellet-pod-"), "namespaces left: {netns}");
+    assert!(
+        !netns.contains("cell-") && !netns.contains("cellet-pod-"),
+        "namespaces left: {netns}"
+    );
     let links = run("ip", &["netns", "exec", VPC_NAMESPACE, "ip", "-o", "link"]);
-    assert_eq!(links.lines().count(), 3, "only lo, the bridge and the uplink's peer stay: {links}");
-    let records: Vec<_> = std::fs::read_dir(state.join("cells/cells")).map(|d| d.flatten().collect()).unwrap_or_default();
+    assert_eq!(
+        links.lines().count(),
+        3,
+        "only lo, the bridge and the uplink's peer stay: {links}"
+    );
+    let records: Vec<_> = std::fs::read_dir(state.join("cells/cells"))
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
     assert!(records.is_empty(), "cell records left: {records:?}");
-    let rules = run("ip", &["netns", "exec", &host.netns, "nft", "list", "table", "inet", "cellet-hostport"]);
+    let rules = run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &host.netns,
+            "nft",
+            "list",
+            "table",
+            "inet",
+            "cellet-hostport",
+        ],
+    );
     assert!(!rules.contains(&pod_ip), "rule left: {rules}");
     drop(host);
 }

@@ -9,10 +9,15 @@ use sha2::{Digest, Sha256};
 
 /// A component built by `scripts/build-plugins`. Fails loudly when it is missing.
 fn component(crate_name: &str) -> PathBuf {
-    let dir = match (std::env::var_os("CELLET_PLUGIN_DIR"), std::env::var_os("CARGO_TARGET_DIR")) {
+    let dir = match (
+        std::env::var_os("CELLET_PLUGIN_DIR"),
+        std::env::var_os("CARGO_TARGET_DIR"),
+    ) {
         (Some(dir), _) => PathBuf::from(dir),
         (None, Some(target)) => PathBuf::from(target).join("wasm32-wasip2/release-plugins"),
-        (None, None) => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release-plugins"),
+        (None, None) => {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release-plugins")
+        }
     };
     let path = dir.join(format!("{crate_name}.wasm"));
     assert!(
@@ -65,7 +70,10 @@ impl Setup {
             .env("CELLET_LOG", "warn")
             .output()
             .expect("failed to run cellet");
-        Checked { yaml: yaml.to_string(), output }
+        Checked {
+            yaml: yaml.to_string(),
+            output,
+        }
     }
 }
 
@@ -91,14 +99,20 @@ impl Checked {
 
     /// 1-based line of the first line of the config containing `needle`.
     fn line_of(&self, needle: &str) -> usize {
-        self.yaml.lines().position(|l| l.contains(needle)).unwrap_or_else(|| panic!("`{needle}` not in config")) + 1
+        self.yaml
+            .lines()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("`{needle}` not in config"))
+            + 1
     }
 
     /// The problem lines (`cellet.yaml:N: ...`) of the report.
     fn problems(&self) -> Vec<String> {
         self.stdout()
             .lines()
-            .filter(|l| l.starts_with("cellet.yaml:") && l[12..].starts_with(|c: char| c.is_ascii_digit()))
+            .filter(|l| {
+                l.starts_with("cellet.yaml:") && l[12..].starts_with(|c: char| c.is_ascii_digit())
+            })
             .map(str::to_string)
             .collect()
     }
@@ -111,7 +125,11 @@ impl Checked {
             panic!("no problem starting with `{prefix}`\n{}", self.describe());
         };
         for needle in needles {
-            assert!(problem.contains(needle), "`{problem}` should mention `{needle}`\n{}", self.describe());
+            assert!(
+                problem.contains(needle),
+                "`{problem}` should mention `{needle}`\n{}",
+                self.describe()
+            );
         }
     }
 
@@ -151,46 +169,91 @@ hostport:
 fn a_good_config_passes_and_names_each_plugin() {
     let setup = Setup::new();
     let checked = setup.check(&good_config());
-    assert_eq!(checked.output.status.code(), Some(0), "{}", checked.describe());
+    assert_eq!(
+        checked.output.status.code(),
+        Some(0),
+        "{}",
+        checked.describe()
+    );
     let stdout = checked.stdout();
     assert!(stdout.contains("cloud: "), "{}", checked.describe());
-    assert!(stdout.contains("network-strategy 0.1.0"), "{}", checked.describe());
-    assert!(stdout.contains(&setup.digest_of("hostport-nat.wasm")), "{}", checked.describe());
-    assert!(stdout.trim_end().ends_with("cellet.yaml: ok"), "{}", checked.describe());
+    assert!(
+        stdout.contains("network-strategy 0.1.0"),
+        "{}",
+        checked.describe()
+    );
+    assert!(
+        stdout.contains(&setup.digest_of("hostport-nat.wasm")),
+        "{}",
+        checked.describe()
+    );
+    assert!(
+        stdout.trim_end().ends_with("cellet.yaml: ok"),
+        "{}",
+        checked.describe()
+    );
 }
 
 #[test]
 fn several_problems_are_all_reported_each_with_its_line() {
     let setup = Setup::new();
     let yaml = good_config()
-        .replace("  internal-ip: 127.0.0.1\n", "  internal-ip: 127.0.0.1\n  colour: blue\n")
+        .replace(
+            "  internal-ip: 127.0.0.1\n",
+            "  internal-ip: 127.0.0.1\n  colour: blue\n",
+        )
         .replace("deadline: 10s", "deadline: ten seconds")
-        .replace("source: plugins/vpc-native.wasm", "source: plugins/hostport-nat.wasm")
+        .replace(
+            "source: plugins/vpc-native.wasm",
+            "source: plugins/hostport-nat.wasm",
+        )
         .replace("hostport:\n  source: plugins/hostport-nat.wasm\n", "");
     let checked = setup.check(&yaml);
     checked.assert_failed_with(4);
-    checked.assert_problem(checked.line_of("colour"), "node.colour", &["unknown field", "known: name, controller-id"]);
-    checked.assert_problem(checked.line_of("deadline"), "cloud.deadline", &["not a duration"]);
+    checked.assert_problem(
+        checked.line_of("colour"),
+        "node.colour",
+        &["unknown field", "known: name, controller-id"],
+    );
+    checked.assert_problem(
+        checked.line_of("deadline"),
+        "cloud.deadline",
+        &["not a duration"],
+    );
     // Found by the runtime, attributed to the slot's `source:`.
     checked.assert_problem(
         checked.line_of("source: plugins/hostport-nat.wasm"),
         "network.source",
-        &["plugins/hostport-nat.wasm", "network-strategy", "hostport-policy"],
+        &[
+            "plugins/hostport-nat.wasm",
+            "network-strategy",
+            "hostport-policy",
+        ],
     );
     checked.assert_problem(1, "hostport", &["missing", "hostport-nat"]);
     // The report reads top to bottom.
-    let lines: Vec<usize> =
-        checked.problems().iter().map(|p| p.split(':').nth(1).unwrap().parse().unwrap()).collect();
+    let lines: Vec<usize> = checked
+        .problems()
+        .iter()
+        .map(|p| p.split(':').nth(1).unwrap().parse().unwrap())
+        .collect();
     assert!(lines.is_sorted(), "{}", checked.describe());
 }
 
 #[test]
 fn a_plugin_of_the_wrong_world_is_refused_at_its_source_line() {
     let setup = Setup::new();
-    let yaml = good_config().replace("source: plugins/mock.wasm", "source: plugins/vpc-native.wasm");
+    let yaml = good_config().replace(
+        "source: plugins/mock.wasm",
+        "source: plugins/vpc-native.wasm",
+    );
     let checked = setup.check(&yaml);
     checked.assert_failed_with(1);
-    checked.assert_problem(checked.line_of("source: plugins/vpc-native.wasm"), "cloud.source", &["cloud-provider", "network-strategy"]);
+    checked.assert_problem(
+        checked.line_of("source: plugins/vpc-native.wasm"),
+        "cloud.source",
+        &["cloud-provider", "network-strategy"],
+    );
 }
 
 #[test]
@@ -212,10 +275,18 @@ fn a_digest_mismatch_is_refused_naming_both_digests() {
     // The right pin passes.
     let yaml = good_config().replace(
         "source: plugins/vpc-native.wasm\n",
-        &format!("source: plugins/vpc-native.wasm\n  sha256: {}\n", setup.digest_of("vpc-native.wasm")),
+        &format!(
+            "source: plugins/vpc-native.wasm\n  sha256: {}\n",
+            setup.digest_of("vpc-native.wasm")
+        ),
     );
     let checked = setup.check(&yaml);
-    assert_eq!(checked.output.status.code(), Some(0), "{}", checked.describe());
+    assert_eq!(
+        checked.output.status.code(),
+        Some(0),
+        "{}",
+        checked.describe()
+    );
 }
 
 #[test]
@@ -235,10 +306,17 @@ fn an_unknown_capability_is_named_with_the_known_ones() {
 fn a_plugin_importing_an_ungranted_capability_is_refused() {
     let setup = Setup::new();
     // local-cells imports the local-cells capability; the slot grants only log.
-    let yaml = good_config().replace("source: plugins/mock.wasm", "source: plugins/local-cells.wasm");
+    let yaml = good_config().replace(
+        "source: plugins/mock.wasm",
+        "source: plugins/local-cells.wasm",
+    );
     let checked = setup.check(&yaml);
     checked.assert_failed_with(1);
-    checked.assert_problem(checked.line_of("source: plugins/local-cells.wasm"), "cloud.source", &["local-cells", "grant"]);
+    checked.assert_problem(
+        checked.line_of("source: plugins/local-cells.wasm"),
+        "cloud.source",
+        &["local-cells", "grant"],
+    );
 }
 
 #[test]
@@ -256,33 +334,68 @@ cloud:
     image-id: ami-0b
     capacity: {cpu: 4, memory: 8Gi, pods: 8}
 ";
-    let yaml = good_config().replace("cloud:\n  source: plugins/mock.wasm\n  deadline: 10s\n  capabilities: []\n", cloud);
+    let yaml = good_config().replace(
+        "cloud:\n  source: plugins/mock.wasm\n  deadline: 10s\n  capabilities: []\n",
+        cloud,
+    );
     let checked = setup.check(&yaml);
-    assert_eq!(checked.output.status.code(), Some(0), "{}", checked.describe());
-    assert!(checked.stdout().contains("cloud: plugins/aws-ec2.wasm: ok (cloud-provider 0.1.0"), "{}", checked.describe());
+    assert_eq!(
+        checked.output.status.code(),
+        Some(0),
+        "{}",
+        checked.describe()
+    );
+    assert!(
+        checked
+            .stdout()
+            .contains("cloud: plugins/aws-ec2.wasm: ok (cloud-provider 0.1.0"),
+        "{}",
+        checked.describe()
+    );
 
     // Without its section the grant cannot be served: no region is ever guessed.
-    let checked = setup.check(&yaml.replace("  ec2: {region: us-east-1, endpoint: \"http://127.0.0.1:9\"}\n", ""));
+    let checked = setup.check(&yaml.replace(
+        "  ec2: {region: us-east-1, endpoint: \"http://127.0.0.1:9\"}\n",
+        "",
+    ));
     checked.assert_failed_with(1);
-    checked.assert_problem(checked.line_of("capabilities: [ec2]"), "cloud.capabilities", &["no `ec2:` section"]);
+    checked.assert_problem(
+        checked.line_of("capabilities: [ec2]"),
+        "cloud.capabilities",
+        &["no `ec2:` section"],
+    );
 }
 
 #[test]
 fn a_plugin_of_an_unsupported_contract_version_is_refused_at_its_source_line() {
     let setup = Setup::new();
-    let yaml = good_config().replace("source: plugins/vpc-native.wasm", "source: plugins/future-contract.wasm");
+    let yaml = good_config().replace(
+        "source: plugins/vpc-native.wasm",
+        "source: plugins/future-contract.wasm",
+    );
     let checked = setup.check(&yaml);
     checked.assert_failed_with(1);
-    checked.assert_problem(checked.line_of("future-contract.wasm"), "network.source", &["0.2.0", "0.1.0"]);
+    checked.assert_problem(
+        checked.line_of("future-contract.wasm"),
+        "network.source",
+        &["0.2.0", "0.1.0"],
+    );
 }
 
 #[test]
 fn a_plugin_whose_init_rejects_its_config_is_reported_at_config() {
     let setup = Setup::new();
-    let yaml = good_config().replace("vpc-cidrs: [10.77.0.0/16]", "vpc-cidrs: [10.77.0.0/16]\n    no-such-setting: 1");
+    let yaml = good_config().replace(
+        "vpc-cidrs: [10.77.0.0/16]",
+        "vpc-cidrs: [10.77.0.0/16]\n    no-such-setting: 1",
+    );
     let checked = setup.check(&yaml);
     checked.assert_failed_with(1);
-    checked.assert_problem(checked.line_of("  config:"), "network.config", &["no-such-setting"]);
+    checked.assert_problem(
+        checked.line_of("  config:"),
+        "network.config",
+        &["no-such-setting"],
+    );
 }
 
 #[test]
@@ -293,7 +406,10 @@ fn an_unreadable_file_fails_without_a_report() {
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("failed to read config file /nonexistent/cellet.yaml"), "{stderr}");
+    assert!(
+        stderr.contains("failed to read config file /nonexistent/cellet.yaml"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -301,13 +417,28 @@ fn the_examples_are_valid_and_differ_by_the_network_source() {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let read = |name: &str| std::fs::read_to_string(examples.join(name)).unwrap();
     let (vpc, routes) = (read("cellet.yaml"), read("cellet-cloud-routes.yaml"));
-    let differing: Vec<(&str, &str)> = vpc.lines().zip(routes.lines()).filter(|(a, b)| a != b).collect();
+    let differing: Vec<(&str, &str)> = vpc
+        .lines()
+        .zip(routes.lines())
+        .filter(|(a, b)| a != b)
+        .collect();
     assert_eq!(vpc.lines().count(), routes.lines().count());
     assert_eq!(differing.len(), 1, "{differing:?}");
-    assert!(differing[0].0.contains("vpc_native") && differing[0].1.contains("cloud_routes"), "{differing:?}");
+    assert!(
+        differing[0].0.contains("vpc_native") && differing[0].1.contains("cloud_routes"),
+        "{differing:?}"
+    );
 
     for (name, text) in [("cellet.yaml", &vpc), ("cellet-cloud-routes.yaml", &routes)] {
-        let config = cellet::config::parse(&examples.join(name), text).into_config().unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(config.cloud.spec.grants, vec![cellet::plugins::Capability::Log, cellet::plugins::Capability::LocalCells]);
+        let config = cellet::config::parse(&examples.join(name), text)
+            .into_config()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            config.cloud.spec.grants,
+            vec![
+                cellet::plugins::Capability::Log,
+                cellet::plugins::Capability::LocalCells
+            ]
+        );
     }
 }

@@ -50,20 +50,29 @@ impl Moto {
             .arg("up")
             .arg(dir.path())
             .output()
-            .expect("run tests/moto/moto.sh (needs bash, curl and python3 with venv; see the script)");
+            .expect(
+                "run tests/moto/moto.sh (needs bash, curl and python3 with venv; see the script)",
+            );
         assert!(
             output.status.success(),
             "tests/moto/moto.sh up failed; it needs python3 (with venv), curl, and PyPI for the first install:\n{}",
             String::from_utf8_lossy(&output.stderr)
         );
-        let port = std::fs::read_to_string(dir.path().join("port")).expect("moto.sh writes DIR/port");
-        Moto { endpoint: format!("http://127.0.0.1:{}", port.trim()), dir }
+        let port =
+            std::fs::read_to_string(dir.path().join("port")).expect("moto.sh writes DIR/port");
+        Moto {
+            endpoint: format!("http://127.0.0.1:{}", port.trim()),
+            dir,
+        }
     }
 }
 
 impl Drop for Moto {
     fn drop(&mut self) {
-        let _ = Command::new(moto_script()).arg("down").arg(self.dir.path()).status();
+        let _ = Command::new(moto_script())
+            .arg("down")
+            .arg(self.dir.path())
+            .status();
     }
 }
 
@@ -71,25 +80,42 @@ impl Drop for Moto {
 /// never looks at this machine's environment or instance metadata.
 async fn capability(endpoint: &str, metrics: Ec2Metrics) -> Ec2Capability {
     let sdk = aws_config::defaults(BehaviorVersion::latest())
-        .credentials_provider(Credentials::new("testing", "testing", None, None, "cellet-tests"))
+        .credentials_provider(Credentials::new(
+            "testing",
+            "testing",
+            None,
+            None,
+            "cellet-tests",
+        ))
         .region(Region::new(REGION))
         .load()
         .await;
-    let settings = Ec2Settings::from_json(serde_json::json!({ "region": REGION, "endpoint": endpoint }))
-        .expect("valid ec2 settings");
+    let settings =
+        Ec2Settings::from_json(serde_json::json!({ "region": REGION, "endpoint": endpoint }))
+            .expect("valid ec2 settings");
     Ec2Capability::from_sdk_config("aws-ec2-test", &sdk, &settings, metrics)
 }
 
 fn kv(key: &str, value: &str) -> KeyValue {
-    KeyValue { key: key.into(), value: value.into() }
+    KeyValue {
+        key: key.into(),
+        value: value.into(),
+    }
 }
 
 fn filter(name: &str, values: &[&str]) -> Filter {
-    Filter { name: name.into(), values: values.iter().map(|v| v.to_string()).collect() }
+    Filter {
+        name: name.into(),
+        values: values.iter().map(|v| v.to_string()).collect(),
+    }
 }
 
 fn tag<'a>(instance: &'a Instance, key: &str) -> Option<&'a str> {
-    instance.tags.iter().find(|t| t.key == key).map(|t| t.value.as_str())
+    instance
+        .tags
+        .iter()
+        .find(|t| t.key == key)
+        .map(|t| t.value.as_str())
 }
 
 fn error_code<T: std::fmt::Debug>(result: Result<T, Ec2Error>) -> (String, String) {
@@ -109,10 +135,19 @@ async fn network(ec2: &Ec2Capability) -> Network {
         .describe_subnets(Vec::new(), vec![filter("default-for-az", &["true"])])
         .await
         .expect("describe-subnets");
-    let subnet = subnets.first().expect("moto has a default VPC with subnets");
-    let images = ec2.describe_images(Vec::new(), Vec::new(), Vec::new()).await.expect("describe-images");
+    let subnet = subnets
+        .first()
+        .expect("moto has a default VPC with subnets");
+    let images = ec2
+        .describe_images(Vec::new(), Vec::new(), Vec::new())
+        .await
+        .expect("describe-images");
     let image = images.first().expect("moto ships stock images");
-    Network { subnet_id: subnet.subnet_id.clone(), vpc_id: subnet.vpc_id.clone(), image_id: image.image_id.clone() }
+    Network {
+        subnet_id: subnet.subnet_id.clone(),
+        vpc_id: subnet.vpc_id.clone(),
+        image_id: image.image_id.clone(),
+    }
 }
 
 fn run_request(network: &Network, token: &str, tags: Vec<KeyValue>) -> RunInstancesRequest {
@@ -141,12 +176,19 @@ async fn instances_run_describe_and_terminate() {
     let ec2 = capability(&moto.endpoint, Ec2Metrics::default()).await;
     let net = network(&ec2).await;
 
-    let launched = run_one(&ec2, run_request(&net, "token-1", vec![kv("cellet.io/pod-uid", "uid-1")])).await;
+    let launched = run_one(
+        &ec2,
+        run_request(&net, "token-1", vec![kv("cellet.io/pod-uid", "uid-1")]),
+    )
+    .await;
     assert!(launched.instance_id.starts_with("i-"), "{launched:?}");
     assert_eq!(launched.instance_type, "t3.micro");
     assert_eq!(launched.image_id, net.image_id);
     assert_eq!(launched.subnet_id.as_deref(), Some(net.subnet_id.as_str()));
-    assert!(launched.private_ip.is_some(), "an instance in a subnet has an address: {launched:?}");
+    assert!(
+        launched.private_ip.is_some(),
+        "an instance in a subnet has an address: {launched:?}"
+    );
     assert!(launched.network_interface_id.is_some(), "{launched:?}");
     assert_eq!(tag(&launched, "cellet.io/pod-uid"), Some("uid-1"));
 
@@ -159,7 +201,9 @@ async fn instances_run_describe_and_terminate() {
     assert_eq!(described[0].state, "running");
     assert_eq!(described[0].private_ip, launched.private_ip);
 
-    ec2.terminate_instances(vec![launched.instance_id.clone()]).await.expect("terminate-instances");
+    ec2.terminate_instances(vec![launched.instance_id.clone()])
+        .await
+        .expect("terminate-instances");
     let after = ec2
         .describe_instances(vec![launched.instance_id.clone()], Vec::new())
         .await
@@ -170,7 +214,10 @@ async fn instances_run_describe_and_terminate() {
         after[0].state
     );
     let live = ec2
-        .describe_instances(Vec::new(), vec![filter("instance-state-name", &["pending", "running"])])
+        .describe_instances(
+            Vec::new(),
+            vec![filter("instance-state-name", &["pending", "running"])],
+        )
         .await
         .expect("describe-instances by state");
     assert!(live.iter().all(|i| i.instance_id != launched.instance_id));
@@ -184,17 +231,34 @@ async fn user_data_tags_and_tag_filters_select_one_controllers_instances() {
 
     let mut ours = Vec::new();
     for (i, pod) in ["a", "b"].into_iter().enumerate() {
-        let tags = vec![kv("cellet.io/controller", "ctrl-1"), kv("cellet.io/pod-uid", pod)];
-        ours.push(run_one(&ec2, run_request(&net, &format!("ours-{i}"), tags)).await.instance_id);
+        let tags = vec![
+            kv("cellet.io/controller", "ctrl-1"),
+            kv("cellet.io/pod-uid", pod),
+        ];
+        ours.push(
+            run_one(&ec2, run_request(&net, &format!("ours-{i}"), tags))
+                .await
+                .instance_id,
+        );
     }
     let theirs = run_one(
         &ec2,
-        run_request(&net, "theirs", vec![kv("cellet.io/controller", "ctrl-2"), kv("cellet.io/pod-uid", "c")]),
+        run_request(
+            &net,
+            "theirs",
+            vec![
+                kv("cellet.io/controller", "ctrl-2"),
+                kv("cellet.io/pod-uid", "c"),
+            ],
+        ),
     )
     .await;
 
     let mut found: Vec<String> = ec2
-        .describe_instances(Vec::new(), vec![filter("tag:cellet.io/controller", &["ctrl-1"])])
+        .describe_instances(
+            Vec::new(),
+            vec![filter("tag:cellet.io/controller", &["ctrl-1"])],
+        )
         .await
         .expect("describe by controller tag")
         .into_iter()
@@ -208,7 +272,10 @@ async fn user_data_tags_and_tag_filters_select_one_controllers_instances() {
     let one = ec2
         .describe_instances(
             Vec::new(),
-            vec![filter("tag:cellet.io/controller", &["ctrl-1"]), filter("tag:cellet.io/pod-uid", &["b"])],
+            vec![
+                filter("tag:cellet.io/controller", &["ctrl-1"]),
+                filter("tag:cellet.io/pod-uid", &["b"]),
+            ],
         )
         .await
         .expect("describe by controller and pod");
@@ -216,9 +283,12 @@ async fn user_data_tags_and_tag_filters_select_one_controllers_instances() {
     assert_eq!(tag(&one[0], "cellet.io/pod-uid"), Some("b"));
 
     // create-tags adds a tag that a filter then finds.
-    ec2.create_tags(vec![theirs.instance_id.clone()], vec![kv("cellet.io/orphan", "true")])
-        .await
-        .expect("create-tags");
+    ec2.create_tags(
+        vec![theirs.instance_id.clone()],
+        vec![kv("cellet.io/orphan", "true")],
+    )
+    .await
+    .expect("create-tags");
     let tagged = ec2
         .describe_instances(Vec::new(), vec![filter("tag:cellet.io/orphan", &["true"])])
         .await
@@ -234,15 +304,33 @@ async fn private_addresses_are_assigned_and_unassigned() {
     let ec2 = capability(&moto.endpoint, Ec2Metrics::default()).await;
     let net = network(&ec2).await;
     let instance = run_one(&ec2, run_request(&net, "ips", Vec::new())).await;
-    let eni = instance.network_interface_id.clone().expect("primary interface");
+    let eni = instance
+        .network_interface_id
+        .clone()
+        .expect("primary interface");
     assert!(instance.secondary_private_ips.is_empty(), "{instance:?}");
 
     // One chosen by EC2.
-    let assigned = ec2.assign_private_ip_addresses(eni.clone(), Vec::new(), 1).await.expect("assign by count");
-    let described = ec2.describe_instances(vec![instance.instance_id.clone()], Vec::new()).await.unwrap();
+    let assigned = ec2
+        .assign_private_ip_addresses(eni.clone(), Vec::new(), 1)
+        .await
+        .expect("assign by count");
+    let described = ec2
+        .describe_instances(vec![instance.instance_id.clone()], Vec::new())
+        .await
+        .unwrap();
     let secondary = described[0].secondary_private_ips.clone();
-    assert_eq!(secondary.len(), 1, "one secondary address after assigning one: {:?}", described[0]);
-    assert!(assigned.contains(&secondary[0]), "the call reports {:?}, the interface has {secondary:?}", assigned);
+    assert_eq!(
+        secondary.len(),
+        1,
+        "one secondary address after assigning one: {:?}",
+        described[0]
+    );
+    assert!(
+        assigned.contains(&secondary[0]),
+        "the call reports {:?}, the interface has {secondary:?}",
+        assigned
+    );
     assert_ne!(Some(&secondary[0]), instance.private_ip.as_ref());
 
     // One given by the caller, in the same subnet.
@@ -253,12 +341,20 @@ async fn private_addresses_are_assigned_and_unassigned() {
         .await
         .expect("assign a given address");
     assert!(assigned.contains(&chosen), "{assigned:?}");
-    let described = ec2.describe_instances(vec![instance.instance_id.clone()], Vec::new()).await.unwrap();
+    let described = ec2
+        .describe_instances(vec![instance.instance_id.clone()], Vec::new())
+        .await
+        .unwrap();
     assert!(described[0].secondary_private_ips.contains(&chosen));
     assert_eq!(described[0].secondary_private_ips.len(), 2);
 
-    ec2.unassign_private_ip_addresses(eni, vec![chosen.clone()]).await.expect("unassign");
-    let described = ec2.describe_instances(vec![instance.instance_id.clone()], Vec::new()).await.unwrap();
+    ec2.unassign_private_ip_addresses(eni, vec![chosen.clone()])
+        .await
+        .expect("unassign");
+    let described = ec2
+        .describe_instances(vec![instance.instance_id.clone()], Vec::new())
+        .await
+        .unwrap();
     assert_eq!(described[0].secondary_private_ips, secondary);
 }
 
@@ -283,19 +379,35 @@ async fn routes_are_created_replaced_and_deleted() {
         .describe_route_tables(Vec::new(), vec![filter("vpc-id", &[&net.vpc_id])])
         .await
         .expect("describe-route-tables");
-    let table = tables.first().expect("the default VPC has a main route table").route_table_id.clone();
+    let table = tables
+        .first()
+        .expect("the default VPC has a main route table")
+        .route_table_id
+        .clone();
     let route_to = |tables: &[RouteTable], destination: &str| {
         tables
             .iter()
             .find(|t| t.route_table_id == table)
-            .and_then(|t| t.routes.iter().find(|r| r.destination_cidr == destination).cloned())
+            .and_then(|t| {
+                t.routes
+                    .iter()
+                    .find(|r| r.destination_cidr == destination)
+                    .cloned()
+            })
     };
     let destination = "10.244.1.0/24".to_string();
 
-    ec2.create_route(table.clone(), destination.clone(), Ec2Target::InstanceId(first.instance_id.clone()))
+    ec2.create_route(
+        table.clone(),
+        destination.clone(),
+        Ec2Target::InstanceId(first.instance_id.clone()),
+    )
+    .await
+    .expect("create-route");
+    let tables = ec2
+        .describe_route_tables(vec![table.clone()], Vec::new())
         .await
-        .expect("create-route");
-    let tables = ec2.describe_route_tables(vec![table.clone()], Vec::new()).await.unwrap();
+        .unwrap();
     let route = route_to(&tables, &destination).expect("the new route");
     assert!(
         matches!(&route.target, Some(Ec2Target::InstanceId(id)) if *id == first.instance_id),
@@ -304,23 +416,39 @@ async fn routes_are_created_replaced_and_deleted() {
 
     // Creating it again is EC2's error, verbatim.
     let (code, _) = error_code(
-        ec2.create_route(table.clone(), destination.clone(), Ec2Target::InstanceId(second.instance_id.clone()))
-            .await,
+        ec2.create_route(
+            table.clone(),
+            destination.clone(),
+            Ec2Target::InstanceId(second.instance_id.clone()),
+        )
+        .await,
     );
     assert_eq!(code, "RouteAlreadyExists");
 
-    ec2.replace_route(table.clone(), destination.clone(), Ec2Target::InstanceId(second.instance_id.clone()))
+    ec2.replace_route(
+        table.clone(),
+        destination.clone(),
+        Ec2Target::InstanceId(second.instance_id.clone()),
+    )
+    .await
+    .expect("replace-route");
+    let tables = ec2
+        .describe_route_tables(vec![table.clone()], Vec::new())
         .await
-        .expect("replace-route");
-    let tables = ec2.describe_route_tables(vec![table.clone()], Vec::new()).await.unwrap();
+        .unwrap();
     let route = route_to(&tables, &destination).expect("the replaced route");
     assert!(
         matches!(&route.target, Some(Ec2Target::InstanceId(id)) if *id == second.instance_id),
         "{route:?}"
     );
 
-    ec2.delete_route(table.clone(), destination.clone()).await.expect("delete-route");
-    let tables = ec2.describe_route_tables(vec![table.clone()], Vec::new()).await.unwrap();
+    ec2.delete_route(table.clone(), destination.clone())
+        .await
+        .expect("delete-route");
+    let tables = ec2
+        .describe_route_tables(vec![table.clone()], Vec::new())
+        .await
+        .unwrap();
     assert!(route_to(&tables, &destination).is_none());
     let (code, _) = error_code(ec2.delete_route(table, destination).await);
     assert_eq!(code, "InvalidRoute.NotFound");
@@ -345,7 +473,10 @@ async fn instance_types_subnets_and_images_are_described() {
     let moto = Moto::start();
     let ec2 = capability(&moto.endpoint, Ec2Metrics::default()).await;
 
-    let types = ec2.describe_instance_types(vec!["t3.medium".into()]).await.expect("describe-instance-types");
+    let types = ec2
+        .describe_instance_types(vec!["t3.medium".into()])
+        .await
+        .expect("describe-instance-types");
     assert_eq!(types.len(), 1);
     assert_eq!(types[0].instance_type, "t3.medium");
     assert_eq!(types[0].vcpus, 2);
@@ -354,18 +485,34 @@ async fn instance_types_subnets_and_images_are_described() {
     assert!(types[0].ipv4_addresses_per_interface >= 2, "{:?}", types[0]);
 
     // Without ids the call pages through EC2's whole catalogue, capped.
-    let all = ec2.describe_instance_types(Vec::new()).await.expect("every instance type");
-    assert!(all.len() > 100 && all.len() <= 1000, "{} instance types", all.len());
+    let all = ec2
+        .describe_instance_types(Vec::new())
+        .await
+        .expect("every instance type");
+    assert!(
+        all.len() > 100 && all.len() <= 1000,
+        "{} instance types",
+        all.len()
+    );
 
-    let subnets = ec2.describe_subnets(Vec::new(), Vec::new()).await.expect("describe-subnets");
+    let subnets = ec2
+        .describe_subnets(Vec::new(), Vec::new())
+        .await
+        .expect("describe-subnets");
     let subnet = subnets.first().expect("moto's default subnets");
     assert!(subnet.cidr_block.contains('/'), "{subnet:?}");
     assert!(subnet.available_ip_address_count > 0, "{subnet:?}");
     assert!(!subnet.availability_zone.is_empty());
 
-    let images = ec2.describe_images(Vec::new(), Vec::new(), Vec::new()).await.expect("describe-images");
+    let images = ec2
+        .describe_images(Vec::new(), Vec::new(), Vec::new())
+        .await
+        .expect("describe-images");
     let image = images.first().expect("moto's stock images");
-    let by_id = ec2.describe_images(vec![image.image_id.clone()], Vec::new(), Vec::new()).await.unwrap();
+    let by_id = ec2
+        .describe_images(vec![image.image_id.clone()], Vec::new(), Vec::new())
+        .await
+        .unwrap();
     assert_eq!(by_id.len(), 1);
     assert_eq!(by_id[0].state, "available");
     assert!(!by_id[0].architecture.is_empty());
@@ -394,14 +541,20 @@ async fn requests_over_the_bounds_are_refused_before_ec2() {
     metrics.register(&mut registry);
     let ec2 = capability(&endpoint, metrics).await;
 
-    let ids: Vec<String> = (0..=MAX_LIST_ITEMS).map(|i| format!("i-{i:017x}")).collect();
+    let ids: Vec<String> = (0..=MAX_LIST_ITEMS)
+        .map(|i| format!("i-{i:017x}"))
+        .collect();
     let (code, message) = error_code(ec2.describe_instances(ids.clone(), Vec::new()).await);
     assert_eq!(code, "CelletRequestTooLarge");
     assert!(message.contains("instance-ids"), "{message}");
     let (code, _) = error_code(ec2.terminate_instances(ids).await);
     assert_eq!(code, "CelletRequestTooLarge");
 
-    let net = Network { subnet_id: "subnet-1".into(), vpc_id: "vpc-1".into(), image_id: "ami-1".into() };
+    let net = Network {
+        subnet_id: "subnet-1".into(),
+        vpc_id: "vpc-1".into(),
+        image_id: "ami-1".into(),
+    };
     let mut request = run_request(&net, "big", Vec::new());
     request.user_data = Some("x".repeat(MAX_USER_DATA_BYTES + 1));
     let (code, message) = error_code(ec2.run_instances(request).await);
@@ -409,16 +562,24 @@ async fn requests_over_the_bounds_are_refused_before_ec2() {
     assert!(message.contains("user-data"), "{message}");
 
     let values: Vec<&str> = vec!["v"; MAX_LIST_ITEMS + 1];
-    let (code, message) =
-        error_code(ec2.describe_subnets(Vec::new(), vec![filter("tag:x", &values)]).await);
+    let (code, message) = error_code(
+        ec2.describe_subnets(Vec::new(), vec![filter("tag:x", &values)])
+            .await,
+    );
     assert_eq!(code, "CelletRequestTooLarge");
     assert!(message.contains("filters[0].values"), "{message}");
 
-    assert_eq!(accepted.load(Ordering::SeqCst), 0, "a refused request reached the endpoint");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        0,
+        "a refused request reached the endpoint"
+    );
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
     assert!(
-        text.contains(r#"cellet_ec2_calls_total{operation="describe-instances",outcome="too-large"} 1"#),
+        text.contains(
+            r#"cellet_ec2_calls_total{operation="describe-instances",outcome="too-large"} 1"#
+        ),
         "{text}"
     );
 }
@@ -426,7 +587,11 @@ async fn requests_over_the_bounds_are_refused_before_ec2() {
 #[tokio::test]
 async fn an_unreachable_endpoint_is_unavailable() {
     // Bind then drop: the port is closed, so every connection is refused at once.
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let metrics = Ec2Metrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
@@ -439,7 +604,9 @@ async fn an_unreachable_endpoint_is_unavailable() {
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
     assert!(
-        text.contains(r#"cellet_ec2_calls_total{operation="describe-instances",outcome="unavailable"} 1"#),
+        text.contains(
+            r#"cellet_ec2_calls_total{operation="describe-instances",outcome="unavailable"} 1"#
+        ),
         "{text}"
     );
 }
@@ -454,17 +621,26 @@ async fn successful_calls_are_counted_by_operation() {
 
     ec2.describe_subnets(Vec::new(), Vec::new()).await.unwrap();
     ec2.describe_subnets(Vec::new(), Vec::new()).await.unwrap();
-    let _ = ec2.terminate_instances(vec!["i-0123456789abcdef0".into()]).await;
+    let _ = ec2
+        .terminate_instances(vec!["i-0123456789abcdef0".into()])
+        .await;
 
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-    assert!(text.contains(r#"cellet_ec2_calls_total{operation="describe-subnets",outcome="ok"} 2"#), "{text}");
     assert!(
-        text.contains(r#"cellet_ec2_calls_total{operation="terminate-instances",outcome="ec2-error"} 1"#),
+        text.contains(r#"cellet_ec2_calls_total{operation="describe-subnets",outcome="ok"} 2"#),
         "{text}"
     );
     assert!(
-        text.contains(r#"cellet_ec2_call_duration_seconds_count{operation="describe-subnets",outcome="ok"} 2"#),
+        text.contains(
+            r#"cellet_ec2_calls_total{operation="terminate-instances",outcome="ec2-error"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"cellet_ec2_call_duration_seconds_count{operation="describe-subnets",outcome="ok"} 2"#
+        ),
         "{text}"
     );
 }
@@ -479,9 +655,12 @@ const AWS_EC2: &str = "cellet_plugin_aws_ec2.wasm";
 /// The component built by `scripts/build-plugins`; a missing one fails the test with
 /// the command that builds it.
 fn component_bytes() -> Vec<u8> {
-    let dir = std::env::var_os("CELLET_PLUGIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release-plugins")
-    });
+    let dir = std::env::var_os("CELLET_PLUGIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/wasm32-wasip2/release-plugins")
+        });
     let path = dir.join(AWS_EC2);
     std::fs::read(&path).unwrap_or_else(|e| {
         panic!(
@@ -515,13 +694,22 @@ async fn load(moto: &Moto, controller_id: &str, config: serde_json::Value) -> Lo
         grants: vec![Capability::Log, Capability::Ec2],
         config,
     };
-    let providers = Providers { ec2: Some(capability(&moto.endpoint, Ec2Metrics::default()).await), ..Providers::default() };
+    let providers = Providers {
+        ec2: Some(capability(&moto.endpoint, Ec2Metrics::default()).await),
+        ..Providers::default()
+    };
     let loaded = runtime
         .load_with(&spec, &component_bytes(), providers)
         .await
         .expect("load the aws-ec2 component with ec2 granted");
-    let PluginHandle::Cloud(plugin) = loaded.handle else { panic!("aws-ec2 loaded into another slot") };
-    Loaded { plugin, _runtime: runtime, _cache: cache }
+    let PluginHandle::Cloud(plugin) = loaded.handle else {
+        panic!("aws-ec2 loaded into another slot")
+    };
+    Loaded {
+        plugin,
+        _runtime: runtime,
+        _cache: cache,
+    }
 }
 
 /// The plugin's config for moto's default VPC.
@@ -532,7 +720,11 @@ async fn config(moto: &Moto) -> (serde_json::Value, Network, String) {
         .describe_route_tables(Vec::new(), vec![filter("vpc-id", &[&net.vpc_id])])
         .await
         .expect("describe-route-tables");
-    let table = tables.first().expect("the default VPC's main route table").route_table_id.clone();
+    let table = tables
+        .first()
+        .expect("the default VPC's main route table")
+        .route_table_id
+        .clone();
     let config = json!({
         "subnet-id": net.subnet_id,
         "image-id": net.image_id,
@@ -565,7 +757,10 @@ fn cell_request(uid: &str, name: &str, needs_pod_ip: bool) -> CellRequest {
         },
         needs_pod_ip,
         user_data: "{\"agent\":\"bootstrap\"}".into(),
-        tags: vec![KeyValue { key: "team".into(), value: "payments".into() }],
+        tags: vec![KeyValue {
+            key: "team".into(),
+            value: "payments".into(),
+        }],
     }
 }
 
@@ -577,16 +772,23 @@ fn plugin_error<T: std::fmt::Debug>(result: Result<T, CallError>) -> PluginError
 }
 
 fn instance_route(destination: &str, instance: &str) -> CloudRoute {
-    CloudRoute { destination: destination.into(), target: RouteTarget::Instance(instance.into()) }
+    CloudRoute {
+        destination: destination.into(),
+        target: RouteTarget::Instance(instance.into()),
+    }
 }
 
 fn routed_to(routes: &[CloudRoute], destination: &str) -> Option<String> {
-    routes.iter().find(|r| r.destination == destination).map(|r| match &r.target {
-        RouteTarget::Instance(id) => id.clone(),
-        RouteTarget::Address(address) => panic!("aws-ec2 reports instance routes only, got {address}"),
-    })
+    routes
+        .iter()
+        .find(|r| r.destination == destination)
+        .map(|r| match &r.target {
+            RouteTarget::Instance(id) => id.clone(),
+            RouteTarget::Address(address) => {
+                panic!("aws-ec2 reports instance routes only, got {address}")
+            }
+        })
 }
-
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_aws_ec2_plugin_creates_one_cell_per_pod_uid() {
@@ -595,41 +797,81 @@ async fn the_aws_ec2_plugin_creates_one_cell_per_pod_uid() {
     let aws = load(&moto, "ctrl-a", config).await;
 
     let capacity = aws.plugin.node_capacity().await.expect("node-capacity");
-    assert_eq!((capacity.cpu_millis, capacity.memory_bytes, capacity.pods), (64_000, 256 << 30, 32));
+    assert_eq!(
+        (capacity.cpu_millis, capacity.memory_bytes, capacity.pods),
+        (64_000, 256 << 30, 32)
+    );
 
     let request = cell_request("0b6c0d5e-0000-4000-8000-000000000001", "web-0", true);
     let first = aws.plugin.create_cell(&request).await.expect("create-cell");
     assert!(first.id.starts_with("i-"), "{first:?}");
     assert_eq!(first.pod_uid, request.pod.uid);
-    assert_eq!((first.pod_namespace.as_str(), first.pod_name.as_str()), ("shop", "web-0"));
+    assert_eq!(
+        (first.pod_namespace.as_str(), first.pod_name.as_str()),
+        ("shop", "web-0")
+    );
     assert_eq!(first.instance_type, "t3.medium");
-    assert!(matches!(first.state, CellState::Pending | CellState::Running), "{first:?}");
+    assert!(
+        matches!(first.state, CellState::Pending | CellState::Running),
+        "{first:?}"
+    );
     let management = first.management_ip.clone().expect("a management address");
-    let pod_ip = first.pod_ip.clone().expect("a pod address, since the pod needs one");
+    let pod_ip = first
+        .pod_ip
+        .clone()
+        .expect("a pod address, since the pod needs one");
     assert_ne!(management, pod_ip);
     assert_eq!(first.subnet_prefix, 20, "moto's default subnets are /20");
-    assert!(first.tags.iter().any(|t| t.key == "team" && t.value == "payments"), "host tags kept");
+    assert!(
+        first
+            .tags
+            .iter()
+            .any(|t| t.key == "team" && t.value == "payments"),
+        "host tags kept"
+    );
 
     // The same pod UID again: the same cell, no second instance.
-    let second = aws.plugin.create_cell(&request).await.expect("create-cell again");
+    let second = aws
+        .plugin
+        .create_cell(&request)
+        .await
+        .expect("create-cell again");
     assert_eq!(second.id, first.id);
     assert_eq!(second.pod_ip, first.pod_ip);
     let ec2 = capability(&moto.endpoint, Ec2Metrics::default()).await;
     let tagged = ec2
-        .describe_instances(Vec::new(), vec![filter("tag:cellet.io/pod-uid", &[&request.pod.uid])])
+        .describe_instances(
+            Vec::new(),
+            vec![filter("tag:cellet.io/pod-uid", &[&request.pod.uid])],
+        )
         .await
         .unwrap();
     assert_eq!(tagged.len(), 1, "one instance for one pod UID: {tagged:?}");
     assert_eq!(tagged[0].subnet_id.as_deref(), Some(net.subnet_id.as_str()));
     assert_eq!(tag(&tagged[0], "cellet.io/controller"), Some("ctrl-a"));
 
-    let got = aws.plugin.get_cell(&request.pod.uid).await.expect("get-cell").expect("the cell");
+    let got = aws
+        .plugin
+        .get_cell(&request.pod.uid)
+        .await
+        .expect("get-cell")
+        .expect("the cell");
     assert_eq!(got.id, first.id);
-    assert!(aws.plugin.get_cell("no-such-pod").await.expect("get-cell of another pod").is_none());
+    assert!(
+        aws.plugin
+            .get_cell("no-such-pod")
+            .await
+            .expect("get-cell of another pod")
+            .is_none()
+    );
 
     // A hostNetwork pod gets no pod address.
     let host_network = cell_request("0b6c0d5e-0000-4000-8000-000000000002", "agent", false);
-    let cell = aws.plugin.create_cell(&host_network).await.expect("create-cell for hostNetwork");
+    let cell = aws
+        .plugin
+        .create_cell(&host_network)
+        .await
+        .expect("create-cell for hostNetwork");
     assert_eq!(cell.pod_ip, None);
     assert_ne!(cell.id, first.id);
 }
@@ -641,29 +883,71 @@ async fn list_cells_shows_only_this_controllers_cells_and_delete_cell_is_idempot
     let ours = load(&moto, "ctrl-a", config.clone()).await;
     let theirs = load(&moto, "ctrl-b", config).await;
 
-    let a1 = ours.plugin.create_cell(&cell_request("uid-a1", "a1", true)).await.unwrap();
-    let a2 = ours.plugin.create_cell(&cell_request("uid-a2", "a2", true)).await.unwrap();
-    let b1 = theirs.plugin.create_cell(&cell_request("uid-b1", "b1", true)).await.unwrap();
+    let a1 = ours
+        .plugin
+        .create_cell(&cell_request("uid-a1", "a1", true))
+        .await
+        .unwrap();
+    let a2 = ours
+        .plugin
+        .create_cell(&cell_request("uid-a2", "a2", true))
+        .await
+        .unwrap();
+    let b1 = theirs
+        .plugin
+        .create_cell(&cell_request("uid-b1", "b1", true))
+        .await
+        .unwrap();
 
-    let mut listed: Vec<String> = ours.plugin.list_cells().await.unwrap().into_iter().map(|c| c.id).collect();
+    let mut listed: Vec<String> = ours
+        .plugin
+        .list_cells()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
     listed.sort();
     let mut expected = vec![a1.id.clone(), a2.id.clone()];
     expected.sort();
     assert_eq!(listed, expected);
-    let theirs_listed: Vec<String> = theirs.plugin.list_cells().await.unwrap().into_iter().map(|c| c.id).collect();
+    let theirs_listed: Vec<String> = theirs
+        .plugin
+        .list_cells()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
     assert_eq!(theirs_listed, vec![b1.id.clone()]);
-    assert!(ours.plugin.get_cell("uid-b1").await.unwrap().is_none(), "another controller's pod");
+    assert!(
+        ours.plugin.get_cell("uid-b1").await.unwrap().is_none(),
+        "another controller's pod"
+    );
 
     // Another controller's cell is never terminated.
     let refused = plugin_error(ours.plugin.delete_cell(&b1.id).await);
-    assert!(matches!(refused, PluginError::InvalidInput(_)), "{refused:?}");
+    assert!(
+        matches!(refused, PluginError::InvalidInput(_)),
+        "{refused:?}"
+    );
     let ec2 = capability(&moto.endpoint, Ec2Metrics::default()).await;
-    let b1_now = ec2.describe_instances(vec![b1.id.clone()], Vec::new()).await.unwrap();
+    let b1_now = ec2
+        .describe_instances(vec![b1.id.clone()], Vec::new())
+        .await
+        .unwrap();
     assert_eq!(b1_now[0].state, "running");
 
     ours.plugin.delete_cell(&a1.id).await.expect("delete-cell");
-    let a1_now = ec2.describe_instances(vec![a1.id.clone()], Vec::new()).await.unwrap();
-    assert!(matches!(a1_now[0].state.as_str(), "shutting-down" | "terminated"), "{:?}", a1_now[0]);
+    let a1_now = ec2
+        .describe_instances(vec![a1.id.clone()], Vec::new())
+        .await
+        .unwrap();
+    assert!(
+        matches!(a1_now[0].state.as_str(), "shutting-down" | "terminated"),
+        "{:?}",
+        a1_now[0]
+    );
     let listed: Vec<String> = ours
         .plugin
         .list_cells()
@@ -677,8 +961,14 @@ async fn list_cells_shows_only_this_controllers_cells_and_delete_cell_is_idempot
     assert_eq!(listed, vec![a2.id.clone()]);
 
     // Deleting again, and deleting an instance EC2 never had, both succeed.
-    ours.plugin.delete_cell(&a1.id).await.expect("delete-cell of a terminated cell");
-    ours.plugin.delete_cell("i-0123456789abcdef0").await.expect("delete-cell of an unknown instance");
+    ours.plugin
+        .delete_cell(&a1.id)
+        .await
+        .expect("delete-cell of a terminated cell");
+    ours.plugin
+        .delete_cell("i-0123456789abcdef0")
+        .await
+        .expect("delete-cell of an unknown instance");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -686,22 +976,52 @@ async fn routes_are_ensured_replaced_and_removed_in_the_configured_table() {
     let moto = Moto::start();
     let (config, _, table) = config(&moto).await;
     let aws = load(&moto, "ctrl-a", config).await;
-    let first = aws.plugin.create_cell(&cell_request("uid-r1", "r1", true)).await.unwrap();
-    let second = aws.plugin.create_cell(&cell_request("uid-r2", "r2", true)).await.unwrap();
+    let first = aws
+        .plugin
+        .create_cell(&cell_request("uid-r1", "r1", true))
+        .await
+        .unwrap();
+    let second = aws
+        .plugin
+        .create_cell(&cell_request("uid-r2", "r2", true))
+        .await
+        .unwrap();
     let destination = "10.244.1.0/24";
 
-    assert_eq!(routed_to(&aws.plugin.list_routes().await.unwrap(), destination), None);
-    aws.plugin.ensure_route(&instance_route(destination, &first.id)).await.expect("ensure-route");
+    assert_eq!(
+        routed_to(&aws.plugin.list_routes().await.unwrap(), destination),
+        None
+    );
+    aws.plugin
+        .ensure_route(&instance_route(destination, &first.id))
+        .await
+        .expect("ensure-route");
     let routes = aws.plugin.list_routes().await.unwrap();
     assert_eq!(routed_to(&routes, destination), Some(first.id.clone()));
-    assert!(routes.iter().all(|r| r.destination != "172.31.0.0/16"), "the VPC's local route is not reported");
+    assert!(
+        routes.iter().all(|r| r.destination != "172.31.0.0/16"),
+        "the VPC's local route is not reported"
+    );
 
     // Ensuring it again changes nothing; ensuring another target replaces it.
-    aws.plugin.ensure_route(&instance_route(destination, &first.id)).await.expect("ensure again");
-    aws.plugin.ensure_route(&instance_route(destination, &second.id)).await.expect("replace");
+    aws.plugin
+        .ensure_route(&instance_route(destination, &first.id))
+        .await
+        .expect("ensure again");
+    aws.plugin
+        .ensure_route(&instance_route(destination, &second.id))
+        .await
+        .expect("replace");
     let ec2 = capability(&moto.endpoint, Ec2Metrics::default()).await;
-    let tables = ec2.describe_route_tables(vec![table.clone()], Vec::new()).await.unwrap();
-    let in_table: Vec<_> = tables[0].routes.iter().filter(|r| r.destination_cidr == destination).collect();
+    let tables = ec2
+        .describe_route_tables(vec![table.clone()], Vec::new())
+        .await
+        .unwrap();
+    let in_table: Vec<_> = tables[0]
+        .routes
+        .iter()
+        .filter(|r| r.destination_cidr == destination)
+        .collect();
     assert_eq!(in_table.len(), 1, "{in_table:?}");
     assert!(matches!(&in_table[0].target, Some(Ec2Target::InstanceId(id)) if *id == second.id));
 
@@ -710,13 +1030,25 @@ async fn routes_are_ensured_replaced_and_removed_in_the_configured_table() {
         destination: destination.into(),
         target: RouteTarget::Address(first.management_ip.clone().unwrap()),
     };
-    aws.plugin.ensure_route(&address).await.expect("ensure-route to an address");
+    aws.plugin
+        .ensure_route(&address)
+        .await
+        .expect("ensure-route to an address");
     let routes = aws.plugin.list_routes().await.unwrap();
     assert_eq!(routed_to(&routes, destination), Some(first.id.clone()));
 
-    aws.plugin.remove_route(destination).await.expect("remove-route");
-    assert_eq!(routed_to(&aws.plugin.list_routes().await.unwrap(), destination), None);
-    aws.plugin.remove_route(destination).await.expect("removing a missing route succeeds");
+    aws.plugin
+        .remove_route(destination)
+        .await
+        .expect("remove-route");
+    assert_eq!(
+        routed_to(&aws.plugin.list_routes().await.unwrap(), destination),
+        None
+    );
+    aws.plugin
+        .remove_route(destination)
+        .await
+        .expect("removing a missing route succeeds");
 
     // The VPC's own route is never removed.
     let vpc_cidr = tables[0]
@@ -727,7 +1059,18 @@ async fn routes_are_ensured_replaced_and_removed_in_the_configured_table() {
         .destination_cidr
         .clone();
     let refused = plugin_error(aws.plugin.remove_route(&vpc_cidr).await);
-    assert!(matches!(refused, PluginError::InvalidInput(_)), "{refused:?}");
-    let tables = ec2.describe_route_tables(vec![table], Vec::new()).await.unwrap();
-    assert!(tables[0].routes.iter().any(|r| r.destination_cidr == vpc_cidr));
+    assert!(
+        matches!(refused, PluginError::InvalidInput(_)),
+        "{refused:?}"
+    );
+    let tables = ec2
+        .describe_route_tables(vec![table], Vec::new())
+        .await
+        .unwrap();
+    assert!(
+        tables[0]
+            .routes
+            .iter()
+            .any(|r| r.destination_cidr == vpc_cidr)
+    );
 }

@@ -21,7 +21,15 @@ use cellet::net::hostport::{
     RejectReason,
 };
 
-const TOOLS: [&str; 7] = ["ip", "nft", "iptables-restore", "ip6tables-restore", "conntrack", "sysctl", "socat"];
+const TOOLS: [&str; 7] = [
+    "ip",
+    "nft",
+    "iptables-restore",
+    "ip6tables-restore",
+    "conntrack",
+    "sysctl",
+    "socat",
+];
 
 fn require_tools() {
     for tool in TOOLS {
@@ -30,7 +38,10 @@ fn require_tools() {
             .stdout(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
-        assert!(found, "`{tool}` is missing: run scripts/install-deps (needs root)");
+        assert!(
+            found,
+            "`{tool}` is missing: run scripts/install-deps (needs root)"
+        );
     }
 }
 
@@ -88,7 +99,9 @@ impl Netns {
     fn owned_listing(&self, backend: Backend) -> String {
         match backend {
             Backend::Nftables => self.run(&["nft", "list", "table", "inet", NFT_TABLE]),
-            Backend::Iptables => self.foreign_and_owned_iptables(|line| line.contains("CELLET-HOSTPORT")),
+            Backend::Iptables => {
+                self.foreign_and_owned_iptables(|line| line.contains("CELLET-HOSTPORT"))
+            }
         }
     }
 
@@ -130,8 +143,23 @@ impl Drop for Netns {
     }
 }
 
-fn rule(uid: &str, pod_ip: &str, protocol: Protocol, host_ip: Option<&str>, host_port: u16, container_port: u16) -> HostPortRule {
-    HostPortRule::try_new(uid, pod_ip.parse().unwrap(), protocol, host_ip, host_port, container_port).unwrap()
+fn rule(
+    uid: &str,
+    pod_ip: &str,
+    protocol: Protocol,
+    host_ip: Option<&str>,
+    host_port: u16,
+    container_port: u16,
+) -> HostPortRule {
+    HostPortRule::try_new(
+        uid,
+        pod_ip.parse().unwrap(),
+        protocol,
+        host_ip,
+        host_port,
+        container_port,
+    )
+    .unwrap()
 }
 
 /// Two pods, every protocol, both families, with and without hostIP.
@@ -142,9 +170,30 @@ fn two_pods() -> (Vec<HostPortRule>, Vec<HostPortRule>) {
         rule("pod-a", "fd00:200:1::2", Protocol::Tcp, None, 8080, 80),
     ];
     let b = vec![
-        rule("pod-b", "10.200.1.3", Protocol::Sctp, Some("10.200.0.1"), 9000, 9),
-        rule("pod-b", "10.200.1.3", Protocol::Tcp, Some("10.200.0.1"), 8443, 443),
-        rule("pod-b", "fd00:200:1::3", Protocol::Udp, Some("fd00:200:0::1"), 5353, 53),
+        rule(
+            "pod-b",
+            "10.200.1.3",
+            Protocol::Sctp,
+            Some("10.200.0.1"),
+            9000,
+            9,
+        ),
+        rule(
+            "pod-b",
+            "10.200.1.3",
+            Protocol::Tcp,
+            Some("10.200.0.1"),
+            8443,
+            443,
+        ),
+        rule(
+            "pod-b",
+            "fd00:200:1::3",
+            Protocol::Udp,
+            Some("fd00:200:0::1"),
+            5353,
+            53,
+        ),
     ];
     (a, b)
 }
@@ -164,20 +213,42 @@ async fn applied_listed_back_and_reapplied_identically(backend: Backend) {
     let report = rules.reconcile(&all).await.unwrap();
     assert_eq!(report.installed, all);
     assert_eq!(report.added, all);
-    assert!(report.removed.is_empty() && report.rejected.is_empty(), "{report:?}");
-    assert_eq!(rules.installed().await.unwrap(), all, "the kernel gives back what was applied");
+    assert!(
+        report.removed.is_empty() && report.rejected.is_empty(),
+        "{report:?}"
+    );
+    assert_eq!(
+        rules.installed().await.unwrap(),
+        all,
+        "the kernel gives back what was applied"
+    );
 
     let listing = ns.owned_listing(backend);
     let sctp = match backend {
         Backend::Nftables => "10.200.0.1 . sctp . 9000 comment \"pod-b\" : 10.200.1.3 . 9",
-        Backend::Iptables => "-A CELLET-HOSTPORT-DNAT -d 10.200.0.1/32 -p sctp -m sctp --dport 9000 -m comment --comment pod-b -j DNAT --to-destination 10.200.1.3:9",
+        Backend::Iptables => {
+            "-A CELLET-HOSTPORT-DNAT -d 10.200.0.1/32 -p sctp -m sctp --dport 9000 -m comment --comment pod-b -j DNAT --to-destination 10.200.1.3:9"
+        }
     };
-    assert!(listing.contains(sctp), "SCTP mapping missing from:\n{listing}");
+    assert!(
+        listing.contains(sctp),
+        "SCTP mapping missing from:\n{listing}"
+    );
 
     let again = rules.reconcile(&all).await.unwrap();
-    assert!(again.added.is_empty() && again.removed.is_empty(), "{again:?}");
-    assert_eq!(again.conntrack_flushed, 0, "nothing changed, nothing to flush");
-    assert_eq!(ns.owned_listing(backend), listing, "re-applying changes nothing");
+    assert!(
+        again.added.is_empty() && again.removed.is_empty(),
+        "{again:?}"
+    );
+    assert_eq!(
+        again.conntrack_flushed, 0,
+        "nothing changed, nothing to flush"
+    );
+    assert_eq!(
+        ns.owned_listing(backend),
+        listing,
+        "re-applying changes nothing"
+    );
 }
 
 #[tokio::test]
@@ -196,7 +267,10 @@ async fn iptables_rules_are_applied_listed_back_and_reapplied_identically() {
     }
     let nat = ns.run(&["iptables", "-t", "nat", "-S"]);
     for from in ["PREROUTING", "OUTPUT"] {
-        let jumps = nat.lines().filter(|l| l.starts_with(&format!("-A {from} ")) && l.ends_with(DNAT_CHAIN)).count();
+        let jumps = nat
+            .lines()
+            .filter(|l| l.starts_with(&format!("-A {from} ")) && l.ends_with(DNAT_CHAIN))
+            .count();
         assert_eq!(jumps, 1, "{from}:\n{nat}");
     }
 }
@@ -206,9 +280,16 @@ async fn deleting_one_pod_removes_exactly_its_rules(backend: Backend) {
     let ns = Netns::new("delete");
     let (a, b) = two_pods();
     let rules = ns.rules(backend);
-    rules.reconcile(&[a.clone(), b.clone()].concat()).await.unwrap();
+    rules
+        .reconcile(&[a.clone(), b.clone()].concat())
+        .await
+        .unwrap();
     let b_lines = |listing: &str| -> Vec<String> {
-        listing.lines().filter(|l| l.contains("pod-b")).map(str::to_owned).collect()
+        listing
+            .lines()
+            .filter(|l| l.contains("pod-b"))
+            .map(str::to_owned)
+            .collect()
     };
     let before = ns.owned_listing(backend);
 
@@ -219,7 +300,11 @@ async fn deleting_one_pod_removes_exactly_its_rules(backend: Backend) {
     let after = ns.owned_listing(backend);
     assert!(!after.contains("pod-a"), "pod-a's rules remain:\n{after}");
     assert!(!b_lines(&after).is_empty());
-    assert_eq!(b_lines(&after), b_lines(&before), "pod-b's rules were touched");
+    assert_eq!(
+        b_lines(&after),
+        b_lines(&before),
+        "pod-b's rules were touched"
+    );
 }
 
 #[tokio::test]
@@ -242,15 +327,44 @@ async fn foreign_rules_survive(backend: Backend) {
     std::fs::remove_file(&path).unwrap();
     for args in [
         &["iptables", "-t", "nat", "-N", "FOREIGN"][..],
-        &["iptables", "-t", "nat", "-A", "FOREIGN", "-p", "tcp", "--dport", "2", "-j", "DNAT", "--to-destination", "10.200.1.9:2"],
+        &[
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "FOREIGN",
+            "-p",
+            "tcp",
+            "--dport",
+            "2",
+            "-j",
+            "DNAT",
+            "--to-destination",
+            "10.200.1.9:2",
+        ],
         &["iptables", "-t", "nat", "-A", "PREROUTING", "-j", "FOREIGN"],
-        &["iptables", "-t", "raw", "-A", "PREROUTING", "-p", "udp", "--dport", "3", "-j", "NOTRACK"],
+        &[
+            "iptables",
+            "-t",
+            "raw",
+            "-A",
+            "PREROUTING",
+            "-p",
+            "udp",
+            "--dport",
+            "3",
+            "-j",
+            "NOTRACK",
+        ],
         &["ip6tables", "-t", "nat", "-N", "FOREIGN6"],
     ] {
         ns.run(args);
     }
     let foreign = ns.foreign_listing();
-    assert!(foreign.contains("tcp dport 1 dnat to 10.200.1.9:1") && foreign.contains("-A FOREIGN "), "{foreign}");
+    assert!(
+        foreign.contains("tcp dport 1 dnat to 10.200.1.9:1") && foreign.contains("-A FOREIGN "),
+        "{foreign}"
+    );
 
     let rules = ns.rules(backend);
     let (a, b) = two_pods();
@@ -274,16 +388,41 @@ async fn restart_reconcile_removes_orphans(backend: Backend) {
     require_tools();
     let ns = Netns::new("orphans");
     let (a, b) = two_pods();
-    ns.rules(backend).reconcile(&[a.clone(), b.clone()].concat()).await.unwrap();
+    ns.rules(backend)
+        .reconcile(&[a.clone(), b.clone()].concat())
+        .await
+        .unwrap();
     // A rule a crashed run left behind, written by hand.
     match backend {
         Backend::Nftables => ns.run(&[
-            "nft", "add", "element", "inet", NFT_TABLE, "any4",
+            "nft",
+            "add",
+            "element",
+            "inet",
+            NFT_TABLE,
+            "any4",
             "{ tcp . 7070 comment \"ghost\" : 10.200.1.7 . 70 }",
         ]),
         Backend::Iptables => ns.run(&[
-            "iptables", "-t", "nat", "-A", DNAT_CHAIN, "-p", "tcp", "-m", "tcp", "--dport", "7070",
-            "-m", "comment", "--comment", "ghost", "-j", "DNAT", "--to-destination", "10.200.1.7:70",
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            DNAT_CHAIN,
+            "-p",
+            "tcp",
+            "-m",
+            "tcp",
+            "--dport",
+            "7070",
+            "-m",
+            "comment",
+            "--comment",
+            "ghost",
+            "-j",
+            "DNAT",
+            "--to-destination",
+            "10.200.1.7:70",
         ]),
     };
     let ghost = rule("ghost", "10.200.1.7", Protocol::Tcp, None, 7070, 70);
@@ -312,14 +451,32 @@ async fn conflict_keeps_the_installed_mapping(backend: Backend) {
     let ns = Netns::new("conflict");
     let rules = ns.rules(backend);
     let holder = rule("zzz-holder", "10.200.1.2", Protocol::Tcp, None, 8080, 80);
-    let newcomer = rule("aaa-newcomer", "10.200.1.3", Protocol::Tcp, Some("10.200.0.1"), 8080, 80);
-    rules.reconcile(std::slice::from_ref(&holder)).await.unwrap();
+    let newcomer = rule(
+        "aaa-newcomer",
+        "10.200.1.3",
+        Protocol::Tcp,
+        Some("10.200.0.1"),
+        8080,
+        80,
+    );
+    rules
+        .reconcile(std::slice::from_ref(&holder))
+        .await
+        .unwrap();
 
-    let report = rules.reconcile(&[newcomer.clone(), holder.clone()]).await.unwrap();
+    let report = rules
+        .reconcile(&[newcomer.clone(), holder.clone()])
+        .await
+        .unwrap();
     assert_eq!(report.installed, vec![holder.clone()]);
     assert_eq!(report.rejected.len(), 1, "{report:?}");
     assert_eq!(report.rejected[0].rule, newcomer);
-    assert_eq!(report.rejected[0].reason, RejectReason::Conflict { holder: "zzz-holder".into() });
+    assert_eq!(
+        report.rejected[0].reason,
+        RejectReason::Conflict {
+            holder: "zzz-holder".into()
+        }
+    );
     assert_eq!(rules.installed().await.unwrap(), vec![holder]);
 }
 
@@ -341,8 +498,20 @@ async fn stale_udp_conntrack_entries_are_flushed(backend: Backend) {
     rules.reconcile(std::slice::from_ref(&udp)).await.unwrap();
     let entry = |dport: &str| {
         ns.run(&[
-            "conntrack", "-I", "-p", "udp", "-s", "10.200.2.2", "-d", "10.200.0.1", "--sport", "40000",
-            "--dport", dport, "-t", "100",
+            "conntrack",
+            "-I",
+            "-p",
+            "udp",
+            "-s",
+            "10.200.2.2",
+            "-d",
+            "10.200.0.1",
+            "--sport",
+            "40000",
+            "--dport",
+            dport,
+            "-t",
+            "100",
         ]);
     };
     entry("5353");
@@ -353,8 +522,14 @@ async fn stale_udp_conntrack_entries_are_flushed(backend: Backend) {
     let report = rules.reconcile(&[]).await.unwrap();
     assert_eq!(report.conntrack_flushed, 1);
     let left = listed();
-    assert!(!left.contains("dport=5353"), "stale entry of the removed mapping remains:\n{left}");
-    assert!(left.contains("dport=9999"), "an unrelated entry was flushed:\n{left}");
+    assert!(
+        !left.contains("dport=5353"),
+        "stale entry of the removed mapping remains:\n{left}"
+    );
+    assert!(
+        left.contains("dport=9999"),
+        "an unrelated entry was flushed:\n{left}"
+    );
 
     let again = rules.reconcile(&[]).await.unwrap();
     assert_eq!(again.conntrack_flushed, 0, "no change, no flush");
@@ -430,16 +605,48 @@ fn topology() -> (Netns, Netns, Netns) {
     let pod = Netns::new("pod");
     let client = Netns::new("client");
     for (peer, local, subnet) in [(&pod, "to-pod", 1), (&client, "to-client", 2)] {
-        node.run(&["ip", "link", "add", local, "type", "veth", "peer", "name", "eth0", "netns", &peer.name]);
+        node.run(&[
+            "ip", "link", "add", local, "type", "veth", "peer", "name", "eth0", "netns", &peer.name,
+        ]);
         for (ns, dev, host) in [(&node, local, 1), (peer, "eth0", 2)] {
-            ns.run(&["ip", "addr", "add", &format!("10.200.{subnet}.{host}/24"), "dev", dev]);
-            ns.run(&["ip", "-6", "addr", "add", &format!("fd00:200:{subnet}::{host}/64"), "dev", dev, "nodad"]);
+            ns.run(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("10.200.{subnet}.{host}/24"),
+                "dev",
+                dev,
+            ]);
+            ns.run(&[
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                &format!("fd00:200:{subnet}::{host}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ]);
             ns.run(&["ip", "link", "set", dev, "up"]);
         }
     }
     client.run(&["ip", "route", "add", "default", "via", "10.200.2.1"]);
-    client.run(&["ip", "-6", "route", "add", "default", "via", "fd00:200:2::1"]);
-    node.run(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"]);
+    client.run(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        "fd00:200:2::1",
+    ]);
+    node.run(&[
+        "sysctl",
+        "-q",
+        "-w",
+        "net.ipv4.ip_forward=1",
+        "net.ipv6.conf.all.forwarding=1",
+    ]);
     (node, pod, client)
 }
 
@@ -456,27 +663,78 @@ async fn traffic_goes_through_the_rules(backend: Backend) {
         rule("pod-a", "10.200.1.2", Protocol::Tcp, None, 8080, 80),
         rule("pod-a", "10.200.1.2", Protocol::Udp, None, 5353, 53),
         rule("pod-a", "fd00:200:1::2", Protocol::Tcp, None, 8080, 80),
-        rule("pod-a", "10.200.1.2", Protocol::Tcp, Some("10.200.2.1"), 8081, 80),
+        rule(
+            "pod-a",
+            "10.200.1.2",
+            Protocol::Tcp,
+            Some("10.200.2.1"),
+            8081,
+            80,
+        ),
     ];
     let report = rules.reconcile(&desired).await.unwrap();
     assert_eq!(report.route_localnet, vec!["to-pod".to_owned()]);
-    assert_eq!(node.run(&["sysctl", "-n", "net.ipv4.conf.to-pod.route_localnet"]).trim(), "1");
+    assert_eq!(
+        node.run(&["sysctl", "-n", "net.ipv4.conf.to-pod.route_localnet"])
+            .trim(),
+        "1"
+    );
 
     let udp_from_fixed_port = "UDP4:10.200.2.1:5353,sourceport=40000,reuseaddr";
-    assert_eq!(echo_eventually(&client, "TCP4:10.200.2.1:8080"), "hello", "client → node:8080 (TCP)");
-    assert_eq!(echo(&client, udp_from_fixed_port), "hello", "client → node:5353 (UDP)");
-    assert_eq!(echo_eventually(&client, "TCP6:[fd00:200:2::1]:8080"), "hello", "client → [node]:8080 (IPv6)");
-    assert_eq!(echo(&pod, "TCP4:10.200.1.1:8080"), "hello", "pod → its own hostPort (hairpin)");
-    assert_eq!(echo(&node, "TCP4:127.0.0.1:8080"), "hello", "node → 127.0.0.1:8080 (localhost)");
-    assert_eq!(echo(&client, "TCP4:10.200.2.1:8081"), "hello", "client → hostIP:8081");
-    assert_eq!(echo(&client, "TCP4:10.200.1.1:8081"), "", "hostIP is honoured: another node address does not map");
+    assert_eq!(
+        echo_eventually(&client, "TCP4:10.200.2.1:8080"),
+        "hello",
+        "client → node:8080 (TCP)"
+    );
+    assert_eq!(
+        echo(&client, udp_from_fixed_port),
+        "hello",
+        "client → node:5353 (UDP)"
+    );
+    assert_eq!(
+        echo_eventually(&client, "TCP6:[fd00:200:2::1]:8080"),
+        "hello",
+        "client → [node]:8080 (IPv6)"
+    );
+    assert_eq!(
+        echo(&pod, "TCP4:10.200.1.1:8080"),
+        "hello",
+        "pod → its own hostPort (hairpin)"
+    );
+    assert_eq!(
+        echo(&node, "TCP4:127.0.0.1:8080"),
+        "hello",
+        "node → 127.0.0.1:8080 (localhost)"
+    );
+    assert_eq!(
+        echo(&client, "TCP4:10.200.2.1:8081"),
+        "hello",
+        "client → hostIP:8081"
+    );
+    assert_eq!(
+        echo(&client, "TCP4:10.200.1.1:8081"),
+        "",
+        "hostIP is honoured: another node address does not map"
+    );
 
     rules.reconcile(&[]).await.unwrap();
-    assert_eq!(echo(&client, "TCP4:10.200.2.1:8080"), "", "TCP still reaches the pod after removal");
-    assert_eq!(echo(&node, "TCP4:127.0.0.1:8080"), "", "localhost still reaches the pod after removal");
+    assert_eq!(
+        echo(&client, "TCP4:10.200.2.1:8080"),
+        "",
+        "TCP still reaches the pod after removal"
+    );
+    assert_eq!(
+        echo(&node, "TCP4:127.0.0.1:8080"),
+        "",
+        "localhost still reaches the pod after removal"
+    );
     // Same source port as before: without the conntrack flush, the existing entry would
     // keep carrying this flow to the pod.
-    assert_eq!(echo(&client, udp_from_fixed_port), "", "UDP flow still reaches the pod after removal");
+    assert_eq!(
+        echo(&client, udp_from_fixed_port),
+        "",
+        "UDP flow still reaches the pod after removal"
+    );
 }
 
 #[tokio::test]

@@ -97,7 +97,10 @@ fn pod() -> Pod {
         uid: "6f1c1b4e-0000-4000-8000-000000000001".into(),
         namespace: "default".into(),
         name: "web-0".into(),
-        labels: vec![KeyValue { key: "app".into(), value: "web".into() }],
+        labels: vec![KeyValue {
+            key: "app".into(),
+            value: "web".into(),
+        }],
         annotations: vec![],
         host_network: false,
         init_containers: vec![],
@@ -145,9 +148,18 @@ fn metric(text: &str, prefix: &str) -> f64 {
 }
 
 async fn misbehaving(h: &Harness, mode: &str, limits: Limits) -> NetworkPlugin {
-    let mut spec = spec(&format!("misbehaving-{mode}"), Slot::Network, json!({ "misbehave": mode }));
+    let mut spec = spec(
+        &format!("misbehaving-{mode}"),
+        Slot::Network,
+        json!({ "misbehave": mode }),
+    );
     spec.limits = limits;
-    network(h.runtime.load(&spec, &component(MISBEHAVING)).await.unwrap())
+    network(
+        h.runtime
+            .load(&spec, &component(MISBEHAVING))
+            .await
+            .unwrap(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,7 +167,10 @@ async fn loads_and_calls_a_network_strategy() {
     let h = harness();
     let plugin = network(
         h.runtime
-            .load(&spec("vpc-native", Slot::Network, json!({})), &component(VPC_NATIVE))
+            .load(
+                &spec("vpc-native", Slot::Network, json!({})),
+                &component(VPC_NATIVE),
+            )
             .await
             .unwrap(),
     );
@@ -173,7 +188,10 @@ async fn loads_and_calls_a_hostport_policy() {
     let h = harness();
     let loaded = h
         .runtime
-        .load(&spec("hostport-nat", Slot::Hostport, json!({})), &component(HOSTPORT_NAT))
+        .load(
+            &spec("hostport-nat", Slot::Hostport, json!({})),
+            &component(HOSTPORT_NAT),
+        )
         .await
         .unwrap();
     let PluginHandle::Hostport(plugin) = loaded.handle else {
@@ -183,7 +201,10 @@ async fn loads_and_calls_a_hostport_policy() {
     match plugin.admit(&pod, &[]).await.unwrap() {
         Admission::Admit(mappings) => {
             assert_eq!(mappings.len(), 1, "{mappings:?}");
-            assert_eq!((mappings[0].host_port, mappings[0].container_port), (8080, 80));
+            assert_eq!(
+                (mappings[0].host_port, mappings[0].container_port),
+                (8080, 80)
+            );
             assert_eq!(mappings[0].pod_uid, pod.uid);
         }
         Admission::Deny(reason) => panic!("the default policy denied a free hostPort: {reason}"),
@@ -215,8 +236,18 @@ async fn loads_and_calls_a_cloud_provider() {
     assert_eq!(cell.pod_uid, pod.uid);
     let again = cloud.create_cell(&request).await.unwrap();
     assert_eq!(again.id, cell.id, "creation is idempotent per pod UID");
-    assert_eq!(cloud.get_cell(&pod.uid).await.unwrap().map(|c| c.id), Some(cell.id.clone()));
-    assert!(cloud.list_cells().await.unwrap().iter().any(|c| c.id == cell.id));
+    assert_eq!(
+        cloud.get_cell(&pod.uid).await.unwrap().map(|c| c.id),
+        Some(cell.id.clone())
+    );
+    assert!(
+        cloud
+            .list_cells()
+            .await
+            .unwrap()
+            .iter()
+            .any(|c| c.id == cell.id)
+    );
     cloud.delete_cell(&cell.id).await.unwrap();
 }
 
@@ -225,7 +256,10 @@ async fn refuses_a_component_of_the_wrong_world() {
     let h = harness();
     let err = h
         .runtime
-        .load(&spec("vpc-native", Slot::Hostport, json!({})), &component(VPC_NATIVE))
+        .load(
+            &spec("vpc-native", Slot::Hostport, json!({})),
+            &component(VPC_NATIVE),
+        )
         .await
         .unwrap_err();
     assert!(
@@ -240,7 +274,10 @@ async fn refuses_a_component_of_the_wrong_world() {
         "{err}"
     );
     let message = err.to_string();
-    assert!(message.contains("vpc-native") && message.contains("hostport-policy"), "{message}");
+    assert!(
+        message.contains("vpc-native") && message.contains("hostport-policy"),
+        "{message}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,16 +285,29 @@ async fn refuses_a_newer_contract_naming_both_versions() {
     let h = harness();
     let err = h
         .runtime
-        .load(&spec("future", Slot::Network, json!({})), &component(FUTURE_CONTRACT))
+        .load(
+            &spec("future", Slot::Network, json!({})),
+            &component(FUTURE_CONTRACT),
+        )
         .await
         .unwrap_err();
-    assert!(matches!(&err, LoadError::World(WorldError::UnsupportedVersion { .. })), "{err}");
+    assert!(
+        matches!(
+            &err,
+            LoadError::World(WorldError::UnsupportedVersion { .. })
+        ),
+        "{err}"
+    );
     assert!(
         err.to_string()
             .contains("plugin future targets cellet:plugin@0.2.0; this host supports 0.1.0"),
         "{err}"
     );
-    let info = h.runtime.inspect(&component(FUTURE_CONTRACT)).await.unwrap();
+    let info = h
+        .runtime
+        .inspect(&component(FUTURE_CONTRACT))
+        .await
+        .unwrap();
     assert_eq!(info.package_version.as_deref(), Some("0.2.0"));
     assert_eq!(info.world, Some("network-strategy"));
     assert!(info.loadable.is_err());
@@ -270,13 +320,19 @@ async fn refuses_an_import_the_slot_does_not_grant() {
     // `log`.
     let err = h
         .runtime
-        .load(&spec("local", Slot::Cloud, json!({})), &component(LOCAL_CELLS))
+        .load(
+            &spec("local", Slot::Cloud, json!({})),
+            &component(LOCAL_CELLS),
+        )
         .await
         .unwrap_err();
     assert!(
         matches!(
             &err,
-            LoadError::World(WorldError::NotGranted { capability: Capability::LocalCells, .. })
+            LoadError::World(WorldError::NotGranted {
+                capability: Capability::LocalCells,
+                ..
+            })
         ),
         "{err}"
     );
@@ -297,7 +353,13 @@ async fn unreachable_ec2(plugin: &str) -> Ec2Capability {
         .unwrap()
         .port();
     let sdk = aws_config::defaults(BehaviorVersion::latest())
-        .credentials_provider(Credentials::new("testing", "testing", None, None, "cellet-tests"))
+        .credentials_provider(Credentials::new(
+            "testing",
+            "testing",
+            None,
+            None,
+            "cellet-tests",
+        ))
         .region(Region::new("us-east-1"))
         .load()
         .await;
@@ -324,17 +386,31 @@ async fn links_the_ec2_capability_for_a_plugin_granted_it() {
     spec.grants.push(Capability::Ec2);
 
     // Granted but not provided: refused before anything is compiled.
-    let err = h.runtime.load(&spec, &component(AWS_EC2)).await.unwrap_err();
+    let err = h
+        .runtime
+        .load(&spec, &component(AWS_EC2))
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             &err,
-            LoadError::Capability(CapabilityError::NotProvided { capability: Capability::Ec2, .. })
+            LoadError::Capability(CapabilityError::NotProvided {
+                capability: Capability::Ec2,
+                ..
+            })
         ),
         "{err}"
     );
 
-    let providers = Providers { ec2: Some(unreachable_ec2("aws").await), ..Providers::default() };
-    let loaded = h.runtime.load_with(&spec, &component(AWS_EC2), providers).await.unwrap();
+    let providers = Providers {
+        ec2: Some(unreachable_ec2("aws").await),
+        ..Providers::default()
+    };
+    let loaded = h
+        .runtime
+        .load_with(&spec, &component(AWS_EC2), providers)
+        .await
+        .unwrap();
     let PluginHandle::Cloud(cloud) = loaded.handle else {
         panic!("expected a cloud plugin");
     };
@@ -344,7 +420,11 @@ async fn links_the_ec2_capability_for_a_plugin_granted_it() {
     assert!(
         matches!(
             &err,
-            CallError::Plugin { function: "node-capacity", error: PluginError::Unavailable(_), .. }
+            CallError::Plugin {
+                function: "node-capacity",
+                error: PluginError::Unavailable(_),
+                ..
+            }
         ),
         "{err}"
     );
@@ -355,7 +435,11 @@ async fn refuses_to_grant_local_cells_without_its_settings() {
     let h = harness();
     let mut spec = spec("local", Slot::Cloud, json!({}));
     spec.grants.push(Capability::LocalCells);
-    let err = h.runtime.load(&spec, &component(LOCAL_CELLS)).await.unwrap_err();
+    let err = h
+        .runtime
+        .load(&spec, &component(LOCAL_CELLS))
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             &err,
@@ -379,7 +463,11 @@ async fn inspect_describes_a_plugin() {
     assert_eq!(info.loadable, Ok(()));
     assert_eq!(info.size_bytes, bytes.len());
     assert_eq!(info.sha256.len(), 64);
-    assert!(info.exports.contains(&"cellet:plugin/network@0.1.0".to_owned()), "{info:?}");
+    assert!(
+        info.exports
+            .contains(&"cellet:plugin/network@0.1.0".to_owned()),
+        "{info:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -388,7 +476,12 @@ async fn a_trap_fails_the_call_and_the_next_call_gets_a_fresh_instance() {
     let plugin = misbehaving(&h, "trap", Limits::default_for(Slot::Network)).await;
     let err = plugin.plan_pod(&pod()).await.unwrap_err();
     match &err {
-        CallError::Trapped { plugin, world, function, .. } => {
+        CallError::Trapped {
+            plugin,
+            world,
+            function,
+            ..
+        } => {
             assert_eq!(
                 (plugin.as_str(), *world, *function),
                 ("misbehaving-trap", "network-strategy", "plan-pod")
@@ -401,17 +494,32 @@ async fn a_trap_fails_the_call_and_the_next_call_gets_a_fresh_instance() {
 
     let text = metrics_text(&h.runtime);
     let labels = r#"plugin="misbehaving-trap",slot="network""#;
-    assert_eq!(metric(&text, &format!("cellet_plugin_instances_created_total{{{labels}}}")), 2.0);
     assert_eq!(
-        metric(&text, &format!(r#"cellet_plugin_traps_total{{{labels},function="plan-pod"}}"#)),
+        metric(
+            &text,
+            &format!("cellet_plugin_instances_created_total{{{labels}}}")
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            &format!(r#"cellet_plugin_traps_total{{{labels},function="plan-pod"}}"#)
+        ),
         1.0
     );
     assert_eq!(
-        metric(&text, &format!(r#"cellet_plugin_calls_total{{{labels},function="plan-pod"}}"#)),
+        metric(
+            &text,
+            &format!(r#"cellet_plugin_calls_total{{{labels},function="plan-pod"}}"#)
+        ),
         1.0
     );
     assert_eq!(
-        metric(&text, &format!(r#"cellet_plugin_calls_total{{{labels},function="plan-cluster"}}"#)),
+        metric(
+            &text,
+            &format!(r#"cellet_plugin_calls_total{{{labels},function="plan-cluster"}}"#)
+        ),
         1.0
     );
 }
@@ -423,18 +531,33 @@ async fn an_endless_loop_fails_at_the_deadline() {
     let plugin = misbehaving(
         &h,
         "loop",
-        Limits { deadline, ..Limits::default_for(Slot::Network) },
+        Limits {
+            deadline,
+            ..Limits::default_for(Slot::Network)
+        },
     )
     .await;
     let started = Instant::now();
     let err = plugin.plan_pod(&pod()).await.unwrap_err();
     let took = started.elapsed();
     assert!(
-        matches!(&err, CallError::DeadlineExceeded { function: "plan-pod", .. }),
+        matches!(
+            &err,
+            CallError::DeadlineExceeded {
+                function: "plan-pod",
+                ..
+            }
+        ),
         "{err}"
     );
-    assert!(took >= deadline, "failed after {took:?}, before the deadline");
-    assert!(took < deadline + Duration::from_secs(1), "failed only after {took:?}");
+    assert!(
+        took >= deadline,
+        "failed after {took:?}, before the deadline"
+    );
+    assert!(
+        took < deadline + Duration::from_secs(1),
+        "failed only after {took:?}"
+    );
     plugin.plan_cluster(&nodes()).await.unwrap();
 }
 
@@ -445,7 +568,10 @@ async fn a_guest_waiting_in_a_host_call_fails_at_the_deadline() {
     let plugin = misbehaving(
         &h,
         "sleep",
-        Limits { deadline, ..Limits::default_for(Slot::Network) },
+        Limits {
+            deadline,
+            ..Limits::default_for(Slot::Network)
+        },
     )
     .await;
     // The guest sleeps in `wasi:io/poll`: no guest code runs, so the epoch cannot stop it;
@@ -454,11 +580,23 @@ async fn a_guest_waiting_in_a_host_call_fails_at_the_deadline() {
     let err = plugin.plan_pod(&pod()).await.unwrap_err();
     let took = started.elapsed();
     assert!(
-        matches!(&err, CallError::DeadlineExceeded { function: "plan-pod", .. }),
+        matches!(
+            &err,
+            CallError::DeadlineExceeded {
+                function: "plan-pod",
+                ..
+            }
+        ),
         "{err}"
     );
-    assert!(took >= deadline, "failed after {took:?}, before the deadline");
-    assert!(took < deadline + Duration::from_secs(1), "failed only after {took:?}");
+    assert!(
+        took >= deadline,
+        "failed after {took:?}, before the deadline"
+    );
+    assert!(
+        took < deadline + Duration::from_secs(1),
+        "failed only after {took:?}"
+    );
     plugin.plan_cluster(&nodes()).await.unwrap();
 }
 
@@ -469,7 +607,10 @@ async fn a_memory_hog_fails_at_the_cap_and_the_host_carries_on() {
     let plugin = misbehaving(
         &h,
         "oom",
-        Limits { memory_bytes: cap, ..Limits::default_for(Slot::Network) },
+        Limits {
+            memory_bytes: cap,
+            ..Limits::default_for(Slot::Network)
+        },
     )
     .await;
     let err = plugin.plan_pod(&pod()).await.unwrap_err();
@@ -486,8 +627,16 @@ async fn invalid_output_is_refused_naming_the_field() {
     let plugin = misbehaving(&h, "bad-output", Limits::default_for(Slot::Network)).await;
     let err = plugin.plan_pod(&pod()).await.unwrap_err();
     match &err {
-        CallError::InvalidOutput { plugin, function, field, .. } => {
-            assert_eq!((plugin.as_str(), *function), ("misbehaving-bad-output", "plan-pod"));
+        CallError::InvalidOutput {
+            plugin,
+            function,
+            field,
+            ..
+        } => {
+            assert_eq!(
+                (plugin.as_str(), *function),
+                ("misbehaving-bad-output", "plan-pod")
+            );
             assert!(!field.is_empty());
         }
         other => panic!("expected invalid output, got {other}"),
@@ -503,8 +652,19 @@ async fn a_well_behaved_call_reuses_the_warm_instance() {
     }
     let text = metrics_text(&h.runtime);
     let labels = r#"plugin="misbehaving-none",slot="network""#;
-    assert_eq!(metric(&text, &format!("cellet_plugin_instances_created_total{{{labels}}}")), 1.0);
-    assert!(metric(&text, &format!("cellet_plugin_instance_memory_bytes{{{labels}}}")) > 0.0);
+    assert_eq!(
+        metric(
+            &text,
+            &format!("cellet_plugin_instances_created_total{{{labels}}}")
+        ),
+        1.0
+    );
+    assert!(
+        metric(
+            &text,
+            &format!("cellet_plugin_instance_memory_bytes{{{labels}}}")
+        ) > 0.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -513,7 +673,10 @@ async fn concurrent_calls_share_at_most_max_instances() {
     let plugin = misbehaving(
         &h,
         "none",
-        Limits { max_instances: 2, ..Limits::default_for(Slot::Network) },
+        Limits {
+            max_instances: 2,
+            ..Limits::default_for(Slot::Network)
+        },
     )
     .await;
     let plugin = Arc::new(plugin);
@@ -531,7 +694,10 @@ async fn concurrent_calls_share_at_most_max_instances() {
         &text,
         r#"cellet_plugin_instances_created_total{plugin="misbehaving-none",slot="network"}"#,
     );
-    assert!((1.0..=2.0).contains(&created), "{created} instances for max-instances 2");
+    assert!(
+        (1.0..=2.0).contains(&created),
+        "{created} instances for max-instances 2"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -539,7 +705,11 @@ async fn refuses_more_instances_than_the_engine_pool_holds() {
     let h = harness();
     let mut spec = spec("greedy", Slot::Network, json!({ "misbehave": "none" }));
     spec.limits.max_instances = EngineSettings::DEFAULT_MAX_INSTANCES + 1;
-    let err = h.runtime.load(&spec, &component(MISBEHAVING)).await.unwrap_err();
+    let err = h
+        .runtime
+        .load(&spec, &component(MISBEHAVING))
+        .await
+        .unwrap_err();
     assert!(matches!(&err, LoadError::Capacity { .. }), "{err}");
 }
 
@@ -559,7 +729,10 @@ async fn the_cache_serves_the_second_load_and_recompiles_a_corrupt_entry() {
     let started = Instant::now();
     let second = restarted.load(&spec, &bytes).await.unwrap();
     assert_eq!(second.cache, CacheOutcome::Hit);
-    eprintln!("cached load (debug build, instance and init included): {:?}", started.elapsed());
+    eprintln!(
+        "cached load (debug build, instance and init included): {:?}",
+        started.elapsed()
+    );
 
     // Corrupt the entry the way a file is replaced, never in place: the loaded component
     // above maps the file, and truncating a mapped file would crash this process (SIGBUS),
@@ -571,11 +744,24 @@ async fn the_cache_serves_the_second_load_and_recompiles_a_corrupt_entry() {
     assert_eq!(third.cache, CacheOutcome::Recompiled);
     network(third).plan_pod(&pod()).await.unwrap();
     let fourth = restarted.load(&spec, &bytes).await.unwrap();
-    assert_eq!(fourth.cache, CacheOutcome::Hit, "the corrupt entry was replaced");
+    assert_eq!(
+        fourth.cache,
+        CacheOutcome::Hit,
+        "the corrupt entry was replaced"
+    );
 
     let text = metrics_text(&restarted);
-    assert_eq!(metric(&text, r#"cellet_plugin_cache_lookups_total{outcome="recompiled"}"#), 1.0);
-    assert_eq!(metric(&text, r#"cellet_plugin_cache_lookups_total{outcome="hit"}"#), 2.0);
+    assert_eq!(
+        metric(
+            &text,
+            r#"cellet_plugin_cache_lookups_total{outcome="recompiled"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(&text, r#"cellet_plugin_cache_lookups_total{outcome="hit"}"#),
+        2.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -585,7 +771,11 @@ async fn a_config_refused_by_init_fails_the_load() {
     let err = h
         .runtime
         .load(
-            &spec("vpc-native", Slot::Network, json!({ "mtu": "not a number" })),
+            &spec(
+                "vpc-native",
+                Slot::Network,
+                json!({ "mtu": "not a number" }),
+            ),
             &component(VPC_NATIVE),
         )
         .await
@@ -593,5 +783,14 @@ async fn a_config_refused_by_init_fails_the_load() {
     let LoadError::Init { source, .. } = &err else {
         panic!("expected an init failure, got {err}");
     };
-    assert!(matches!(**source, CallError::Plugin { function: "init", .. }), "{err}");
+    assert!(
+        matches!(
+            **source,
+            CallError::Plugin {
+                function: "init",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }

@@ -6,10 +6,10 @@
 
 use std::marker::PhantomData;
 
+use crate::__bindings::cloud_world::exports::cellet::plugin::cloud::Guest;
 pub use crate::__bindings::cloud_world::exports::cellet::plugin::cloud::{
     Cell, CellRequest, CellState, NodeResources,
 };
-use crate::__bindings::cloud_world::exports::cellet::plugin::cloud::Guest;
 use crate::instance;
 use crate::types::{CloudRoute, InitContext, KeyValue, PluginError, Pod, find};
 
@@ -47,7 +47,9 @@ pub trait CloudProvider: Sized + 'static {
     /// Routes of the VPC route table(s) this plugin manages. Defaults to `unsupported`,
     /// which the host reports when the network strategy needs cloud routes.
     fn list_routes(&mut self) -> Result<Vec<CloudRoute>, PluginError> {
-        Err(PluginError::Unsupported("this cloud plugin does not manage routes".to_string()))
+        Err(PluginError::Unsupported(
+            "this cloud plugin does not manage routes".to_string(),
+        ))
     }
 
     /// Create or replace the route for `route.destination`. Defaults to `unsupported`.
@@ -75,8 +77,12 @@ pub fn cell_tags(controller_id: &str, request: &CellRequest) -> Vec<KeyValue> {
         KeyValue::new(tags::POD_NAMESPACE, &request.pod.namespace),
         KeyValue::new(tags::POD_NAME, &request.pod.name),
     ];
-    let mut all: Vec<KeyValue> =
-        request.tags.iter().filter(|kv| find(&own, &kv.key).is_none()).cloned().collect();
+    let mut all: Vec<KeyValue> = request
+        .tags
+        .iter()
+        .filter(|kv| find(&own, &kv.key).is_none())
+        .cloned()
+        .collect();
     all.extend(own);
     all
 }
@@ -90,7 +96,11 @@ pub fn owned_by(tags: &[KeyValue], controller_id: &str) -> bool {
 /// as empty strings.
 pub fn pod_identity(tags: &[KeyValue]) -> (String, String, String) {
     let get = |key| find(tags, key).unwrap_or_default().to_string();
-    (get(tags::POD_UID), get(tags::POD_NAMESPACE), get(tags::POD_NAME))
+    (
+        get(tags::POD_UID),
+        get(tags::POD_NAMESPACE),
+        get(tags::POD_NAME),
+    )
 }
 
 /// Sum of the CPU and memory the pod's containers request: the sizing input for a cell.
@@ -176,13 +186,18 @@ mod tests {
     fn ownership_tags_override_host_tags_and_round_trip() {
         let pod = PodBuilder::new("shop", "web").build();
         let mut request = cell_request(&pod);
-        request.tags.push(KeyValue::new(tags::CONTROLLER, "someone-else"));
+        request
+            .tags
+            .push(KeyValue::new(tags::CONTROLLER, "someone-else"));
         request.tags.push(KeyValue::new("team", "payments"));
         let tags = cell_tags("ctrl-1", &request);
         assert!(owned_by(&tags, "ctrl-1"));
         assert!(!owned_by(&tags, "someone-else"));
         assert_eq!(find(&tags, "team"), Some("payments"));
-        assert_eq!(pod_identity(&tags), (pod.uid.clone(), "shop".into(), "web".into()));
+        assert_eq!(
+            pod_identity(&tags),
+            (pod.uid.clone(), "shop".into(), "web".into())
+        );
     }
 
     #[test]

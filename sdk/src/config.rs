@@ -14,7 +14,11 @@ use crate::types::{InitContext, PluginError};
 /// Give `T` `#[serde(rename_all = "kebab-case", deny_unknown_fields)]` so that keys match the
 /// YAML style of the host config and a misspelt key is an error rather than ignored.
 pub fn config<T: DeserializeOwned>(ctx: &InitContext) -> Result<T, PluginError> {
-    let text = if ctx.config_json.trim().is_empty() { "{}" } else { ctx.config_json.as_str() };
+    let text = if ctx.config_json.trim().is_empty() {
+        "{}"
+    } else {
+        ctx.config_json.as_str()
+    };
     let mut de = serde_json::Deserializer::from_str(text);
     serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = err.path().to_string();
@@ -48,14 +52,22 @@ mod tests {
         let mut ctx = context(serde_json::json!({}));
         ctx.config_json = String::new();
         let settings: Settings = config(&ctx).unwrap();
-        assert_eq!(settings, Settings { cidrs: vec![], limit: 0 });
+        assert_eq!(
+            settings,
+            Settings {
+                cidrs: vec![],
+                limit: 0
+            }
+        );
     }
 
     #[test]
     fn error_names_the_nested_field() {
         let ctx = context(serde_json::json!({ "cidrs": ["10.0.0.0/8", 7] }));
         let err = config::<Settings>(&ctx).unwrap_err();
-        let PluginError::InvalidConfig(message) = err else { panic!("wrong variant: {err:?}") };
+        let PluginError::InvalidConfig(message) = err else {
+            panic!("wrong variant: {err:?}")
+        };
         assert!(message.contains("`cidrs[1]`"), "{message}");
     }
 

@@ -16,8 +16,10 @@ pub use crate::__bindings::cloud_world::cellet::plugin::log::Level;
 /// Write one record with structured fields. The host keeps at most 32 fields and cuts
 /// messages longer than 4 KiB.
 pub fn write(level: Level, message: &str, fields: &[(&str, &dyn Display)]) {
-    let fields: Vec<(String, String)> =
-        fields.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect();
+    let fields: Vec<(String, String)> = fields
+        .iter()
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .collect();
     emit(level, message, &fields);
 }
 
@@ -28,7 +30,10 @@ fn emit(level: Level, message: &str, fields: &[(String, String)]) {
 
 #[cfg(not(target_arch = "wasm32"))]
 fn emit(level: Level, message: &str, fields: &[(String, String)]) {
-    let fields: String = fields.iter().map(|(key, value)| format!(" {key}={value:?}")).collect();
+    let fields: String = fields
+        .iter()
+        .map(|(key, value)| format!(" {key}={value:?}"))
+        .collect();
     eprintln!("{level:?} {message}{fields}");
 }
 

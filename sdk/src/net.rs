@@ -23,16 +23,32 @@ pub fn rfc1918_cidrs() -> Vec<String> {
 pub enum NetError {
     /// A CIDR did not parse.
     #[error("failed to parse `{field}` {value:?} as a CIDR: {source}")]
-    Cidr { field: String, value: String, source: ipnet::AddrParseError },
+    Cidr {
+        field: String,
+        value: String,
+        source: ipnet::AddrParseError,
+    },
     /// An address did not parse.
     #[error("failed to parse `{field}` {value:?} as an IP address: {source}")]
-    Address { field: String, value: String, source: std::net::AddrParseError },
+    Address {
+        field: String,
+        value: String,
+        source: std::net::AddrParseError,
+    },
     /// A CIDR has host bits set (`10.0.0.1/24`), which usually means a typo.
     #[error("failed to accept `{field}` {value:?}: host bits are set (did you mean {network}?)")]
-    HostBits { field: String, value: String, network: IpNet },
+    HostBits {
+        field: String,
+        value: String,
+        network: IpNet,
+    },
     /// An offset past the end of a network.
     #[error("failed to take address {offset} of {net}: it holds only {size} addresses")]
-    OutOfRange { net: IpNet, offset: u128, size: u128 },
+    OutOfRange {
+        net: IpNet,
+        offset: u128,
+        size: u128,
+    },
 }
 
 impl NetError {
@@ -94,7 +110,11 @@ pub fn size(net: &IpNet) -> u128 {
 pub fn nth_host(net: &IpNet, offset: u128) -> Result<IpAddr, NetError> {
     let size = size(net);
     if offset >= size {
-        return Err(NetError::OutOfRange { net: *net, offset, size });
+        return Err(NetError::OutOfRange {
+            net: *net,
+            offset,
+            size,
+        });
     }
     Ok(match net.network() {
         IpAddr::V4(base) => {
@@ -136,10 +156,22 @@ mod tests {
 
     #[test]
     fn nth_host_and_gateway() {
-        assert_eq!(nth_host(&net("10.0.1.0/24"), 0).unwrap().to_string(), "10.0.1.0");
-        assert_eq!(subnet_gateway(&net("10.0.1.0/24")).unwrap().to_string(), "10.0.1.1");
-        assert_eq!(nth_host(&net("10.0.0.0/16"), 258).unwrap().to_string(), "10.0.1.2");
-        assert_eq!(nth_host(&net("fd00::/64"), 0x1_0000).unwrap().to_string(), "fd00::1:0");
+        assert_eq!(
+            nth_host(&net("10.0.1.0/24"), 0).unwrap().to_string(),
+            "10.0.1.0"
+        );
+        assert_eq!(
+            subnet_gateway(&net("10.0.1.0/24")).unwrap().to_string(),
+            "10.0.1.1"
+        );
+        assert_eq!(
+            nth_host(&net("10.0.0.0/16"), 258).unwrap().to_string(),
+            "10.0.1.2"
+        );
+        assert_eq!(
+            nth_host(&net("fd00::/64"), 0x1_0000).unwrap().to_string(),
+            "fd00::1:0"
+        );
         let err = nth_host(&net("10.0.1.0/30"), 4).unwrap_err();
         assert!(matches!(err, NetError::OutOfRange { size: 4, .. }), "{err}");
         assert_eq!(size(&net("0.0.0.0/0")), 1 << 32);
@@ -155,7 +187,9 @@ mod tests {
         let err = parse_cidrs("cluster-cidrs", &["10.0.0.0/8".into(), "nope".into()]).unwrap_err();
         assert!(err.to_string().contains("`cluster-cidrs[1]`"), "{err}");
         let err = parse_ip("internal-ips[0]", "10.0.0").unwrap_err();
-        assert!(matches!(err.into_input_error(), PluginError::InvalidInput(m) if m.contains("internal-ips[0]")));
+        assert!(
+            matches!(err.into_input_error(), PluginError::InvalidInput(m) if m.contains("internal-ips[0]"))
+        );
     }
 
     #[test]
@@ -167,7 +201,10 @@ mod tests {
         assert!(overlap(&net("10.0.4.0/24"), &vpc));
         assert!(!overlap(&vpc, &net("10.1.0.0/16")));
         assert!(!overlap(&vpc, &net("fd00::/8")));
-        assert!(covered_by(&net("10.0.4.0/24"), &[net("192.168.0.0/16"), vpc]));
+        assert!(covered_by(
+            &net("10.0.4.0/24"),
+            &[net("192.168.0.0/16"), vpc]
+        ));
         assert!(!covered_by(&net("10.0.0.0/8"), &[vpc]));
     }
 }

@@ -4,10 +4,10 @@
 
 use std::marker::PhantomData;
 
+use crate::__bindings::network_world::exports::cellet::plugin::network::Guest;
 pub use crate::__bindings::network_world::exports::cellet::plugin::network::{
     ClusterNetworkPlan, ClusterNode, NextHop, PodAddressSource, PodNetworkPlan, PodRoute,
 };
-use crate::__bindings::network_world::exports::cellet::plugin::network::Guest;
 use crate::instance;
 use crate::types::{InitContext, PluginError, Pod};
 
@@ -26,13 +26,20 @@ pub trait NetworkStrategy: Sized + 'static {
     /// under which the VPC already routes every pod address (VPC-native addressing).
     fn plan_cluster(&self, nodes: Vec<ClusterNode>) -> Result<ClusterNetworkPlan, PluginError> {
         let _ = nodes;
-        Ok(ClusterNetworkPlan { routes: Vec::new(), manage_routes: false, warnings: Vec::new() })
+        Ok(ClusterNetworkPlan {
+            routes: Vec::new(),
+            manage_routes: false,
+            warnings: Vec::new(),
+        })
     }
 }
 
 /// The default route of a pod: everything via the VPC subnet's router.
 pub fn default_route() -> PodRoute {
-    PodRoute { destination: "0.0.0.0/0".to_string(), via: NextHop::SubnetGateway }
+    PodRoute {
+        destination: "0.0.0.0/0".to_string(),
+        via: NextHop::SubnetGateway,
+    }
 }
 
 /// The plan of both shipped strategies: the pod keeps a VPC address (or the cell's own for
@@ -130,7 +137,10 @@ mod tests {
                 mtu: u16,
             }
             let config: Config = crate::config(&ctx)?;
-            Ok(Counting { mtu: config.mtu, planned: std::cell::Cell::new(0) })
+            Ok(Counting {
+                mtu: config.mtu,
+                planned: std::cell::Cell::new(0),
+            })
         }
 
         fn plan_pod(&self, _pod: Pod) -> Result<PodNetworkPlan, PluginError> {
@@ -154,14 +164,23 @@ mod tests {
         assert!(matches!(before, PluginError::Internal(_)), "{before:?}");
 
         <Glue as Guest>::init(context(serde_json::json!({ "mtu": 1500 }))).unwrap();
-        assert_eq!(<Glue as Guest>::plan_pod(pod.clone()).unwrap().mtu, Some(1501));
-        assert_eq!(<Glue as Guest>::plan_pod(pod.clone()).unwrap().mtu, Some(1502));
+        assert_eq!(
+            <Glue as Guest>::plan_pod(pod.clone()).unwrap().mtu,
+            Some(1501)
+        );
+        assert_eq!(
+            <Glue as Guest>::plan_pod(pod.clone()).unwrap().mtu,
+            Some(1502)
+        );
         let cluster = <Glue as Guest>::plan_cluster(vec![]).unwrap();
         assert!(!cluster.manage_routes && cluster.routes.is_empty());
 
         // A failed re-init forgets the old value rather than serving it.
         let err = <Glue as Guest>::init(context(serde_json::json!({ "mtu": "big" }))).unwrap_err();
-        assert!(matches!(err, PluginError::InvalidConfig(ref m) if m.contains("`mtu`")), "{err:?}");
+        assert!(
+            matches!(err, PluginError::InvalidConfig(ref m) if m.contains("`mtu`")),
+            "{err:?}"
+        );
         assert!(<Glue as Guest>::plan_pod(pod).is_err());
     }
 }

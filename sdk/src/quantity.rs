@@ -9,7 +9,9 @@
 pub enum QuantityError {
     #[error("failed to parse quantity {input:?}: {reason}")]
     Invalid { input: String, reason: &'static str },
-    #[error("failed to parse quantity {input:?}: unknown suffix {suffix:?} (use n, u, m, k, M, G, T, P, E, Ki, Mi, Gi, Ti, Pi, Ei or an exponent like e3)")]
+    #[error(
+        "failed to parse quantity {input:?}: unknown suffix {suffix:?} (use n, u, m, k, M, G, T, P, E, Ki, Mi, Gi, Ti, Pi, Ei or an exponent like e3)"
+    )]
     Suffix { input: String, suffix: String },
     #[error("failed to convert quantity {input:?}: negative values are not allowed here")]
     Negative { input: String },
@@ -34,7 +36,10 @@ struct Quantity {
 
 /// Parse a quantity into its exact parts.
 fn parse(input: &str) -> Result<Quantity, QuantityError> {
-    let invalid = |reason| QuantityError::Invalid { input: input.to_string(), reason };
+    let invalid = |reason| QuantityError::Invalid {
+        input: input.to_string(),
+        reason,
+    };
     let text = input.trim();
     if text.is_empty() {
         return Err(invalid("it is empty"));
@@ -44,7 +49,9 @@ fn parse(input: &str) -> Result<Quantity, QuantityError> {
         b'+' => (false, &text[1..]),
         _ => (false, text),
     };
-    let number_end = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let number_end = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
     let (number, suffix) = text.split_at(number_end);
     let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
     if whole.is_empty() && fraction.is_empty() {
@@ -56,11 +63,19 @@ fn parse(input: &str) -> Result<Quantity, QuantityError> {
     let all_digits = format!("{whole}{fraction}");
     let significant = all_digits.trim_start_matches('0');
     if significant.len() > 38 {
-        return Err(QuantityError::Overflow { input: input.to_string() });
+        return Err(QuantityError::Overflow {
+            input: input.to_string(),
+        });
     }
-    let digits: u128 = if significant.is_empty() { 0 } else { significant.parse().map_err(|_| invalid("bad digits"))? };
+    let digits: u128 = if significant.is_empty() {
+        0
+    } else {
+        significant.parse().map_err(|_| invalid("bad digits"))?
+    };
     if negative && digits != 0 {
-        return Err(QuantityError::Negative { input: input.to_string() });
+        return Err(QuantityError::Negative {
+            input: input.to_string(),
+        });
     }
     let mut exp10 = -(fraction.len() as i32);
     let mut exp2 = 0;
@@ -86,21 +101,36 @@ fn parse(input: &str) -> Result<Quantity, QuantityError> {
                 .strip_prefix(['e', 'E'])
                 .and_then(|e| e.parse::<i32>().ok())
                 .filter(|e| e.abs() <= 60)
-                .ok_or_else(|| QuantityError::Suffix { input: input.to_string(), suffix: other.to_string() })?;
+                .ok_or_else(|| QuantityError::Suffix {
+                    input: input.to_string(),
+                    suffix: other.to_string(),
+                })?;
             exp10 += exponent;
         }
     }
-    Ok(Quantity { digits, exp10, exp2 })
+    Ok(Quantity {
+        digits,
+        exp10,
+        exp2,
+    })
 }
 
 /// The quantity times `10^scale`, rounded up to an integer.
 fn scaled(input: &str, scale: i32) -> Result<u64, QuantityError> {
     let q = parse(input)?;
-    let overflow = || QuantityError::Overflow { input: input.to_string() };
-    let mantissa = q.digits.checked_mul(1u128.checked_shl(q.exp2).ok_or_else(overflow)?).ok_or_else(overflow)?;
+    let overflow = || QuantityError::Overflow {
+        input: input.to_string(),
+    };
+    let mantissa = q
+        .digits
+        .checked_mul(1u128.checked_shl(q.exp2).ok_or_else(overflow)?)
+        .ok_or_else(overflow)?;
     let exp = q.exp10 + scale;
     let value = if exp >= 0 {
-        10u128.checked_pow(exp as u32).and_then(|p| mantissa.checked_mul(p)).ok_or_else(overflow)?
+        10u128
+            .checked_pow(exp as u32)
+            .and_then(|p| mantissa.checked_mul(p))
+            .ok_or_else(overflow)?
     } else {
         match 10u128.checked_pow(exp.unsigned_abs()) {
             Some(divisor) => mantissa.div_ceil(divisor),
@@ -150,7 +180,12 @@ mod tests {
         assert_eq!(bytes("1.5Gi"), Ok(1_610_612_736));
         assert_eq!(bytes("1e3"), Ok(1000));
         assert_eq!(bytes("1.5"), Ok(2), "rounds up");
-        assert_eq!(bytes("16Ei"), Err(QuantityError::Overflow { input: "16Ei".into() }));
+        assert_eq!(
+            bytes("16Ei"),
+            Err(QuantityError::Overflow {
+                input: "16Ei".into()
+            })
+        );
         assert_eq!(bytes("15Ei"), Ok(15 << 60));
         assert_eq!(count("110"), Ok(110));
     }
@@ -160,11 +195,19 @@ mod tests {
         assert!(matches!(bytes(""), Err(QuantityError::Invalid { .. })));
         assert!(matches!(bytes("Mi"), Err(QuantityError::Invalid { .. })));
         assert!(matches!(bytes("1.2.3"), Err(QuantityError::Invalid { .. })));
-        assert!(matches!(bytes("12MB"), Err(QuantityError::Suffix { suffix, .. }) if suffix == "MB"));
+        assert!(
+            matches!(bytes("12MB"), Err(QuantityError::Suffix { suffix, .. }) if suffix == "MB")
+        );
         assert!(matches!(bytes("1e"), Err(QuantityError::Suffix { .. })));
-        assert!(matches!(cpu_millis("-1"), Err(QuantityError::Negative { .. })));
+        assert!(matches!(
+            cpu_millis("-1"),
+            Err(QuantityError::Negative { .. })
+        ));
         assert_eq!(cpu_millis("-0"), Ok(0));
         let message = bytes("12MB").unwrap_err().to_string();
-        assert!(message.contains("\"12MB\"") && message.contains("Mi"), "{message}");
+        assert!(
+            message.contains("\"12MB\"") && message.contains("Mi"),
+            "{message}"
+        );
     }
 }

@@ -42,11 +42,17 @@ impl Pod {
 
 impl KeyValue {
     pub fn new(key: impl Into<String>, value: impl Into<String>) -> Self {
-        KeyValue { key: key.into(), value: value.into() }
+        KeyValue {
+            key: key.into(),
+            value: value.into(),
+        }
     }
 }
 
 /// The value of `key` in a list of key-values (labels, annotations, tags).
 pub fn find<'a>(pairs: &'a [KeyValue], key: &str) -> Option<&'a str> {
-    pairs.iter().find(|kv| kv.key == key).map(|kv| kv.value.as_str())
+    pairs
+        .iter()
+        .find(|kv| kv.key == key)
+        .map(|kv| kv.value.as_str())
 }

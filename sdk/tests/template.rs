@@ -20,29 +20,48 @@ const TEMPLATES: [Template; 3] = [
     Template {
         world: "network-strategy",
         files: [
-            ("Cargo.toml", include_str!("../template/network-strategy/Cargo.toml")),
-            ("src/lib.rs", include_str!("../template/network-strategy/src/lib.rs")),
+            (
+                "Cargo.toml",
+                include_str!("../template/network-strategy/Cargo.toml"),
+            ),
+            (
+                "src/lib.rs",
+                include_str!("../template/network-strategy/src/lib.rs"),
+            ),
         ],
     },
     Template {
         world: "hostport-policy",
         files: [
-            ("Cargo.toml", include_str!("../template/hostport-policy/Cargo.toml")),
-            ("src/lib.rs", include_str!("../template/hostport-policy/src/lib.rs")),
+            (
+                "Cargo.toml",
+                include_str!("../template/hostport-policy/Cargo.toml"),
+            ),
+            (
+                "src/lib.rs",
+                include_str!("../template/hostport-policy/src/lib.rs"),
+            ),
         ],
     },
     Template {
         world: "cloud-provider",
         files: [
-            ("Cargo.toml", include_str!("../template/cloud-provider/Cargo.toml")),
-            ("src/lib.rs", include_str!("../template/cloud-provider/src/lib.rs")),
+            (
+                "Cargo.toml",
+                include_str!("../template/cloud-provider/Cargo.toml"),
+            ),
+            (
+                "src/lib.rs",
+                include_str!("../template/cloud-provider/src/lib.rs"),
+            ),
         ],
     },
 ];
 
 /// The substitution documented in `template/README.md`.
 fn render(text: &str, name: &str, sdk_path: &Path) -> String {
-    text.replace("{{name}}", name).replace("{{sdk_path}}", &sdk_path.display().to_string())
+    text.replace("{{name}}", name)
+        .replace("{{sdk_path}}", &sdk_path.display().to_string())
 }
 
 fn cargo(dir: &Path, target_dir: &Path, args: &[&str]) {
@@ -62,7 +81,10 @@ fn cargo(dir: &Path, target_dir: &Path, args: &[&str]) {
 }
 
 fn instantiate_and_build(world: &str) {
-    let template = TEMPLATES.iter().find(|t| t.world == world).expect("known world");
+    let template = TEMPLATES
+        .iter()
+        .find(|t| t.world == world)
+        .expect("known world");
     let sdk = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("templates");
     let name = format!("template-{world}");
@@ -72,7 +94,10 @@ fn instantiate_and_build(world: &str) {
     }
     for (path, text) in template.files {
         let rendered = render(text, &name, &sdk);
-        assert!(!rendered.contains("{{"), "{world}/{path}: a placeholder is left:\n{rendered}");
+        assert!(
+            !rendered.contains("{{"),
+            "{world}/{path}: a placeholder is left:\n{rendered}"
+        );
         let file = dir.join(path);
         std::fs::create_dir_all(file.parent().unwrap()).unwrap();
         std::fs::write(&file, rendered).unwrap();
@@ -82,12 +107,30 @@ fn instantiate_and_build(world: &str) {
 
     let target_dir = root.join("target");
     cargo(&dir, &target_dir, &["test", "--quiet"]);
-    cargo(&dir, &target_dir, &["build", "--quiet", "--target", "wasm32-wasip2", "--profile", "release-plugins"]);
+    cargo(
+        &dir,
+        &target_dir,
+        &[
+            "build",
+            "--quiet",
+            "--target",
+            "wasm32-wasip2",
+            "--profile",
+            "release-plugins",
+        ],
+    );
 
-    let wasm = target_dir.join("wasm32-wasip2/release-plugins").join(format!("{}.wasm", name.replace('-', "_")));
+    let wasm = target_dir
+        .join("wasm32-wasip2/release-plugins")
+        .join(format!("{}.wasm", name.replace('-', "_")));
     let bytes = std::fs::read(&wasm).unwrap_or_else(|err| panic!("{}: {err}", wasm.display()));
     // A component, not a core module: magic, then version 0x0d and layer 1.
-    assert_eq!(&bytes[..8], b"\0asm\x0d\0\x01\0", "{} is not a component", wasm.display());
+    assert_eq!(
+        &bytes[..8],
+        b"\0asm\x0d\0\x01\0",
+        "{} is not a component",
+        wasm.display()
+    );
 }
 
 #[test]

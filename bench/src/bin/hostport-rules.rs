@@ -20,13 +20,17 @@ use std::io::Write;
 use std::process::{Command, ExitCode, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use cellet::net::hostport::{Backend, HostPortRule, HostPortRules, NFT_TABLE, NetNamespace, Protocol};
+use cellet::net::hostport::{
+    Backend, HostPortRule, HostPortRules, NFT_TABLE, NetNamespace, Protocol,
+};
 use clap::Parser;
 
 const PORTMAP: &str = "/usr/lib/cni/portmap";
 
 #[derive(Debug, Parser)]
-#[command(about = "hostPort rules for N pods: one cellet reconcile against CNI portmap ADD per pod")]
+#[command(
+    about = "hostPort rules for N pods: one cellet reconcile against CNI portmap ADD per pod"
+)]
 struct Args {
     /// Number of pods, one TCP hostPort each.
     #[arg(long, default_value_t = 1000)]
@@ -39,29 +43,51 @@ struct Args {
 #[derive(Debug, thiserror::Error)]
 enum BenchError {
     #[error("failed to start `{program}` (run scripts/install-deps as root): {source}")]
-    Spawn { program: String, source: std::io::Error },
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
     #[error("failed to run `{command}`: {stderr}")]
     Status { command: String, stderr: String },
     #[error("failed to reconcile with cellet ({backend}): {source}")]
-    Cellet { backend: Backend, source: cellet::net::hostport::Error },
+    Cellet {
+        backend: Backend,
+        source: cellet::net::hostport::Error,
+    },
     #[error("failed to start the async runtime: {0}")]
     Tokio(#[source] std::io::Error),
 }
 
-fn output(args: &[&str], env: &[(&str, String)], stdin: Option<&str>) -> Result<Output, BenchError> {
+fn output(
+    args: &[&str],
+    env: &[(&str, String)],
+    stdin: Option<&str>,
+) -> Result<Output, BenchError> {
     let mut child = Command::new(args[0])
         .args(&args[1..])
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| BenchError::Spawn { program: args[0].to_owned(), source })?;
+        .map_err(|source| BenchError::Spawn {
+            program: args[0].to_owned(),
+            source,
+        })?;
     if let (Some(mut pipe), Some(input)) = (child.stdin.take(), stdin) {
         // The tools read all their input before answering; a failed write shows in the status.
         let _ = pipe.write_all(input.as_bytes());
     }
-    child.wait_with_output().map_err(|source| BenchError::Spawn { program: args[0].to_owned(), source })
+    child
+        .wait_with_output()
+        .map_err(|source| BenchError::Spawn {
+            program: args[0].to_owned(),
+            source,
+        })
 }
 
 fn run(args: &[&str], env: &[(&str, String)], stdin: Option<&str>) -> Result<String, BenchError> {
@@ -87,7 +113,12 @@ impl Netns {
         Ok(ns)
     }
 
-    fn run(&self, args: &[&str], env: &[(&str, String)], stdin: Option<&str>) -> Result<String, BenchError> {
+    fn run(
+        &self,
+        args: &[&str],
+        env: &[(&str, String)],
+        stdin: Option<&str>,
+    ) -> Result<String, BenchError> {
         let mut full = vec!["ip", "netns", "exec", self.0.as_str()];
         full.extend_from_slice(args);
         run(&full, env, stdin)
@@ -101,7 +132,11 @@ impl Netns {
     fn iptables_rules(&self) -> Result<usize, BenchError> {
         let mut n = 0;
         for save in ["iptables-save", "ip6tables-save"] {
-            n += self.run(&[save], &[], None)?.lines().filter(|l| l.starts_with("-A ")).count();
+            n += self
+                .run(&[save], &[], None)?
+                .lines()
+                .filter(|l| l.starts_with("-A "))
+                .count();
         }
         Ok(n)
     }
@@ -137,8 +172,16 @@ fn host_port(i: usize) -> u16 {
 }
 
 /// One pod's portmap invocation: CNI environment and the chained config with its mapping.
-fn portmap(node: &Netns, pod: &Netns, i: usize, command: &str, backend: Option<&str>) -> Result<Duration, BenchError> {
-    let backend = backend.map(|b| format!(r#""backend":"{b}","#)).unwrap_or_default();
+fn portmap(
+    node: &Netns,
+    pod: &Netns,
+    i: usize,
+    command: &str,
+    backend: Option<&str>,
+) -> Result<Duration, BenchError> {
+    let backend = backend
+        .map(|b| format!(r#""backend":"{b}","#))
+        .unwrap_or_default();
     let config = format!(
         r#"{{"cniVersion":"0.4.0","name":"cellet-bench","type":"portmap",{backend}"capabilities":{{"portMappings":true}},
 "runtimeConfig":{{"portMappings":[{{"hostPort":{},"containerPort":80,"protocol":"tcp"}}]}},
@@ -194,7 +237,10 @@ fn portmap_row(pods: usize, backend: Option<&str>) -> Result<Row, BenchError> {
     let delete_one = portmap(&node, &pod, pods / 2, "DEL", backend)?;
     each.sort();
     Ok(Row {
-        who: format!("CNI portmap ADD per pod ({})", backend.unwrap_or("iptables")),
+        who: format!(
+            "CNI portmap ADD per pod ({})",
+            backend.unwrap_or("iptables")
+        ),
         all,
         per_pod: Some((percentile(&each, 0.5), percentile(&each, 0.99))),
         objects,
@@ -233,7 +279,11 @@ async fn cellet_row(pods: usize, runs: usize, backend: Backend) -> Result<Row, B
         let start = Instant::now();
         let report = owner.reconcile(&rules).await.map_err(cellet_err)?;
         cold.push(start.elapsed());
-        assert_eq!(report.installed.len(), pods, "every pod's mapping is installed");
+        assert_eq!(
+            report.installed.len(),
+            pods,
+            "every pod's mapping is installed"
+        );
         objects = match backend {
             Backend::Nftables => {
                 let (rules, elements) = node.nft_objects("inet", NFT_TABLE)?;
@@ -290,11 +340,22 @@ fn bench(args: &Args) -> Result<(), BenchError> {
         peers.push(portmap_row(pods, Some("nftables"))?);
     }
 
-    println!("| {pods} pods, one TCP hostPort each | all pods' rules in | per pod p50 / p99 | kernel objects | remove one pod at {pods} |");
+    println!(
+        "| {pods} pods, one TCP hostPort each | all pods' rules in | per pod p50 / p99 | kernel objects | remove one pod at {pods} |"
+    );
     println!("| --- | ---: | ---: | --- | ---: |");
     for row in [&nft, &ipt].into_iter().chain(&peers) {
-        let per_pod = row.per_pod.map(|(p50, p99)| format!("{} / {}", ms(p50), ms(p99))).unwrap_or_else(|| "—".into());
-        println!("| {} | {} | {per_pod} | {} | {} |", row.who, ms(row.all), row.objects, ms(row.delete_one));
+        let per_pod = row
+            .per_pod
+            .map(|(p50, p99)| format!("{} / {}", ms(p50), ms(p99)))
+            .unwrap_or_else(|| "—".into());
+        println!(
+            "| {} | {} | {per_pod} | {} | {} |",
+            row.who,
+            ms(row.all),
+            row.objects,
+            ms(row.delete_one)
+        );
     }
     println!();
     let base = &peers[0];
@@ -308,7 +369,9 @@ fn bench(args: &Args) -> Result<(), BenchError> {
         );
     }
     if !portmap_nft {
-        println!("- the installed CNI portmap has no nftables backend (added upstream in v1.5): only its iptables backend is measured");
+        println!(
+            "- the installed CNI portmap has no nftables backend (added upstream in v1.5): only its iptables backend is measured"
+        );
     }
     Ok(())
 }

@@ -147,7 +147,11 @@ fn route_to_cell(view: &NodeView, session: Session, target: Target) -> Failure {
         Ok(pod) => pod,
         Err(failure) => return failure,
     };
-    let ip = view.cells.management_ip(&pod).map(|ip| ip.to_string()).unwrap_or_default();
+    let ip = view
+        .cells
+        .management_ip(&pod)
+        .map(|ip| ip.to_string())
+        .unwrap_or_default();
     tracing::debug!(session = session.describe(), %namespace, pod = %name, cell = %ip, "session routed to a cell agent that does not serve it");
     Failure::not_implemented(format!(
         "cell agent streaming not available in this release: {} for pod \"{namespace}/{name}\" needs the agent of its cell at {ip}",
@@ -206,7 +210,12 @@ async fn container_logs(
     Path((namespace, pod, container)): Path<(String, String, String)>,
     Query(query): Query<LogQuery>,
 ) -> Result<Response, Failure> {
-    let target = Target { namespace, pod, uid: None, container: Some(container.clone()) };
+    let target = Target {
+        namespace,
+        pod,
+        uid: None,
+        container: Some(container.clone()),
+    };
     let pod = find_in_cell(&view, &target)?;
     let Some(agent) = view.cells.agent(&pod) else {
         return Err(route_to_cell(&view, Session::Logs, target));

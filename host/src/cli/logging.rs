@@ -30,10 +30,17 @@ pub fn init(format: LogFormat) {
     };
     // Colours only for a terminal: a log file or collector gets plain text.
     let ansi = std::io::stderr().is_terminal();
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
     }
     if let Some((text, error)) = bad_filter {
         tracing::warn!(filter = %text, %error, "invalid {FILTER_VAR}, logging at info");

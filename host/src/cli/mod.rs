@@ -120,16 +120,30 @@ pub async fn run(command: Command) -> ExitCode {
     let outcome: Result<(), Box<dyn std::error::Error>> = match command {
         Command::Run { config } => run::run(&config).await.map_err(Into::into),
         Command::Config(ConfigCommand::Check { file }) => return config_check(&file).await,
-        Command::Plugin(PluginCommand::Inspect { source, json, cache_dir, insecure_registries }) => {
-            plugin::inspect(&source, json, cache_dir, insecure_registries).await.map_err(Into::into)
+        Command::Plugin(PluginCommand::Inspect {
+            source,
+            json,
+            cache_dir,
+            insecure_registries,
+        }) => plugin::inspect(&source, json, cache_dir, insecure_registries)
+            .await
+            .map_err(Into::into),
+        Command::Plugin(PluginCommand::Push {
+            file,
+            reference,
+            insecure_registries,
+        }) => plugin::push(&file, &reference, insecure_registries)
+            .await
+            .map_err(Into::into),
+        Command::Plugin(PluginCommand::New {
+            name,
+            world,
+            dir,
+            sdk,
+        }) => plugin::new(&name, world, &dir, sdk).map_err(Into::into),
+        Command::LocalCells(LocalCellsCommand::Down { config }) => {
+            local_cells::down(&config).await.map_err(Into::into)
         }
-        Command::Plugin(PluginCommand::Push { file, reference, insecure_registries }) => {
-            plugin::push(&file, &reference, insecure_registries).await.map_err(Into::into)
-        }
-        Command::Plugin(PluginCommand::New { name, world, dir, sdk }) => {
-            plugin::new(&name, world, &dir, sdk).map_err(Into::into)
-        }
-        Command::LocalCells(LocalCellsCommand::Down { config }) => local_cells::down(&config).await.map_err(Into::into),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -165,7 +179,11 @@ async fn config_check(file: &std::path::Path) -> ExitCode {
     } else {
         println!("{}", report.problems);
         let n = report.problems.0.len();
-        println!("{}: {n} problem{}", file.display(), if n == 1 { "" } else { "s" });
+        println!(
+            "{}: {n} problem{}",
+            file.display(),
+            if n == 1 { "" } else { "s" }
+        );
         ExitCode::FAILURE
     }
 }

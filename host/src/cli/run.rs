@@ -15,16 +15,18 @@ use prometheus_client::registry::Registry;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
-use cellet::api::{self, ApiError, ApiMetrics, Auth, KubeletApi, NodeView, Readiness, ServeError, ServingNames};
+use cellet::api::{
+    self, ApiError, ApiMetrics, Auth, KubeletApi, NodeView, Readiness, ServeError, ServingNames,
+};
 use cellet::cells::{BootstrapSettings, CaError, CellCa, ClientError};
 use cellet::config::Config;
 use cellet::config::check::{self, StartError};
 use cellet::kube::agents::CellAgents;
-use cellet::plugins::spec::Capability;
 use cellet::kube::metrics::KubeMetrics;
 use cellet::kube::provider::{Plugins, WrongSlot};
 use cellet::kube::{self, KubeError, NodeLoop};
 use cellet::net::hostport::HostPortRules;
+use cellet::plugins::spec::Capability;
 
 /// Errors of `cellet run`.
 #[derive(Debug, thiserror::Error)]
@@ -54,8 +56,12 @@ pub enum RunError {
 /// `None` when the cloud plugin is granted no capability that makes machines (`ec2`,
 /// `local-cells`): such a plugin (the `mock` test tool) cannot start an agent anywhere.
 fn cell_agents(config: &Config) -> Result<Option<Arc<CellAgents>>, RunError> {
-    let makes_machines =
-        config.cloud.spec.grants.iter().any(|c| matches!(c, Capability::Ec2 | Capability::LocalCells));
+    let makes_machines = config
+        .cloud
+        .spec
+        .grants
+        .iter()
+        .any(|c| matches!(c, Capability::Ec2 | Capability::LocalCells));
     if !makes_machines {
         return Ok(None);
     }
@@ -66,7 +72,12 @@ fn cell_agents(config: &Config) -> Result<Option<Arc<CellAgents>>, RunError> {
         port: cells.agent_port,
         state_root: cells.agent_state_dir.clone(),
     };
-    let agents = CellAgents::new(ca, &config.node.name, bootstrap, cells.insecure_registries.clone())?;
+    let agents = CellAgents::new(
+        ca,
+        &config.node.name,
+        bootstrap,
+        cells.insecure_registries.clone(),
+    )?;
     Ok(Some(Arc::new(agents)))
 }
 
@@ -76,7 +87,11 @@ pub async fn run(config_path: &Path) -> Result<(), RunError> {
     let node = &config.node;
     let mut terminate = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
-    let plugins = Plugins::from_handles(&loaded.cloud.handle, &loaded.network.handle, &loaded.hostport.handle)?;
+    let plugins = Plugins::from_handles(
+        &loaded.cloud.handle,
+        &loaded.network.handle,
+        &loaded.hostport.handle,
+    )?;
     let client = kube::connect().await?;
 
     // Every metric family of the process, in the one registry `/metrics` serves.
@@ -92,8 +107,15 @@ pub async fn run(config_path: &Path) -> Result<(), RunError> {
 
     let rules = HostPortRules::new(config.node_rules.backend, config.node_rules.netns.clone());
     let agents = cell_agents(config)?;
-    let node_loop =
-        NodeLoop::new(client.clone(), node.clone(), config.kube.clone(), plugins, rules, agents, kube_metrics);
+    let node_loop = NodeLoop::new(
+        client.clone(),
+        node.clone(),
+        config.kube.clone(),
+        plugins,
+        rules,
+        agents,
+        kube_metrics,
+    );
 
     // The servers stop when `stop` fires or is dropped (the node loop ended).
     let (stop, stopped) = watch::channel(());
@@ -114,14 +136,17 @@ pub async fn run(config_path: &Path) -> Result<(), RunError> {
             let listener = api::server::bind("metrics endpoints", settings.metrics_address).await?;
             tracing::info!(address = ?listener.local_addr().ok(), "metrics endpoints serving");
             let app = api::metrics::router(Arc::clone(&registry), readiness.clone());
-            let serve = api::server::serve_plain("metrics endpoints", listener, app, until_stopped());
+            let serve =
+                api::server::serve_plain("metrics endpoints", listener, app, until_stopped());
             servers.push(Box::pin(async move {
                 if let Err(error) = serve.await {
                     tracing::error!(%error, "metrics endpoints stopped");
                 }
             }));
             match &settings.api {
-                None => tracing::warn!("kubelet API disabled (kubelet-api.enabled: false): kubectl logs and exec cannot reach this node"),
+                None => tracing::warn!(
+                    "kubelet API disabled (kubelet-api.enabled: false): kubectl logs and exec cannot reach this node"
+                ),
                 Some(listen) => {
                     let view = NodeView {
                         node_name: node.name.as_str().into(),
@@ -132,7 +157,10 @@ pub async fn run(config_path: &Path) -> Result<(), RunError> {
                     };
                     let auth = Arc::new(Auth::new(client.clone(), node.name.clone()));
                     let app = api::router(view, auth, api_metrics);
-                    let names = ServingNames { node_name: node.name.clone(), addresses: vec![node.internal_ip] };
+                    let names = ServingNames {
+                        node_name: node.name.clone(),
+                        addresses: vec![node.internal_ip],
+                    };
                     let api = KubeletApi::bind(listen.address, &listen.tls, &names, app).await?;
                     servers.push(Box::pin(api.serve(until_stopped())));
                 }

@@ -17,7 +17,13 @@ use cellet_agent::protocol::{AGENT_PORT, DEFAULT_MANAGEMENT_INTERFACE, DEFAULT_S
 use super::optional;
 use super::yaml::{Field, Reader};
 
-const KEYS: &[&str] = &["ca-dir", "agent-port", "agent-state-dir", "management-interface", "insecure-registries"];
+const KEYS: &[&str] = &[
+    "ca-dir",
+    "agent-port",
+    "agent-state-dir",
+    "management-interface",
+    "insecure-registries",
+];
 
 /// Where the CA lives unless configured: it must outlive the process, since running agents
 /// trust only it.
@@ -46,12 +52,22 @@ impl Default for CellsConfig {
     }
 }
 
-pub(super) fn cells(reader: &mut Reader, field: Option<&Field<'_, '_>>, base_dir: &Path) -> Option<CellsConfig> {
-    let Some(field) = field else { return Some(CellsConfig::default()) };
+pub(super) fn cells(
+    reader: &mut Reader,
+    field: Option<&Field<'_, '_>>,
+    base_dir: &Path,
+) -> Option<CellsConfig> {
+    let Some(field) = field else {
+        return Some(CellsConfig::default());
+    };
     let section = reader.section(field, KEYS);
     let defaults = CellsConfig::default();
-    let ca_dir = optional(reader, &section, "ca-dir", |reader, f| reader.string(f).map(|p| base_dir.join(p)));
-    let agent_port = optional(reader, &section, "agent-port", |reader, f| reader.integer(f, 1, 65535).map(|p| p as u16));
+    let ca_dir = optional(reader, &section, "ca-dir", |reader, f| {
+        reader.string(f).map(|p| base_dir.join(p))
+    });
+    let agent_port = optional(reader, &section, "agent-port", |reader, f| {
+        reader.integer(f, 1, 65535).map(|p| p as u16)
+    });
     let agent_state_dir = optional(reader, &section, "agent-state-dir", |reader, f| {
         let text = reader.string(f)?;
         // The agent runs in another filesystem view on a real cloud: only an absolute path
@@ -63,14 +79,20 @@ pub(super) fn cells(reader: &mut Reader, field: Option<&Field<'_, '_>>, base_dir
             None
         }
     });
-    let interface = optional(reader, &section, "management-interface", |reader, f| reader.string(f));
+    let interface = optional(reader, &section, "management-interface", |reader, f| {
+        reader.string(f)
+    });
     let registries = optional(reader, &section, "insecure-registries", |reader, f| {
         let items = reader.list(f)?;
         let mut out = Vec::new();
         for item in &items {
             let text = reader.string(item)?;
             if text.is_empty() || text.contains('/') {
-                reader.report(item.line, &item.path, format!("`{text}` is not a registry `host[:port]`"));
+                reader.report(
+                    item.line,
+                    &item.path,
+                    format!("`{text}` is not a registry `host[:port]`"),
+                );
                 return None;
             }
             out.push(text);
@@ -100,17 +122,37 @@ mod tests {
     fn defaults_when_absent_and_relative_ca_dirs_follow_the_file() {
         let draft = parse(Path::new("/etc/cellet/c.yaml"), BASE);
         assert_eq!(draft.cells, Some(CellsConfig::default()));
-        let text = format!("{BASE}cells: {{ca-dir: ca, insecure-registries: [\"10.77.0.2:5000\"]}}\n");
+        let text =
+            format!("{BASE}cells: {{ca-dir: ca, insecure-registries: [\"10.77.0.2:5000\"]}}\n");
         let cells = parse(Path::new("/etc/cellet/c.yaml"), &text).cells.unwrap();
         assert_eq!(cells.ca_dir, PathBuf::from("/etc/cellet/ca"));
-        assert_eq!(cells.insecure_registries, vec!["10.77.0.2:5000".to_string()]);
+        assert_eq!(
+            cells.insecure_registries,
+            vec!["10.77.0.2:5000".to_string()]
+        );
     }
 
     #[test]
     fn bad_values_are_located() {
-        let text = format!("{BASE}cells:\n  agent-state-dir: state\n  insecure-registries: [\"http://x/\"]\n");
-        let found: Vec<String> = parse(Path::new("c.yaml"), &text).problems.iter().map(ToString::to_string).collect();
-        assert!(found.iter().any(|p| p.contains("c.yaml:6: cells.agent-state-dir")), "{found:?}");
-        assert!(found.iter().any(|p| p.contains("c.yaml:7: cells.insecure-registries[0]")), "{found:?}");
+        let text = format!(
+            "{BASE}cells:\n  agent-state-dir: state\n  insecure-registries: [\"http://x/\"]\n"
+        );
+        let found: Vec<String> = parse(Path::new("c.yaml"), &text)
+            .problems
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains("c.yaml:6: cells.agent-state-dir")),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains("c.yaml:7: cells.insecure-registries[0]")),
+            "{found:?}"
+        );
     }
 }

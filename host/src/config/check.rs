@@ -9,11 +9,15 @@
 
 use std::path::Path;
 
-use crate::config::{Config, ConfigError, Draft, NodeConfig, PluginsConfig, Problem, Problems, SlotConfig};
+use crate::config::{
+    Config, ConfigError, Draft, NodeConfig, PluginsConfig, Problem, Problems, SlotConfig,
+};
 use crate::plugins::capabilities::ec2::{Ec2Capability, Ec2Metrics};
 use crate::plugins::capabilities::local_cells::{LocalCellsCapability, LocalCellsMetrics};
 use crate::plugins::source::{Fetcher, SourceError};
-use crate::plugins::{LoadError, LoadedPlugin, PluginRuntime, Providers, RuntimeConfig, RuntimeError, Slot};
+use crate::plugins::{
+    LoadError, LoadedPlugin, PluginRuntime, Providers, RuntimeConfig, RuntimeError, Slot,
+};
 
 /// Why one slot's plugin could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -23,7 +27,11 @@ pub enum SlotError {
     Fetch { slot: Slot, source: SourceError },
     /// The runtime refused the component (world, version, imports, limits, `init`).
     #[error("failed to load the {slot} plugin from {origin}: {source}")]
-    Load { slot: Slot, origin: String, source: LoadError },
+    Load {
+        slot: Slot,
+        origin: String,
+        source: LoadError,
+    },
 }
 
 impl SlotError {
@@ -32,13 +40,28 @@ impl SlotError {
     pub fn problem(&self, file: &Path, slot: &SlotConfig) -> Problem {
         let key = slot.spec.slot.config_key();
         match self {
-            SlotError::Fetch { source, .. } => Problem::new(file, slot.source_line, format!("{key}.source"), source.to_string()),
-            SlotError::Load { source: source @ LoadError::Init { .. }, origin, .. } => {
-                Problem::new(file, slot.config_line, format!("{key}.config"), format!("plugin {origin}: {source}"))
-            }
-            SlotError::Load { source, origin, .. } => {
-                Problem::new(file, slot.source_line, format!("{key}.source"), format!("plugin {origin}: {source}"))
-            }
+            SlotError::Fetch { source, .. } => Problem::new(
+                file,
+                slot.source_line,
+                format!("{key}.source"),
+                source.to_string(),
+            ),
+            SlotError::Load {
+                source: source @ LoadError::Init { .. },
+                origin,
+                ..
+            } => Problem::new(
+                file,
+                slot.config_line,
+                format!("{key}.config"),
+                format!("plugin {origin}: {source}"),
+            ),
+            SlotError::Load { source, origin, .. } => Problem::new(
+                file,
+                slot.source_line,
+                format!("{key}.source"),
+                format!("plugin {origin}: {source}"),
+            ),
         }
     }
 }
@@ -83,7 +106,10 @@ pub fn runtime_config(node: Option<&NodeConfig>, plugins: &PluginsConfig) -> Run
 /// The fetcher a config asks for: fetched components live in `<cache-dir>/oci`, beside
 /// the runtime's compiled ones.
 pub fn fetcher(plugins: &PluginsConfig) -> Fetcher {
-    Fetcher::new(Some(plugins.cache_dir.join("oci")), plugins.insecure_registries.clone())
+    Fetcher::new(
+        Some(plugins.cache_dir.join("oci")),
+        plugins.insecure_registries.clone(),
+    )
 }
 
 /// The metrics of the capabilities, shared by every slot (register them once with the
@@ -102,22 +128,34 @@ pub async fn load_slot(
     metrics: &CapabilityMetrics,
 ) -> Result<LoadedPlugin, SlotError> {
     let name = slot.spec.slot;
-    let fetched = fetcher.fetch(&slot.source, slot.pin).await.map_err(|source| SlotError::Fetch { slot: name, source })?;
+    let fetched = fetcher
+        .fetch(&slot.source, slot.pin)
+        .await
+        .map_err(|source| SlotError::Fetch { slot: name, source })?;
     tracing::debug!(slot = %name, source = %slot.source, digest = %fetched.digest, origin = ?fetched.origin, "plugin fetched");
     let ec2 = match &slot.ec2 {
         // Building the client reads the credential chain but calls no AWS API.
-        Some(settings) => Some(Ec2Capability::connect(&slot.spec.name, settings, metrics.ec2.clone()).await),
+        Some(settings) => {
+            Some(Ec2Capability::connect(&slot.spec.name, settings, metrics.ec2.clone()).await)
+        }
         None => None,
     };
     // Touches nothing until the plugin's first call: `config check` makes no namespace.
-    let local_cells = slot
-        .local_cells
-        .as_ref()
-        .map(|settings| LocalCellsCapability::new(&slot.spec.name, settings.clone(), metrics.local_cells.clone()));
+    let local_cells = slot.local_cells.as_ref().map(|settings| {
+        LocalCellsCapability::new(
+            &slot.spec.name,
+            settings.clone(),
+            metrics.local_cells.clone(),
+        )
+    });
     runtime
         .load_with(&slot.spec, &fetched.bytes, Providers { ec2, local_cells })
         .await
-        .map_err(|source| SlotError::Load { slot: name, origin: slot.source.to_string(), source })
+        .map_err(|source| SlotError::Load {
+            slot: name,
+            origin: slot.source.to_string(),
+            source,
+        })
 }
 
 /// Load a config and its three plugins; the first failure stops the start.
@@ -129,8 +167,19 @@ pub async fn start(path: &Path) -> Result<Loaded, StartError> {
     let cloud = load_slot(&runtime, &fetcher, &config.cloud, &metrics).await?;
     let network = load_slot(&runtime, &fetcher, &config.network, &metrics).await?;
     let hostport = load_slot(&runtime, &fetcher, &config.hostport, &metrics).await?;
-    let CapabilityMetrics { ec2: ec2_metrics, local_cells: local_cells_metrics } = metrics;
-    Ok(Loaded { config, runtime, ec2_metrics, local_cells_metrics, cloud, network, hostport })
+    let CapabilityMetrics {
+        ec2: ec2_metrics,
+        local_cells: local_cells_metrics,
+    } = metrics;
+    Ok(Loaded {
+        config,
+        runtime,
+        ec2_metrics,
+        local_cells_metrics,
+        cloud,
+        network,
+        hostport,
+    })
 }
 
 /// What `config check` found.
@@ -145,8 +194,17 @@ pub struct Report {
 /// Check a config file and every plugin it names (see the module docs). Only an
 /// unreadable file is an `Err`; everything else is in the report.
 pub async fn check(path: &Path) -> Result<Report, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-    let Draft { node, plugins, slots, mut problems, .. } = super::parse(path, &text);
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let Draft {
+        node,
+        plugins,
+        slots,
+        mut problems,
+        ..
+    } = super::parse(path, &text);
     let mut loaded = Vec::new();
     if let Some(plugins) = plugins {
         match PluginRuntime::new(runtime_config(node.as_ref(), &plugins)) {
@@ -155,13 +213,23 @@ pub async fn check(path: &Path) -> Result<Report, ConfigError> {
                 let metrics = CapabilityMetrics::default();
                 for slot in slots.iter().flatten() {
                     match load_slot(&runtime, &fetcher, slot, &metrics).await {
-                        Ok(plugin) => loaded.push((slot.spec.slot, slot.source.to_string(), plugin)),
+                        Ok(plugin) => {
+                            loaded.push((slot.spec.slot, slot.source.to_string(), plugin))
+                        }
                         Err(error) => problems.push(error.problem(path, slot)),
                     }
                 }
             }
-            Err(error) => problems.push(Problem::new(path, plugins.line, "plugins", format!("failed to start the plugin runtime: {error}"))),
+            Err(error) => problems.push(Problem::new(
+                path,
+                plugins.line,
+                "plugins",
+                format!("failed to start the plugin runtime: {error}"),
+            )),
         }
     }
-    Ok(Report { problems: Problems(problems).sorted(), loaded })
+    Ok(Report {
+        problems: Problems(problems).sorted(),
+        loaded,
+    })
 }

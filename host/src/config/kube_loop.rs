@@ -19,7 +19,13 @@ const KUBE_KEYS: &[&str] = &[
     "node-lease-renew-interval",
     "leader-election",
 ];
-const LEADER_KEYS: &[&str] = &["namespace", "lease-name", "lease-duration", "renew-deadline", "retry-period"];
+const LEADER_KEYS: &[&str] = &[
+    "namespace",
+    "lease-name",
+    "lease-duration",
+    "renew-deadline",
+    "retry-period",
+];
 
 /// Bounds of the intervals: below a second the API server would be flooded; over a day a
 /// setting is a typo.
@@ -27,20 +33,32 @@ const MIN_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 
 /// The `kube:` section, or the defaults when it is absent.
-pub(super) fn kube_settings(reader: &mut Reader, field: Option<&Field<'_, '_>>) -> Option<KubeSettings> {
+pub(super) fn kube_settings(
+    reader: &mut Reader,
+    field: Option<&Field<'_, '_>>,
+) -> Option<KubeSettings> {
     let defaults = KubeSettings::default();
-    let Some(field) = field else { return Some(defaults) };
+    let Some(field) = field else {
+        return Some(defaults);
+    };
     let section = reader.section(field, KUBE_KEYS);
-    let concurrency = optional(reader, &section, "max-concurrent-reconciles", |reader, f| {
-        reader.integer(f, 1, 1024).map(|n| n as u16)
-    });
+    let concurrency = optional(
+        reader,
+        &section,
+        "max-concurrent-reconciles",
+        |reader, f| reader.integer(f, 1, 1024).map(|n| n as u16),
+    );
     let daemonsets = optional(reader, &section, "daemonsets", |reader, f| {
         let text = reader.string(f)?;
         match text.as_str() {
             "refuse" => Some(DaemonSetPolicy::Refuse),
             "allow" => Some(DaemonSetPolicy::Allow),
             other => {
-                reader.report(f.line, &f.path, format!("unknown DaemonSet policy `{other}` (known: refuse, allow)"));
+                reader.report(
+                    f.line,
+                    &f.path,
+                    format!("unknown DaemonSet policy `{other}` (known: refuse, allow)"),
+                );
                 None
             }
         }
@@ -62,8 +80,10 @@ pub(super) fn kube_settings(reader: &mut Reader, field: Option<&Field<'_, '_>>) 
         daemonsets: daemonsets?.unwrap_or(defaults.daemonsets),
         pod_resync: pod_resync?.unwrap_or(defaults.pod_resync),
         orphan_sweep_interval: orphan_sweep?.unwrap_or(defaults.orphan_sweep_interval),
-        node_status_update_frequency: status_update?.unwrap_or(defaults.node_status_update_frequency),
-        node_status_report_frequency: status_report?.unwrap_or(defaults.node_status_report_frequency),
+        node_status_update_frequency: status_update?
+            .unwrap_or(defaults.node_status_update_frequency),
+        node_status_report_frequency: status_report?
+            .unwrap_or(defaults.node_status_report_frequency),
         node_lease_duration: lease_duration?.unwrap_or(defaults.node_lease_duration),
         node_lease_renew_interval: lease_renew?.unwrap_or(defaults.node_lease_renew_interval),
         leader: leader?,
@@ -89,13 +109,25 @@ fn leader(reader: &mut Reader, field: &Field<'_, '_>) -> Option<LeaderSettings> 
     let defaults = LeaderSettings::default();
     let name = |reader: &mut Reader, f: &Field<'_, '_>, what: &str| {
         let text = reader.string(f)?;
-        valid_dns_subdomain(&text).then_some(text.clone()).or_else(|| {
-            reader.report(f.line, &f.path, format!("`{text}` is not a valid {what} (lowercase letters, digits, `-` and `.`)"));
-            None
-        })
+        valid_dns_subdomain(&text)
+            .then_some(text.clone())
+            .or_else(|| {
+                reader.report(
+                    f.line,
+                    &f.path,
+                    format!(
+                        "`{text}` is not a valid {what} (lowercase letters, digits, `-` and `.`)"
+                    ),
+                );
+                None
+            })
     };
-    let namespace = optional(reader, &section, "namespace", |reader, f| name(reader, f, "namespace"));
-    let lease_name = optional(reader, &section, "lease-name", |reader, f| name(reader, f, "Lease name"));
+    let namespace = optional(reader, &section, "namespace", |reader, f| {
+        name(reader, f, "namespace")
+    });
+    let lease_name = optional(reader, &section, "lease-name", |reader, f| {
+        name(reader, f, "Lease name")
+    });
     let lease_duration = optional(reader, &section, "lease-duration", whole_seconds);
     let renew_deadline = optional(reader, &section, "renew-deadline", interval);
     let retry_period = optional(reader, &section, "retry-period", interval);
@@ -134,7 +166,11 @@ fn interval(reader: &mut Reader, f: &Field<'_, '_>) -> Option<Duration> {
     match units::parse_duration(&text) {
         Ok(d) if (MIN_INTERVAL..=MAX_INTERVAL).contains(&d) => Some(d),
         Ok(_) => {
-            reader.report(f.line, &f.path, format!("`{text}` is out of range (1s to 24h)"));
+            reader.report(
+                f.line,
+                &f.path,
+                format!("`{text}` is out of range (1s to 24h)"),
+            );
             None
         }
         Err(e) => {
@@ -148,7 +184,11 @@ fn interval(reader: &mut Reader, f: &Field<'_, '_>) -> Option<Duration> {
 fn whole_seconds(reader: &mut Reader, f: &Field<'_, '_>) -> Option<Duration> {
     let d = interval(reader, f)?;
     if d.subsec_nanos() != 0 {
-        reader.report(f.line, &f.path, "a Lease duration is a whole number of seconds");
+        reader.report(
+            f.line,
+            &f.path,
+            "a Lease duration is a whole number of seconds",
+        );
         return None;
     }
     Some(d)
@@ -189,7 +229,10 @@ mod tests {
         assert_eq!(kube.leader.namespace, "cellet-system");
         assert_eq!(kube.leader.lease_name.as_deref(), Some("node-a-leader"));
         assert_eq!(kube.leader.lease_duration, Duration::from_secs(30));
-        assert_eq!(kube.leader.renew_deadline, LeaderSettings::default().renew_deadline);
+        assert_eq!(
+            kube.leader.renew_deadline,
+            LeaderSettings::default().renew_deadline
+        );
     }
 
     #[test]
@@ -204,8 +247,11 @@ mod tests {
     renew-deadline: 20s
 "
         );
-        let found: Vec<String> =
-            parse(Path::new("cellet.yaml"), &text).problems.iter().map(ToString::to_string).collect();
+        let found: Vec<String> = parse(Path::new("cellet.yaml"), &text)
+            .problems
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert_eq!(
             found,
             vec![
@@ -216,11 +262,16 @@ mod tests {
             ]
         );
         let text = format!("{BASE}kube:\n  node-lease-renew-interval: 50s\n");
-        let found: Vec<String> =
-            parse(Path::new("cellet.yaml"), &text).problems.iter().map(ToString::to_string).collect();
+        let found: Vec<String> = parse(Path::new("cellet.yaml"), &text)
+            .problems
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert_eq!(
             found,
-            vec!["cellet.yaml:6: kube.node-lease-renew-interval: 50s is not shorter than node-lease-duration (40s): the node would turn NotReady between renewals"]
+            vec![
+                "cellet.yaml:6: kube.node-lease-renew-interval: 50s is not shorter than node-lease-duration (40s): the node would turn NotReady between renewals"
+            ]
         );
     }
 }

@@ -55,7 +55,9 @@ pub(super) fn kubelet_api(
     let section = reader.section(field, KEYS);
     let enabled = optional(reader, &section, "enabled", |reader, f| reader.boolean(f));
     let path = |reader: &mut Reader, key: &str| {
-        optional(reader, &section, key, |reader, f| reader.string(f).map(|p| base_dir.join(p)))
+        optional(reader, &section, key, |reader, f| {
+            reader.string(f).map(|p| base_dir.join(p))
+        })
     };
     let serving_cert = path(reader, "serving-cert");
     let serving_key = path(reader, "serving-key");
@@ -77,21 +79,36 @@ pub(super) fn kubelet_api(
     let metrics_address = optional(reader, &section, "metrics-address", |reader, f| {
         let text = reader.string(f)?;
         text.parse::<SocketAddr>().ok().or_else(|| {
-            reader.report(f.line, &f.path, format!("`{text}` is not an address and port (e.g. 127.0.0.1:10255)"));
+            reader.report(
+                f.line,
+                &f.path,
+                format!("`{text}` is not an address and port (e.g. 127.0.0.1:10255)"),
+            );
             None
         })
     });
 
     let metrics_address = metrics_address?.unwrap_or(DEFAULT_METRICS_ADDRESS);
     let enabled = enabled?.unwrap_or(true);
-    let (serving_cert, serving_key, ca_cert, ca_key, client_ca, listen_ip) =
-        (serving_cert?, serving_key?, ca_cert?, ca_key?, client_ca?, listen_ip?);
+    let (serving_cert, serving_key, ca_cert, ca_key, client_ca, listen_ip) = (
+        serving_cert?,
+        serving_key?,
+        ca_cert?,
+        ca_key?,
+        client_ca?,
+        listen_ip?,
+    );
     if !enabled {
-        return Some(KubeletApiConfig { api: None, metrics_address });
+        return Some(KubeletApiConfig {
+            api: None,
+            metrics_address,
+        });
     }
     let serving = match (serving_cert, serving_key, ca_cert, ca_key) {
         (Some(cert), Some(key), None, None) => Some(ServingCert::Files { cert, key }),
-        (None, None, Some(ca_cert), Some(ca_key)) => Some(ServingCert::IssueFrom { ca_cert, ca_key }),
+        (None, None, Some(ca_cert), Some(ca_key)) => {
+            Some(ServingCert::IssueFrom { ca_cert, ca_key })
+        }
         (None, None, None, None) => {
             reader.report(
                 field.line,
@@ -104,11 +121,28 @@ pub(super) fn kubelet_api(
             let files = cert.is_some() || key.is_some();
             let ca = ca_cert.is_some() || ca_key.is_some();
             let (line, message) = if files && ca {
-                (section.line_of("ca-cert").max(section.line_of("ca-key")), "give either `serving-cert`/`serving-key` or `ca-cert`/`ca-key`, not both")
+                (
+                    section.line_of("ca-cert").max(section.line_of("ca-key")),
+                    "give either `serving-cert`/`serving-key` or `ca-cert`/`ca-key`, not both",
+                )
             } else if files {
-                (section.line_of(if cert.is_some() { "serving-cert" } else { "serving-key" }), "`serving-cert` and `serving-key` go together")
+                (
+                    section.line_of(if cert.is_some() {
+                        "serving-cert"
+                    } else {
+                        "serving-key"
+                    }),
+                    "`serving-cert` and `serving-key` go together",
+                )
             } else {
-                (section.line_of(if ca_cert.is_some() { "ca-cert" } else { "ca-key" }), "`ca-cert` and `ca-key` go together")
+                (
+                    section.line_of(if ca_cert.is_some() {
+                        "ca-cert"
+                    } else {
+                        "ca-key"
+                    }),
+                    "`ca-cert` and `ca-key` go together",
+                )
             };
             reader.report(line, &field.path, message);
             None
@@ -125,7 +159,13 @@ pub(super) fn kubelet_api(
     let node = node?;
     let address = SocketAddr::new(listen_ip.unwrap_or(node.internal_ip), node.kubelet_port);
     Some(KubeletApiConfig {
-        api: Some(KubeletApiListener { address, tls: TlsSettings { serving: serving?, client_ca: client_ca? } }),
+        api: Some(KubeletApiListener {
+            address,
+            tls: TlsSettings {
+                serving: serving?,
+                client_ca: client_ca?,
+            },
+        }),
         metrics_address,
     })
 }
@@ -145,13 +185,21 @@ hostport: {source: h.wasm}
 ";
 
     fn problems(text: &str) -> Vec<String> {
-        parse(Path::new("cellet.yaml"), text).problems.iter().map(ToString::to_string).collect()
+        parse(Path::new("cellet.yaml"), text)
+            .problems
+            .iter()
+            .map(ToString::to_string)
+            .collect()
     }
 
     #[test]
     fn defaults_listen_on_the_internal_ip_and_metrics_on_loopback() {
-        let text = format!("{BASE}kubelet-api:\n  ca-cert: pki/ca.crt\n  ca-key: pki/ca.key\n  client-ca-file: pki/ca.crt\n");
-        let config = parse(Path::new("/etc/cellet/cellet.yaml"), &text).into_config().unwrap();
+        let text = format!(
+            "{BASE}kubelet-api:\n  ca-cert: pki/ca.crt\n  ca-key: pki/ca.key\n  client-ca-file: pki/ca.crt\n"
+        );
+        let config = parse(Path::new("/etc/cellet/cellet.yaml"), &text)
+            .into_config()
+            .unwrap();
         let api = config.kubelet_api.unwrap();
         assert_eq!(api.metrics_address, DEFAULT_METRICS_ADDRESS);
         let listener = api.api.unwrap();
@@ -166,14 +214,31 @@ hostport: {source: h.wasm}
                 client_ca: PathBuf::from("/etc/cellet/pki/ca.crt"),
             }
         );
-        assert!(parse(Path::new("c.yaml"), BASE).into_config().unwrap().kubelet_api.is_none());
+        assert!(
+            parse(Path::new("c.yaml"), BASE)
+                .into_config()
+                .unwrap()
+                .kubelet_api
+                .is_none()
+        );
     }
 
     #[test]
     fn disabled_keeps_the_metrics_address() {
-        let text = format!("{BASE}kubelet-api: {{enabled: false, metrics-address: \"127.0.0.1:0\"}}\n");
-        let api = parse(Path::new("c.yaml"), &text).into_config().unwrap().kubelet_api.unwrap();
-        assert_eq!(api, KubeletApiConfig { api: None, metrics_address: "127.0.0.1:0".parse().unwrap() });
+        let text =
+            format!("{BASE}kubelet-api: {{enabled: false, metrics-address: \"127.0.0.1:0\"}}\n");
+        let api = parse(Path::new("c.yaml"), &text)
+            .into_config()
+            .unwrap()
+            .kubelet_api
+            .unwrap();
+        assert_eq!(
+            api,
+            KubeletApiConfig {
+                api: None,
+                metrics_address: "127.0.0.1:0".parse().unwrap()
+            }
+        );
     }
 
     #[test]
@@ -192,7 +257,9 @@ hostport: {source: h.wasm}
                 "cellet.yaml:6: kubelet-api.listen-address: `0.0.0.0:10250` is not an IP address (write the address only: the port is node.kubelet-port, the one the Node advertises)",
             ]
         );
-        let text = format!("{BASE}kubelet-api:\n  serving-cert: k.crt\n  ca-cert: ca.crt\n  ca-key: ca.key\n");
+        let text = format!(
+            "{BASE}kubelet-api:\n  serving-cert: k.crt\n  ca-cert: ca.crt\n  ca-key: ca.key\n"
+        );
         assert_eq!(
             problems(&text),
             vec![
@@ -200,15 +267,20 @@ hostport: {source: h.wasm}
                 "cellet.yaml:8: kubelet-api: give either `serving-cert`/`serving-key` or `ca-cert`/`ca-key`, not both",
             ]
         );
-        let text = format!("{BASE}kubelet-api:\n  client-ca-file: ca.crt\n  metrics-address: nowhere\n");
+        let text =
+            format!("{BASE}kubelet-api:\n  client-ca-file: ca.crt\n  metrics-address: nowhere\n");
         assert_eq!(
             problems(&text),
-            vec!["cellet.yaml:7: kubelet-api.metrics-address: `nowhere` is not an address and port (e.g. 127.0.0.1:10255)"]
+            vec![
+                "cellet.yaml:7: kubelet-api.metrics-address: `nowhere` is not an address and port (e.g. 127.0.0.1:10255)"
+            ]
         );
         let text = format!("{BASE}kubelet-api:\n  client-ca-file: ca.crt\n");
         assert_eq!(
             problems(&text),
-            vec!["cellet.yaml:5: kubelet-api: no serving certificate: give `serving-cert` and `serving-key`, or `ca-cert` and `ca-key` to issue one at start (or `enabled: false`)"]
+            vec![
+                "cellet.yaml:5: kubelet-api: no serving certificate: give `serving-cert` and `serving-key`, or `ca-cert` and `ca-key` to issue one at start (or `enabled: false`)"
+            ]
         );
     }
 }

@@ -6,8 +6,8 @@
 //! valid, so `cellet config check` can still load the plugins of the valid slots and report
 //! their problems too. [`Config::load`] is the strict entry point for `cellet run`.
 
-pub mod check;
 mod cells;
+pub mod check;
 mod kube_loop;
 mod kubelet_api;
 mod node_rules;
@@ -20,8 +20,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use kubelet_api::{DEFAULT_METRICS_ADDRESS, KubeletApiConfig, KubeletApiListener};
 pub use cells::CellsConfig;
+pub use kubelet_api::{DEFAULT_METRICS_ADDRESS, KubeletApiConfig, KubeletApiListener};
 pub use node_rules::NodeRulesConfig;
 pub use problem::{Problem, Problems};
 
@@ -44,18 +44,51 @@ const MIN_MEMORY_BYTES: u64 = 1 << 20;
 const MAX_MEMORY_BYTES: u64 = 4 << 30;
 const MAX_INSTANCES: i64 = 1024;
 
-const TOP_KEYS: &[&str] = &["node", "plugins", "cloud", "network", "hostport", "kube", "kubelet-api", "node-rules", "cells"];
-const NODE_KEYS: &[&str] = &["name", "controller-id", "internal-ip", "kubelet-port", "labels"];
-const PLUGINS_KEYS: &[&str] = &["cache-dir", "insecure-registries", "max-instances", "max-memory"];
-const SLOT_KEYS: &[&str] =
-    &["source", "sha256", "deadline", "memory", "max-instances", "capabilities", "config", "ec2", "local-cells"];
+const TOP_KEYS: &[&str] = &[
+    "node",
+    "plugins",
+    "cloud",
+    "network",
+    "hostport",
+    "kube",
+    "kubelet-api",
+    "node-rules",
+    "cells",
+];
+const NODE_KEYS: &[&str] = &[
+    "name",
+    "controller-id",
+    "internal-ip",
+    "kubelet-port",
+    "labels",
+];
+const PLUGINS_KEYS: &[&str] = &[
+    "cache-dir",
+    "insecure-registries",
+    "max-instances",
+    "max-memory",
+];
+const SLOT_KEYS: &[&str] = &[
+    "source",
+    "sha256",
+    "deadline",
+    "memory",
+    "max-instances",
+    "capabilities",
+    "config",
+    "ec2",
+    "local-cells",
+];
 
 /// Errors of loading a config file for use.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
     #[error("failed to read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The file was read but is not a valid config; every problem is listed.
     #[error("failed to load config file {path}:\n{problems}")]
     Invalid { path: PathBuf, problems: Problems },
@@ -174,8 +207,10 @@ pub struct Draft {
 impl Config {
     /// Read and validate a config file; any problem makes it fail, listing them all.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         parse(path, &text).into_config()
     }
 
@@ -196,14 +231,31 @@ impl Draft {
             problems: Problems(problems).sorted(),
         };
         let host = (self.kube, self.kubelet_api, self.node_rules, self.cells);
-        match (self.problems.is_empty(), self.node, self.plugins, self.slots, host) {
+        match (
+            self.problems.is_empty(),
+            self.node,
+            self.plugins,
+            self.slots,
+            host,
+        ) {
             (
                 true,
                 Some(node),
                 Some(plugins),
                 [Some(cloud), Some(network), Some(hostport)],
                 (Some(kube), Some(kubelet_api), Some(node_rules), Some(cells)),
-            ) => Ok(Config { path: self.path, node, plugins, cloud, network, hostport, kube, kubelet_api, node_rules, cells }),
+            ) => Ok(Config {
+                path: self.path,
+                node,
+                plugins,
+                cloud,
+                network,
+                hostport,
+                kube,
+                kubelet_api,
+                node_rules,
+                cells,
+            }),
             // Every `None` part comes with a problem; this arm is for the non-empty list.
             _ => Err(invalid(self.problems)),
         }
@@ -239,7 +291,9 @@ pub fn parse(path: &Path, text: &str) -> Draft {
         return draft;
     }
 
-    draft.node = top.required(&mut reader, "node", "").and_then(|f| node(&mut reader, &f));
+    draft.node = top
+        .required(&mut reader, "node", "")
+        .and_then(|f| node(&mut reader, &f));
     draft.plugins = match top.get("plugins") {
         Some(field) => plugins(&mut reader, &field, &base_dir),
         None => Some(PluginsConfig::defaults(1)),
@@ -251,14 +305,18 @@ pub fn parse(path: &Path, text: &str) -> Draft {
             Slot::Hostport => "; the shipped default policy is hostport-nat",
             Slot::Cloud | Slot::Network => "",
         };
-        draft.slots[i] = top.required(&mut reader, slot.config_key(), hint).and_then(|f| slot_config(&mut reader, slot, &f, &base_dir));
+        draft.slots[i] = top
+            .required(&mut reader, slot.config_key(), hint)
+            .and_then(|f| slot_config(&mut reader, slot, &f, &base_dir));
     }
     if let Some(plugins) = &draft.plugins {
         check_pool(&mut reader, plugins, &draft.slots);
     }
     draft.kube = kube_loop::kube_settings(&mut reader, top.get("kube").as_ref());
     draft.kubelet_api = match top.get("kubelet-api") {
-        Some(f) => kubelet_api::kubelet_api(&mut reader, &f, draft.node.as_ref(), &base_dir).map(Some),
+        Some(f) => {
+            kubelet_api::kubelet_api(&mut reader, &f, draft.node.as_ref(), &base_dir).map(Some)
+        }
         None => Some(None),
     };
     draft.node_rules = node_rules::node_rules(&mut reader, top.get("node-rules").as_ref());
@@ -302,7 +360,13 @@ fn node(reader: &mut Reader, field: &Field<'_, '_>) -> Option<NodeConfig> {
         Some(f) => labels(reader, &f),
         None => Some(BTreeMap::new()),
     };
-    Some(NodeConfig { name: name?, controller_id: controller_id?, internal_ip: internal_ip?, kubelet_port: kubelet_port?, labels: labels? })
+    Some(NodeConfig {
+        name: name?,
+        controller_id: controller_id?,
+        internal_ip: internal_ip?,
+        kubelet_port: kubelet_port?,
+        labels: labels?,
+    })
 }
 
 fn labels(reader: &mut Reader, field: &Field<'_, '_>) -> Option<BTreeMap<String, String>> {
@@ -313,7 +377,11 @@ fn labels(reader: &mut Reader, field: &Field<'_, '_>) -> Option<BTreeMap<String,
             reader.report(at.line, &at.path, "not a valid label key ([prefix/]name, name 1 to 63 letters, digits, `-`, `_` or `.`)");
             ok = false;
         } else if !value.is_empty() && !valid_label_value(&value) {
-            reader.report(at.line, &at.path, format!("`{value}` is not a valid label value"));
+            reader.report(
+                at.line,
+                &at.path,
+                format!("`{value}` is not a valid label value"),
+            );
             ok = false;
         } else {
             out.insert(key, value);
@@ -332,7 +400,10 @@ fn plugins(reader: &mut Reader, field: &Field<'_, '_>, base_dir: &Path) -> Optio
     let insecure_registries = match section.get("insecure-registries") {
         Some(f) => {
             let items = reader.list(&f)?;
-            let registries: Vec<_> = items.iter().filter_map(|item| reader.string(item)).collect();
+            let registries: Vec<_> = items
+                .iter()
+                .filter_map(|item| reader.string(item))
+                .collect();
             (registries.len() == items.len()).then_some(registries)
         }
         None => Some(Vec::new()),
@@ -346,7 +417,12 @@ fn plugins(reader: &mut Reader, field: &Field<'_, '_>, base_dir: &Path) -> Optio
         max_memory_bytes: max_memory?.unwrap_or(defaults.engine.max_memory_bytes),
         ..defaults.engine
     };
-    Some(PluginsConfig { cache_dir: cache_dir?, insecure_registries: insecure_registries?, engine, line: field.line })
+    Some(PluginsConfig {
+        cache_dir: cache_dir?,
+        insecure_registries: insecure_registries?,
+        engine,
+        line: field.line,
+    })
 }
 
 /// Every slot must fit the engine's pool: its `memory` within `plugins.max-memory`, and
@@ -365,12 +441,19 @@ fn check_pool(reader: &mut Reader, plugins: &PluginsConfig, slots: &[Option<Slot
             );
         }
     }
-    let wanted: u32 = slots.iter().flatten().map(|s| s.spec.limits.max_instances).sum();
+    let wanted: u32 = slots
+        .iter()
+        .flatten()
+        .map(|s| s.spec.limits.max_instances)
+        .sum();
     if wanted > engine.max_instances {
         reader.report(
             plugins.line,
             "plugins.max-instances",
-            format!("the slots ask for {wanted} instances in total, more than the {} allowed", engine.max_instances),
+            format!(
+                "the slots ask for {wanted} instances in total, more than the {} allowed",
+                engine.max_instances
+            ),
         );
     }
 }
@@ -381,7 +464,11 @@ fn memory_size(reader: &mut Reader, f: &Field<'_, '_>) -> Option<u64> {
     match units::parse_bytes(&text) {
         Ok(b) if (MIN_MEMORY_BYTES..=MAX_MEMORY_BYTES).contains(&b) => Some(b),
         Ok(_) => {
-            reader.report(f.line, &f.path, format!("`{text}` is out of range (1Mi to 4Gi)"));
+            reader.report(
+                f.line,
+                &f.path,
+                format!("`{text}` is out of range (1Mi to 4Gi)"),
+            );
             None
         }
         Err(e) => {
@@ -391,17 +478,30 @@ fn memory_size(reader: &mut Reader, f: &Field<'_, '_>) -> Option<u64> {
     }
 }
 
-fn slot_config(reader: &mut Reader, slot: Slot, field: &Field<'_, '_>, base_dir: &Path) -> Option<SlotConfig> {
+fn slot_config(
+    reader: &mut Reader,
+    slot: Slot,
+    field: &Field<'_, '_>,
+    base_dir: &Path,
+) -> Option<SlotConfig> {
     let section: Section<'_, '_> = reader.section(field, SLOT_KEYS);
-    let source_field = section.required(reader, "source", " (a file path or oci://HOST/REPOSITORY:TAG)");
+    let source_field = section.required(
+        reader,
+        "source",
+        " (a file path or oci://HOST/REPOSITORY:TAG)",
+    );
     let source_line = source_field.as_ref().map_or(section.field.line, |f| f.line);
     let source = source_field.and_then(|f| {
         let text = reader.string(&f)?;
-        PluginSource::parse(&text, base_dir).map_err(|e| reader.report(f.line, &f.path, e.to_string())).ok()
+        PluginSource::parse(&text, base_dir)
+            .map_err(|e| reader.report(f.line, &f.path, e.to_string()))
+            .ok()
     });
     let pin = optional(reader, &section, "sha256", |reader, f| {
         let text = reader.string(f)?;
-        text.parse::<Sha256Digest>().map_err(|e| reader.report(f.line, &f.path, e.to_string())).ok()
+        text.parse::<Sha256Digest>()
+            .map_err(|e| reader.report(f.line, &f.path, e.to_string()))
+            .ok()
     });
     let defaults = Limits::default_for(slot);
     let deadline = optional(reader, &section, "deadline", |reader, f| {
@@ -410,7 +510,14 @@ fn slot_config(reader: &mut Reader, slot: Slot, field: &Field<'_, '_>, base_dir:
         match units::parse_duration(&text) {
             Ok(d) if !d.is_zero() && d <= MAX_DEADLINE => Some(d),
             Ok(_) => {
-                reader.report(f.line, &f.path, format!("`{text}` is out of range (more than 0, at most {})", humantime::format_duration(MAX_DEADLINE)));
+                reader.report(
+                    f.line,
+                    &f.path,
+                    format!(
+                        "`{text}` is out of range (more than 0, at most {})",
+                        humantime::format_duration(MAX_DEADLINE)
+                    ),
+                );
                 None
             }
             Err(e) => {
@@ -442,8 +549,23 @@ fn slot_config(reader: &mut Reader, slot: Slot, field: &Field<'_, '_>, base_dir:
         memory_bytes: memory?.unwrap_or(defaults.memory_bytes),
         max_instances: max_instances?.unwrap_or(defaults.max_instances),
     };
-    let spec = PluginSpec { name: slot.config_key().to_string(), slot, limits, grants: grants?, config: config? };
-    Some(SlotConfig { spec, source: source?, pin: pin?, source_line, config_line, memory_line, ec2: ec2?, local_cells: local_cells? })
+    let spec = PluginSpec {
+        name: slot.config_key().to_string(),
+        slot,
+        limits,
+        grants: grants?,
+        config: config?,
+    };
+    Some(SlotConfig {
+        spec,
+        source: source?,
+        pin: pin?,
+        source_line,
+        config_line,
+        memory_line,
+        ec2: ec2?,
+        local_cells: local_cells?,
+    })
 }
 
 /// The slot's `ec2:` section. It goes with the `ec2` grant both ways: a grant without
@@ -462,12 +584,19 @@ fn ec2_settings(
             None
         }
         (Some(f), Some(false)) => {
-            reader.report(f.line, &f.path, "ec2 settings without the ec2 capability (add `ec2` to `capabilities`)");
+            reader.report(
+                f.line,
+                &f.path,
+                "ec2 settings without the ec2 capability (add `ec2` to `capabilities`)",
+            );
             None
         }
         (Some(f), _) => {
             let value = reader.json(&f)?;
-            Ec2Settings::from_json(value).map(Some).map_err(|e| reader.report(f.line, &f.path, e.to_string())).ok()
+            Ec2Settings::from_json(value)
+                .map(Some)
+                .map_err(|e| reader.report(f.line, &f.path, e.to_string()))
+                .ok()
         }
         (None, Some(true)) => {
             reader.report(
@@ -493,7 +622,11 @@ fn local_cells_settings(
     let granted = grants.map(|g| g.contains(&Capability::LocalCells));
     match (section.get("local-cells"), granted) {
         (Some(f), _) if slot != Slot::Cloud => {
-            reader.report(f.line, &f.path, "only the cloud slot can be granted local-cells");
+            reader.report(
+                f.line,
+                &f.path,
+                "only the cloud slot can be granted local-cells",
+            );
             None
         }
         (Some(f), Some(false)) => {
@@ -502,7 +635,10 @@ fn local_cells_settings(
         }
         (Some(f), _) => {
             let value = reader.json(&f)?;
-            LocalCellsSettings::from_json(value, base_dir).map(Some).map_err(|e| reader.report(f.line, &f.path, e.to_string())).ok()
+            LocalCellsSettings::from_json(value, base_dir)
+                .map(Some)
+                .map_err(|e| reader.report(f.line, &f.path, e.to_string()))
+                .ok()
         }
         (None, Some(true)) => Some(Some(LocalCellsSettings::default())),
         (None, _) => Some(None),
@@ -543,7 +679,10 @@ fn capabilities(reader: &mut Reader, slot: Slot, field: &Field<'_, '_>) -> Optio
                 reader.report(
                     item.line,
                     &item.path,
-                    format!("capability `{cap}` cannot be granted to slot {slot} (grantable: {})", grantable.join(", ")),
+                    format!(
+                        "capability `{cap}` cannot be granted to slot {slot} (grantable: {})",
+                        grantable.join(", ")
+                    ),
                 );
                 ok = false;
             }
@@ -561,7 +700,9 @@ fn valid_dns_subdomain(name: &str) -> bool {
     name.len() <= 253
         && name.split('.').all(|label| {
             !label.is_empty()
-                && label.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
@@ -570,7 +711,9 @@ fn valid_dns_subdomain(name: &str) -> bool {
 /// A Kubernetes label value (non-empty here), which is also a valid cloud tag value.
 fn valid_label_value(value: &str) -> bool {
     (1..=63).contains(&value.len())
-        && value.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         && value.starts_with(|c: char| c.is_ascii_alphanumeric())
         && value.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
@@ -578,7 +721,9 @@ fn valid_label_value(value: &str) -> bool {
 /// A Kubernetes label key: `[prefix/]name`, the prefix a DNS subdomain.
 fn valid_label_key(key: &str) -> bool {
     match key.rsplit_once('/') {
-        Some((prefix, name)) => !prefix.is_empty() && valid_dns_subdomain(prefix) && valid_label_value(name),
+        Some((prefix, name)) => {
+            !prefix.is_empty() && valid_dns_subdomain(prefix) && valid_label_value(name)
+        }
         None => valid_label_value(key),
     }
 }
@@ -612,25 +757,47 @@ hostport:
 ";
 
     fn problems(text: &str) -> Vec<String> {
-        parse(Path::new("cellet.yaml"), text).problems.iter().map(ToString::to_string).collect()
+        parse(Path::new("cellet.yaml"), text)
+            .problems
+            .iter()
+            .map(ToString::to_string)
+            .collect()
     }
 
     #[test]
     fn a_good_config_maps_each_slot_to_a_spec_and_a_source() {
-        let config = parse(Path::new("/etc/cellet/cellet.yaml"), GOOD).into_config().unwrap();
+        let config = parse(Path::new("/etc/cellet/cellet.yaml"), GOOD)
+            .into_config()
+            .unwrap();
         assert_eq!(config.node.name, "cellet-0");
         assert_eq!(config.node.kubelet_port, DEFAULT_KUBELET_PORT);
         assert_eq!(config.node.labels["topology.kubernetes.io/zone"], "local-a");
         assert_eq!(config.plugins.cache_dir, PathBuf::from("/etc/cellet/cache"));
 
         let cloud = config.slot(Slot::Cloud);
-        assert_eq!(cloud.spec.limits, Limits { deadline: Duration::from_secs(30), memory_bytes: 32 << 20, max_instances: 2 });
-        assert_eq!(cloud.spec.grants, vec![Capability::Log, Capability::LocalCells]);
-        assert_eq!(cloud.spec.config, serde_json::json!({"subnet": "10.77.0.0/16", "sizes": [1, 2.5, true, null]}));
+        assert_eq!(
+            cloud.spec.limits,
+            Limits {
+                deadline: Duration::from_secs(30),
+                memory_bytes: 32 << 20,
+                max_instances: 2
+            }
+        );
+        assert_eq!(
+            cloud.spec.grants,
+            vec![Capability::Log, Capability::LocalCells]
+        );
+        assert_eq!(
+            cloud.spec.config,
+            serde_json::json!({"subnet": "10.77.0.0/16", "sizes": [1, 2.5, true, null]})
+        );
         assert_eq!((cloud.source_line, cloud.config_line), (10, 15));
 
         let network = config.slot(Slot::Network);
-        assert_eq!(network.source, PluginSource::File(PathBuf::from("/etc/cellet/plugins/vpc-native.wasm")));
+        assert_eq!(
+            network.source,
+            PluginSource::File(PathBuf::from("/etc/cellet/plugins/vpc-native.wasm"))
+        );
         assert_eq!(network.spec.limits, Limits::default_for(Slot::Network));
         assert_eq!(network.spec.grants, vec![Capability::Log]);
         assert_eq!(network.spec.config, serde_json::json!({}));
@@ -640,8 +807,14 @@ hostport:
     #[test]
     fn every_problem_is_reported_with_its_line_and_field() {
         let text = GOOD
-            .replace("  controller-id: 4f9c2a\n", "  controller-id: 4f9c2a\n  colour: blue\n")
-            .replace("capabilities: [local-cells]", "capabilities: [local-cells, s3]")
+            .replace(
+                "  controller-id: 4f9c2a\n",
+                "  controller-id: 4f9c2a\n  colour: blue\n",
+            )
+            .replace(
+                "capabilities: [local-cells]",
+                "capabilities: [local-cells, s3]",
+            )
             .replace("deadline: 30s", "deadline: 30")
             .replace("network:\n", "network:\n  capabilities: [ec2]\n");
         let found = problems(&text);
@@ -658,7 +831,9 @@ hostport:
 
     #[test]
     fn missing_sections_and_wrong_kinds_are_named() {
-        let found = problems("node:\n  name: Cellet_0\n  controller-id: 12\n  kubelet-port: 70000\ncloud: oops\n");
+        let found = problems(
+            "node:\n  name: Cellet_0\n  controller-id: 12\n  kubelet-port: 70000\ncloud: oops\n",
+        );
         assert_eq!(
             found,
             vec![
@@ -675,63 +850,121 @@ hostport:
 
     #[test]
     fn the_ec2_section_goes_with_the_ec2_grant() {
-        let granted = GOOD.replace("capabilities: [local-cells]", "capabilities: [ec2]\n  ec2: {region: us-east-1, endpoint: \"http://127.0.0.1:5000\"}");
-        let config = parse(Path::new("cellet.yaml"), &granted).into_config().unwrap();
+        let granted = GOOD.replace(
+            "capabilities: [local-cells]",
+            "capabilities: [ec2]\n  ec2: {region: us-east-1, endpoint: \"http://127.0.0.1:5000\"}",
+        );
+        let config = parse(Path::new("cellet.yaml"), &granted)
+            .into_config()
+            .unwrap();
         let ec2 = config.cloud.ec2.expect("ec2 settings");
-        assert_eq!((ec2.region.as_str(), ec2.endpoint.as_deref()), ("us-east-1", Some("http://127.0.0.1:5000")));
+        assert_eq!(
+            (ec2.region.as_str(), ec2.endpoint.as_deref()),
+            ("us-east-1", Some("http://127.0.0.1:5000"))
+        );
 
         let without_settings = GOOD.replace("capabilities: [local-cells]", "capabilities: [ec2]");
         assert_eq!(
             problems(&without_settings),
-            vec!["cellet.yaml:14: cloud.capabilities: `ec2` is granted but the slot has no `ec2:` section (`ec2: {region: us-east-1}`, optionally `endpoint:`)"]
+            vec![
+                "cellet.yaml:14: cloud.capabilities: `ec2` is granted but the slot has no `ec2:` section (`ec2: {region: us-east-1}`, optionally `endpoint:`)"
+            ]
         );
-        let without_grant = GOOD.replace("capabilities: [local-cells]", "capabilities: [local-cells]\n  ec2: {region: us-east-1}");
+        let without_grant = GOOD.replace(
+            "capabilities: [local-cells]",
+            "capabilities: [local-cells]\n  ec2: {region: us-east-1}",
+        );
         assert_eq!(
             problems(&without_grant),
-            vec!["cellet.yaml:15: cloud.ec2: ec2 settings without the ec2 capability (add `ec2` to `capabilities`)"]
+            vec![
+                "cellet.yaml:15: cloud.ec2: ec2 settings without the ec2 capability (add `ec2` to `capabilities`)"
+            ]
         );
-        let bad_region = GOOD.replace("capabilities: [local-cells]", "capabilities: [ec2]\n  ec2: {region: Mars}");
+        let bad_region = GOOD.replace(
+            "capabilities: [local-cells]",
+            "capabilities: [ec2]\n  ec2: {region: Mars}",
+        );
         let found = problems(&bad_region);
         assert_eq!(found.len(), 1, "{found:?}");
-        assert!(found[0].starts_with("cellet.yaml:15: cloud.ec2: ") && found[0].contains("Mars"), "{found:?}");
+        assert!(
+            found[0].starts_with("cellet.yaml:15: cloud.ec2: ") && found[0].contains("Mars"),
+            "{found:?}"
+        );
         let on_network = GOOD.replace("network:\n", "network:\n  ec2: {region: us-east-1}\n");
-        assert_eq!(problems(&on_network), vec!["cellet.yaml:19: network.ec2: only the cloud slot can be granted ec2"]);
+        assert_eq!(
+            problems(&on_network),
+            vec!["cellet.yaml:19: network.ec2: only the cloud slot can be granted ec2"]
+        );
     }
 
     #[test]
     fn the_local_cells_section_goes_with_the_local_cells_grant() {
-        let config = parse(Path::new("/etc/cellet/cellet.yaml"), GOOD).into_config().unwrap();
-        assert_eq!(config.cloud.local_cells, Some(LocalCellsSettings::default()), "the grant alone takes the defaults");
+        let config = parse(Path::new("/etc/cellet/cellet.yaml"), GOOD)
+            .into_config()
+            .unwrap();
+        assert_eq!(
+            config.cloud.local_cells,
+            Some(LocalCellsSettings::default()),
+            "the grant alone takes the defaults"
+        );
         assert_eq!(config.network.local_cells, None);
 
         let section = GOOD.replace(
             "capabilities: [local-cells]",
             "capabilities: [local-cells]\n  local-cells: {subnet: 10.9.0.0/24, state-dir: state, max-cells: 4}",
         );
-        let settings = parse(Path::new("/etc/cellet/cellet.yaml"), &section).into_config().unwrap().cloud.local_cells.unwrap();
+        let settings = parse(Path::new("/etc/cellet/cellet.yaml"), &section)
+            .into_config()
+            .unwrap()
+            .cloud
+            .local_cells
+            .unwrap();
         assert_eq!(settings.subnet.to_string(), "10.9.0.0/24");
         assert_eq!(settings.state_dir, PathBuf::from("/etc/cellet/state"));
         assert_eq!(settings.max_cells, 4);
 
-        let bad = GOOD.replace("capabilities: [local-cells]", "capabilities: [local-cells]\n  local-cells: {gateway: 10.1.0.1}");
+        let bad = GOOD.replace(
+            "capabilities: [local-cells]",
+            "capabilities: [local-cells]\n  local-cells: {gateway: 10.1.0.1}",
+        );
         let found = problems(&bad);
         assert_eq!(found.len(), 1, "{found:?}");
-        assert!(found[0].starts_with("cellet.yaml:15: cloud.local-cells: ") && found[0].contains("`gateway`"), "{found:?}");
+        assert!(
+            found[0].starts_with("cellet.yaml:15: cloud.local-cells: ")
+                && found[0].contains("`gateway`"),
+            "{found:?}"
+        );
         let on_network = GOOD.replace("network:\n", "network:\n  local-cells: {}\n");
-        assert_eq!(problems(&on_network), vec!["cellet.yaml:19: network.local-cells: only the cloud slot can be granted local-cells"]);
-        let without_grant = GOOD.replace("capabilities: [local-cells]", "capabilities: []\n  local-cells: {}");
+        assert_eq!(
+            problems(&on_network),
+            vec![
+                "cellet.yaml:19: network.local-cells: only the cloud slot can be granted local-cells"
+            ]
+        );
+        let without_grant = GOOD.replace(
+            "capabilities: [local-cells]",
+            "capabilities: []\n  local-cells: {}",
+        );
         assert_eq!(
             problems(&without_grant),
-            vec!["cellet.yaml:15: cloud.local-cells: local-cells settings without the local-cells capability (add `local-cells` to `capabilities`)"]
+            vec![
+                "cellet.yaml:15: cloud.local-cells: local-cells settings without the local-cells capability (add `local-cells` to `capabilities`)"
+            ]
         );
     }
 
     #[test]
     fn yaml_syntax_errors_and_empty_files_are_problems() {
-        assert_eq!(problems(""), vec!["cellet.yaml:1: (file): the file is empty"]);
+        assert_eq!(
+            problems(""),
+            vec!["cellet.yaml:1: (file): the file is empty"]
+        );
         let found = problems("node:\n  name: [unclosed\n");
         assert_eq!(found.len(), 1);
-        assert!(found[0].starts_with("cellet.yaml:") && found[0].contains("failed to parse YAML"), "{found:?}");
+        assert!(
+            found[0].starts_with("cellet.yaml:") && found[0].contains("failed to parse YAML"),
+            "{found:?}"
+        );
         let found = problems("node: {}\nnode: {}\n");
         assert!(found[0].contains("duplicated key"), "{found:?}");
     }
@@ -739,14 +972,29 @@ hostport:
     #[test]
     fn bad_sources_pins_and_limits_point_at_their_lines() {
         let text = GOOD
-            .replace("source: oci://127.0.0.1:5000/cellet/local-cells:0.1.0", "source: oci://127.0.0.1:5000/cellet/local-cells\n  sha256: abc")
+            .replace(
+                "source: oci://127.0.0.1:5000/cellet/local-cells:0.1.0",
+                "source: oci://127.0.0.1:5000/cellet/local-cells\n  sha256: abc",
+            )
             .replace("memory: 32Mi", "memory: 8Gi")
             .replace("max-instances: 2", "max-instances: 0");
         let found = problems(&text);
         assert_eq!(found.len(), 4, "{found:?}");
-        assert!(found[0].starts_with("cellet.yaml:10: cloud.source: invalid plugin source"), "{found:?}");
-        assert!(found[1].starts_with("cellet.yaml:11: cloud.sha256: invalid sha256 digest `abc`"), "{found:?}");
-        assert!(found[2].starts_with("cellet.yaml:13: cloud.memory: `8Gi` is out of range"), "{found:?}");
-        assert!(found[3].starts_with("cellet.yaml:14: cloud.max-instances: 0 is out of range"), "{found:?}");
+        assert!(
+            found[0].starts_with("cellet.yaml:10: cloud.source: invalid plugin source"),
+            "{found:?}"
+        );
+        assert!(
+            found[1].starts_with("cellet.yaml:11: cloud.sha256: invalid sha256 digest `abc`"),
+            "{found:?}"
+        );
+        assert!(
+            found[2].starts_with("cellet.yaml:13: cloud.memory: `8Gi` is out of range"),
+            "{found:?}"
+        );
+        assert!(
+            found[3].starts_with("cellet.yaml:14: cloud.max-instances: 0 is out of range"),
+            "{found:?}"
+        );
     }
 }

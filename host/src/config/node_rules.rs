@@ -22,30 +22,45 @@ pub struct NodeRulesConfig {
 
 impl Default for NodeRulesConfig {
     fn default() -> Self {
-        NodeRulesConfig { backend: Backend::default(), netns: NetNamespace::Current }
+        NodeRulesConfig {
+            backend: Backend::default(),
+            netns: NetNamespace::Current,
+        }
     }
 }
 
-pub(super) fn node_rules(reader: &mut Reader, field: Option<&Field<'_, '_>>) -> Option<NodeRulesConfig> {
-    let Some(field) = field else { return Some(NodeRulesConfig::default()) };
+pub(super) fn node_rules(
+    reader: &mut Reader,
+    field: Option<&Field<'_, '_>>,
+) -> Option<NodeRulesConfig> {
+    let Some(field) = field else {
+        return Some(NodeRulesConfig::default());
+    };
     let section = reader.section(field, KEYS);
     let backend = optional(reader, &section, "backend", |reader, f| {
         let text = reader.string(f)?;
-        text.parse::<Backend>().map_err(|e| reader.report(f.line, &f.path, e)).ok()
+        text.parse::<Backend>()
+            .map_err(|e| reader.report(f.line, &f.path, e))
+            .ok()
     });
     let netns = optional(reader, &section, "network-namespace", |reader, f| {
         let name = reader.string(f)?;
         // The name becomes a file under /run/netns and an argument of `ip netns exec`.
         let valid = !name.is_empty()
             && name.len() <= 64
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
             && !name.starts_with('.');
         valid.then_some(NetNamespace::Named(name.clone())).or_else(|| {
             reader.report(f.line, &f.path, format!("`{name}` is not a network namespace name (1 to 64 letters, digits, `.`, `_`, `-`)"));
             None
         })
     });
-    Some(NodeRulesConfig { backend: backend?.unwrap_or_default(), netns: netns?.unwrap_or(NetNamespace::Current) })
+    Some(NodeRulesConfig {
+        backend: backend?.unwrap_or_default(),
+        netns: netns?.unwrap_or(NetNamespace::Current),
+    })
 }
 
 #[cfg(test)]
@@ -61,19 +76,33 @@ mod tests {
     #[test]
     fn nftables_in_the_hosts_namespace_by_default() {
         let draft = parse(Path::new("c.yaml"), BASE);
-        assert_eq!(draft.node_rules, Some(NodeRulesConfig { backend: Backend::Nftables, netns: NetNamespace::Current }));
-        let text = format!("{BASE}node-rules: {{backend: iptables, network-namespace: cellet-test}}\n");
+        assert_eq!(
+            draft.node_rules,
+            Some(NodeRulesConfig {
+                backend: Backend::Nftables,
+                netns: NetNamespace::Current
+            })
+        );
+        let text =
+            format!("{BASE}node-rules: {{backend: iptables, network-namespace: cellet-test}}\n");
         let draft = parse(Path::new("c.yaml"), &text);
         assert_eq!(
             draft.node_rules,
-            Some(NodeRulesConfig { backend: Backend::Iptables, netns: NetNamespace::Named("cellet-test".into()) })
+            Some(NodeRulesConfig {
+                backend: Backend::Iptables,
+                netns: NetNamespace::Named("cellet-test".into())
+            })
         );
     }
 
     #[test]
     fn unknown_backends_and_bad_names_are_located() {
         let text = format!("{BASE}node-rules:\n  backend: ipvs\n  network-namespace: \"../etc\"\n");
-        let found: Vec<String> = parse(Path::new("c.yaml"), &text).problems.iter().map(ToString::to_string).collect();
+        let found: Vec<String> = parse(Path::new("c.yaml"), &text)
+            .problems
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert_eq!(
             found,
             vec![

@@ -18,14 +18,31 @@ pub struct Problem {
 }
 
 impl Problem {
-    pub fn new(file: &Path, line: usize, field: impl Into<String>, message: impl Into<String>) -> Self {
-        Problem { file: file.to_path_buf(), line, field: field.into(), message: message.into() }
+    pub fn new(
+        file: &Path,
+        line: usize,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Problem {
+            file: file.to_path_buf(),
+            line,
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}: {}: {}", self.file.display(), self.line, self.field, self.message)
+        write!(
+            f,
+            "{}:{}: {}: {}",
+            self.file.display(),
+            self.line,
+            self.field,
+            self.message
+        )
     }
 }
 

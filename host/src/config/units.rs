@@ -10,9 +10,12 @@ use std::time::Duration;
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if !text.is_empty() && text.chars().all(|c| c.is_ascii_digit()) {
-        return Err(format!("`{text}` has no unit (write e.g. `{text}s` or `{text}ms`)"));
+        return Err(format!(
+            "`{text}` has no unit (write e.g. `{text}s` or `{text}ms`)"
+        ));
     }
-    humantime::parse_duration(text).map_err(|e| format!("`{text}` is not a duration ({e}); write e.g. `30s` or `500ms`"))
+    humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration ({e}); write e.g. `30s` or `500ms`"))
 }
 
 /// Binary (`Ki`, `Mi`, `Gi`, `Ti`) and decimal (`k`, `M`, `G`, `T`) suffixes of Kubernetes
@@ -70,6 +73,10 @@ mod tests {
         assert!(parse_bytes("64MB").is_err());
         assert!(parse_bytes("1.5Gi").is_err());
         assert!(parse_bytes("Mi").is_err());
-        assert!(parse_bytes("99999999999999Ti").unwrap_err().contains("too large"));
+        assert!(
+            parse_bytes("99999999999999Ti")
+                .unwrap_err()
+                .contains("too large")
+        );
     }
 }

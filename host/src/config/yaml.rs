@@ -17,7 +17,12 @@ use super::problem::Problem;
 /// the parser.
 pub fn parse_document<'y>(file: &Path, text: &'y str) -> Result<MarkedYaml<'y>, Problem> {
     let mut docs = MarkedYaml::load_from_str(text).map_err(|e| {
-        Problem::new(file, e.marker().line(), "(yaml)", format!("failed to parse YAML: {}", e.info()))
+        Problem::new(
+            file,
+            e.marker().line(),
+            "(yaml)",
+            format!("failed to parse YAML: {}", e.info()),
+        )
     })?;
     match docs.len() {
         0 => Err(Problem::new(file, 1, "(file)", "the file is empty")),
@@ -43,16 +48,28 @@ impl<'a, 'y> Field<'a, 'y> {
     /// The document. Problems of the file as a whole (a missing section) are reported at
     /// line 1, wherever the first key is.
     pub fn root(node: &'a MarkedYaml<'y>) -> Self {
-        Field { node, path: String::new(), line: 1 }
+        Field {
+            node,
+            path: String::new(),
+            line: 1,
+        }
     }
 
     fn child(&self, key: &str, line: usize, node: &'a MarkedYaml<'y>) -> Self {
-        let path = if self.path.is_empty() { key.to_string() } else { format!("{}.{key}", self.path) };
+        let path = if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.path)
+        };
         Field { node, path, line }
     }
 
     fn element(&self, index: usize, node: &'a MarkedYaml<'y>) -> Self {
-        Field { node, path: format!("{}[{index}]", self.path), line: node.span.start.line() }
+        Field {
+            node,
+            path: format!("{}[{index}]", self.path),
+            line: node.span.start.line(),
+        }
     }
 
     fn is_null(&self) -> bool {
@@ -93,24 +110,38 @@ pub struct Section<'a, 'y> {
 impl<'a, 'y> Section<'a, 'y> {
     /// The value of `key`, if present and not null (an empty `key:` counts as absent).
     pub fn get(&self, key: &str) -> Option<Field<'a, 'y>> {
-        self.entries.iter().find(|(k, f)| *k == key && !f.is_null()).map(|(_, f)| f.clone())
+        self.entries
+            .iter()
+            .find(|(k, f)| *k == key && !f.is_null())
+            .map(|(_, f)| f.clone())
     }
 
     /// Line of `key` if it is written (even without a value), else of the section itself.
     pub fn line_of(&self, key: &str) -> usize {
-        self.entries.iter().find(|(k, _)| *k == key).map_or(self.field.line, |(_, f)| f.line)
+        self.entries
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map_or(self.field.line, |(_, f)| f.line)
     }
 
     /// Dotted path of `key` in this section.
     pub fn path_of(&self, key: &str) -> String {
-        if self.field.path.is_empty() { key.to_string() } else { format!("{}.{key}", self.field.path) }
+        if self.field.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.field.path)
+        }
     }
 
     /// The value of a required `key`; reports it missing otherwise.
     pub fn required(&self, reader: &mut Reader, key: &str, hint: &str) -> Option<Field<'a, 'y>> {
         let found = self.get(key);
         if found.is_none() && self.is_mapping {
-            reader.report(self.line_of(key), self.path_of(key), format!("missing (required){hint}"));
+            reader.report(
+                self.line_of(key),
+                self.path_of(key),
+                format!("missing (required){hint}"),
+            );
         }
         found
     }
@@ -118,11 +149,15 @@ impl<'a, 'y> Section<'a, 'y> {
 
 impl Reader {
     pub fn new(file: &Path) -> Self {
-        Reader { file: file.to_path_buf(), problems: Vec::new() }
+        Reader {
+            file: file.to_path_buf(),
+            problems: Vec::new(),
+        }
     }
 
     pub fn report(&mut self, line: usize, field: impl Into<String>, message: impl Into<String>) {
-        self.problems.push(Problem::new(&self.file, line, field, message));
+        self.problems
+            .push(Problem::new(&self.file, line, field, message));
     }
 
     pub fn into_problems(self) -> Vec<Problem> {
@@ -130,7 +165,11 @@ impl Reader {
     }
 
     fn wrong_kind(&mut self, field: &Field<'_, '_>, expected: &str) {
-        self.report(field.line, &field.path, format!("expected {expected}, found {}", kind(field.node)));
+        self.report(
+            field.line,
+            &field.path,
+            format!("expected {expected}, found {}", kind(field.node)),
+        );
     }
 
     /// Open a mapping. Every key must be a string and one of `known`; others are reported
@@ -142,12 +181,20 @@ impl Reader {
                 self.wrong_kind(field, "a mapping");
             }
             // An empty section (`node:`) still reports its required keys.
-            return Section { field: field.clone(), entries, is_mapping: field.is_null() };
+            return Section {
+                field: field.clone(),
+                entries,
+                is_mapping: field.is_null(),
+            };
         };
         for (key, value) in map {
             let line = key.span.start.line();
             let YamlData::Value(Scalar::String(name)) = &key.data else {
-                self.report(line, &field.path, format!("keys must be strings, found {}", kind(key)));
+                self.report(
+                    line,
+                    &field.path,
+                    format!("keys must be strings, found {}", kind(key)),
+                );
                 continue;
             };
             let name: &'a str = name;
@@ -155,10 +202,18 @@ impl Reader {
             if known.contains(&name) {
                 entries.push((name, child));
             } else {
-                self.report(line, child.path, format!("unknown field (known: {})", known.join(", ")));
+                self.report(
+                    line,
+                    child.path,
+                    format!("unknown field (known: {})", known.join(", ")),
+                );
             }
         }
-        Section { field: field.clone(), entries, is_mapping: true }
+        Section {
+            field: field.clone(),
+            entries,
+            is_mapping: true,
+        }
     }
 
     /// A string. Numbers and booleans are refused rather than converted: `controller-id:
@@ -167,7 +222,11 @@ impl Reader {
         match &field.node.data {
             YamlData::Value(Scalar::String(s)) => Some(s.to_string()),
             YamlData::Value(Scalar::Integer(_) | Scalar::FloatingPoint(_) | Scalar::Boolean(_)) => {
-                self.report(field.line, &field.path, format!("expected a string, found {} (quote it)", kind(field.node)));
+                self.report(
+                    field.line,
+                    &field.path,
+                    format!("expected a string, found {} (quote it)", kind(field.node)),
+                );
                 None
             }
             _ => {
@@ -201,7 +260,11 @@ impl Reader {
         match &field.node.data {
             YamlData::Value(Scalar::Integer(n)) if (min..=max).contains(n) => Some(*n),
             YamlData::Value(Scalar::Integer(n)) => {
-                self.report(field.line, &field.path, format!("{n} is out of range ({min}..={max})"));
+                self.report(
+                    field.line,
+                    &field.path,
+                    format!("{n} is out of range ({min}..={max})"),
+                );
                 None
             }
             _ => {
@@ -214,7 +277,13 @@ impl Reader {
     /// A list; each element comes with its own path (`field[i]`) and line.
     pub fn list<'a, 'y>(&mut self, field: &Field<'a, 'y>) -> Option<Vec<Field<'a, 'y>>> {
         match &field.node.data {
-            YamlData::Sequence(items) => Some(items.iter().enumerate().map(|(i, n)| field.element(i, n)).collect()),
+            YamlData::Sequence(items) => Some(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| field.element(i, n))
+                    .collect(),
+            ),
             _ => {
                 self.wrong_kind(field, "a list");
                 None
@@ -223,7 +292,10 @@ impl Reader {
     }
 
     /// A mapping of strings to strings (labels).
-    pub fn string_map<'a, 'y>(&mut self, field: &Field<'a, 'y>) -> Option<Vec<(String, Field<'a, 'y>, String)>> {
+    pub fn string_map<'a, 'y>(
+        &mut self,
+        field: &Field<'a, 'y>,
+    ) -> Option<Vec<(String, Field<'a, 'y>, String)>> {
         let YamlData::Mapping(map) = &field.node.data else {
             self.wrong_kind(field, "a mapping");
             return None;
@@ -232,7 +304,11 @@ impl Reader {
         for (key, value) in map {
             let line = key.span.start.line();
             let YamlData::Value(Scalar::String(name)) = &key.data else {
-                self.report(line, &field.path, format!("keys must be strings, found {}", kind(key)));
+                self.report(
+                    line,
+                    &field.path,
+                    format!("keys must be strings, found {}", kind(key)),
+                );
                 continue;
             };
             let child = field.child(name, line, value);
@@ -255,7 +331,11 @@ impl Reader {
                 Scalar::FloatingPoint(x) => match serde_json::Number::from_f64(x.into_inner()) {
                     Some(n) => Some(Value::Number(n)),
                     None => {
-                        self.report(field.line, &field.path, format!("{x} cannot be represented in JSON"));
+                        self.report(
+                            field.line,
+                            &field.path,
+                            format!("{x} cannot be represented in JSON"),
+                        );
                         None
                     }
                 },
@@ -278,7 +358,11 @@ impl Reader {
                 for (key, value) in map {
                     let line = key.span.start.line();
                     let YamlData::Value(Scalar::String(name)) = &key.data else {
-                        self.report(line, &field.path, format!("keys must be strings, found {}", kind(key)));
+                        self.report(
+                            line,
+                            &field.path,
+                            format!("keys must be strings, found {}", kind(key)),
+                        );
                         ok = false;
                         continue;
                     };
@@ -292,7 +376,11 @@ impl Reader {
                 ok.then_some(Value::Object(out))
             }
             _ => {
-                self.report(field.line, &field.path, format!("{} cannot be represented in JSON", kind(field.node)));
+                self.report(
+                    field.line,
+                    &field.path,
+                    format!("{} cannot be represented in JSON", kind(field.node)),
+                );
                 None
             }
         }

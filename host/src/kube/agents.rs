@@ -17,7 +17,10 @@ use kube::{Client, ResourceExt};
 use super::status::CONTAINERS_TAG;
 use super::volumes::{self, ResolveError};
 use super::worker::key;
-use crate::cells::{AgentClient, AgentTls, BootstrapBuildError, BootstrapSettings, CellCa, ClientError, bootstrap_document};
+use crate::cells::{
+    AgentClient, AgentTls, BootstrapBuildError, BootstrapSettings, CellCa, ClientError,
+    bootstrap_document,
+};
 use crate::plugins::bindings::{Cell, NextHop, PodNetworkPlan};
 
 /// Errors of talking to a pod's agent.
@@ -31,7 +34,11 @@ pub enum AgentError {
     Resolve(#[from] ResolveError),
     /// The cloud reported a cell without the address the agent is reached on.
     #[error("cell {cell} of pod {pod} has no usable management IP ({ip:?})")]
-    NoManagementIp { cell: String, pod: String, ip: Option<String> },
+    NoManagementIp {
+        cell: String,
+        pod: String,
+        ip: Option<String>,
+    },
 }
 
 /// Whether the cell runs a cell agent: every cloud's cells do, except the `mock` test
@@ -52,7 +59,9 @@ pub struct CellAgents {
 
 impl std::fmt::Debug for CellAgents {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CellAgents").field("bootstrap", &self.bootstrap).finish_non_exhaustive()
+        f.debug_struct("CellAgents")
+            .field("bootstrap", &self.bootstrap)
+            .finish_non_exhaustive()
     }
 }
 
@@ -64,7 +73,13 @@ impl CellAgents {
         insecure_registries: Vec<String>,
     ) -> Result<CellAgents, ClientError> {
         let tls = AgentTls::from_ca(&ca, node_name)?;
-        Ok(CellAgents { ca, tls, bootstrap, insecure_registries, clients: Mutex::default() })
+        Ok(CellAgents {
+            ca,
+            tls,
+            bootstrap,
+            insecure_registries,
+            clients: Mutex::default(),
+        })
     }
 
     /// The user data of a new cell for pod `pod_uid`: its agent's bootstrap document.
@@ -96,12 +111,19 @@ impl CellAgents {
 
     /// The client of pod `pod_uid`'s agent, once a reconcile has reached it.
     pub fn cached(&self, pod_uid: &str) -> Option<AgentClient> {
-        self.clients.lock().unwrap_or_else(|e| e.into_inner()).get(pod_uid).map(|(_, c)| c.clone())
+        self.clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(pod_uid)
+            .map(|(_, c)| c.clone())
     }
 
     /// Forget a pod's client (its cell is gone).
     pub fn forget(&self, pod_uid: &str) {
-        self.clients.lock().unwrap_or_else(|e| e.into_inner()).remove(pod_uid);
+        self.clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(pod_uid);
     }
 
     /// What `cell`'s agent reports; `pod_uid` is `None` until a pod was applied.
@@ -121,7 +143,10 @@ impl CellAgents {
         let agent = self.client(cell)?;
         let resolved = volumes::resolve(client, pod).await?;
         let apply = ApplyPod {
-            pod: Pod { status: None, ..pod.clone() },
+            pod: Pod {
+                status: None,
+                ..pod.clone()
+            },
             network: pod_network(pod, cell, plan),
             volumes: resolved.volumes,
             image_pull_secrets: resolved.image_pull_secrets,
@@ -136,10 +161,11 @@ impl CellAgents {
     /// Stop the pod's containers within its grace period. A cell without an agent to
     /// reach, or an agent that cannot be reached, is left to the cell's deletion.
     pub async fn stop(&self, pod: &Pod, cell: &Cell) -> Result<(), AgentError> {
-        let grace = pod
-            .metadata
-            .deletion_grace_period_seconds
-            .or_else(|| pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds));
+        let grace = pod.metadata.deletion_grace_period_seconds.or_else(|| {
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+        });
         self.client(cell)?.stop(grace).await?;
         Ok(())
     }
@@ -150,7 +176,11 @@ impl CellAgents {
 pub fn pod_network(pod: &Pod, cell: &Cell, plan: &PodNetworkPlan) -> PodNetwork {
     let spec = pod.spec.clone().unwrap_or_default();
     let host_network = spec.host_network == Some(true);
-    let pod_ip = cell.pod_ip.as_deref().and_then(|ip| ip.parse::<Ipv4Addr>().ok()).filter(|_| !host_network);
+    let pod_ip = cell
+        .pod_ip
+        .as_deref()
+        .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+        .filter(|_| !host_network);
     let gateway = pod_ip
         .or_else(|| cell.management_ip.as_deref().and_then(|ip| ip.parse().ok()))
         .and_then(|ip| Ipv4Net::new(ip, cell.subnet_prefix).ok())
@@ -169,7 +199,10 @@ pub fn pod_network(pod: &Pod, cell: &Cell, plan: &PodNetworkPlan) -> PodNetwork 
         .collect();
     let hostname = spec.hostname.clone().unwrap_or_else(|| pod.name_any());
     let fqdn = spec.subdomain.as_ref().map(|subdomain| {
-        format!("{hostname}.{subdomain}.{}.svc.cluster.local", pod.namespace().unwrap_or_default())
+        format!(
+            "{hostname}.{subdomain}.{}.svc.cluster.local",
+            pod.namespace().unwrap_or_default()
+        )
     });
     PodNetwork {
         pod_ip,
@@ -206,7 +239,10 @@ mod tests {
     #[test]
     fn only_the_mock_cloud_runs_no_agent() {
         assert!(has_agent(&cell(vec![])));
-        let simulated = KeyValue { key: CONTAINERS_TAG.into(), value: "running".into() };
+        let simulated = KeyValue {
+            key: CONTAINERS_TAG.into(),
+            value: "running".into(),
+        };
         assert!(!has_agent(&cell(vec![simulated])));
     }
 
@@ -216,19 +252,41 @@ mod tests {
             address_source: PodAddressSource::VpcSecondary,
             prefix_length: None,
             routes: vec![
-                PlanRoute { destination: "0.0.0.0/0".into(), via: NextHop::SubnetGateway },
-                PlanRoute { destination: "10.244.0.0/16".into(), via: NextHop::Address("10.77.0.5".into()) },
-                PlanRoute { destination: "10.78.0.0/16".into(), via: NextHop::Direct },
+                PlanRoute {
+                    destination: "0.0.0.0/0".into(),
+                    via: NextHop::SubnetGateway,
+                },
+                PlanRoute {
+                    destination: "10.244.0.0/16".into(),
+                    via: NextHop::Address("10.77.0.5".into()),
+                },
+                PlanRoute {
+                    destination: "10.78.0.0/16".into(),
+                    via: NextHop::Direct,
+                },
             ],
             no_masquerade: vec![],
             mtu: None,
         };
-        let pod = Pod { metadata: kube::api::ObjectMeta { name: Some("web".into()), ..Default::default() }, ..Default::default() };
+        let pod = Pod {
+            metadata: kube::api::ObjectMeta {
+                name: Some("web".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
         let network = pod_network(&pod, &cell(vec![]), &plan);
         assert_eq!(network.pod_ip, Some(Ipv4Addr::new(10, 77, 0, 10)));
         assert_eq!(network.prefix_len, 16);
         let via: Vec<Option<Ipv4Addr>> = network.routes.iter().map(|r| r.via).collect();
-        assert_eq!(via, vec![Some(Ipv4Addr::new(10, 77, 0, 1)), Some(Ipv4Addr::new(10, 77, 0, 5)), None]);
+        assert_eq!(
+            via,
+            vec![
+                Some(Ipv4Addr::new(10, 77, 0, 1)),
+                Some(Ipv4Addr::new(10, 77, 0, 5)),
+                None
+            ]
+        );
         assert_eq!(network.hostname, "web");
     }
 }

@@ -26,7 +26,10 @@ pub struct CellDirectory {
 impl CellDirectory {
     /// A directory whose pods' agents are reached through `agents` (`None`: cells run none).
     pub fn new(agents: Option<Arc<CellAgents>>) -> Self {
-        CellDirectory { by_pod: RwLock::default(), agents }
+        CellDirectory {
+            by_pod: RwLock::default(),
+            agents,
+        }
     }
 
     /// Remember what the cloud reported for `cell`. A cell without a management IP (not

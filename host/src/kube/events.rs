@@ -62,7 +62,9 @@ impl Reason {
 
     fn event_type(self) -> EventType {
         match self {
-            Reason::CellCreated | Reason::CellPending | Reason::AgentUnreachable => EventType::Normal,
+            Reason::CellCreated | Reason::CellPending | Reason::AgentUnreachable => {
+                EventType::Normal
+            }
             _ => EventType::Warning,
         }
     }

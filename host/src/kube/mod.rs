@@ -114,14 +114,18 @@ impl Default for KubeSettings {
 pub enum KubeError {
     /// No usable credentials: neither `KUBECONFIG` (or `~/.kube/config`) nor the
     /// in-cluster service account.
-    #[error("failed to build a Kubernetes client from KUBECONFIG, ~/.kube/config or the in-cluster config: {source}")]
+    #[error(
+        "failed to build a Kubernetes client from KUBECONFIG, ~/.kube/config or the in-cluster config: {source}"
+    )]
     Client { source: kube::Error },
 }
 
 /// A client with the ambient credentials: `KUBECONFIG` (or `~/.kube/config`), else the
 /// in-cluster service account.
 pub async fn connect() -> Result<Client, KubeError> {
-    Client::try_default().await.map_err(|source| KubeError::Client { source })
+    Client::try_default()
+        .await
+        .map_err(|source| KubeError::Client { source })
 }
 
 /// What every leader term shares, built once per process.
@@ -156,7 +160,9 @@ pub struct NodeLoop {
 
 impl std::fmt::Debug for NodeLoop {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeLoop").field("shared", &self.shared).finish_non_exhaustive()
+        f.debug_struct("NodeLoop")
+            .field("shared", &self.shared)
+            .finish_non_exhaustive()
     }
 }
 
@@ -172,8 +178,21 @@ impl NodeLoop {
     ) -> Self {
         let (pods, watch) = PodWatch::new(client.clone(), &node.name);
         let rules = Arc::new(NodeRules::new(rules, metrics.clone()));
-        let shared = Shared { client, node, settings, plugins, pods, cells: Arc::new(CellDirectory::new(agents.clone())), rules, agents, metrics };
-        NodeLoop { shared, watch: Box::pin(watch) }
+        let shared = Shared {
+            client,
+            node,
+            settings,
+            plugins,
+            pods,
+            cells: Arc::new(CellDirectory::new(agents.clone())),
+            rules,
+            agents,
+            metrics,
+        };
+        NodeLoop {
+            shared,
+            watch: Box::pin(watch),
+        }
     }
 
     /// The node's pods, as the process's watch sees them.
@@ -252,7 +271,13 @@ async fn lead(shared: &Shared, shutdown: impl Future<Output = ()>) {
 
 /// Everything the leader does, until dropped.
 async fn act(shared: &Shared) {
-    let Shared { client, node, settings, plugins, .. } = shared;
+    let Shared {
+        client,
+        node,
+        settings,
+        plugins,
+        ..
+    } = shared;
     let nodes: Api<Node> = Api::all(client.clone());
     let mut retry = Duration::from_millis(200);
     let registered = loop {
@@ -300,7 +325,10 @@ async fn act(shared: &Shared) {
             settings.orphan_sweep_interval,
             Arc::clone(&shared.rules),
         );
-        tokio::join!(pods::control(&shared.pods, context, settings.max_concurrent_reconciles), sweep);
+        tokio::join!(
+            pods::control(&shared.pods, context, settings.max_concurrent_reconciles),
+            sweep
+        );
     };
     tokio::join!(heartbeat, status, pods, shared.rules.run());
 }

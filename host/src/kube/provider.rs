@@ -31,8 +31,16 @@ pub struct Plugins {
 impl Plugins {
     /// The three typed handles out of the plugins loaded into the cloud, network and
     /// hostport slots.
-    pub fn from_handles(cloud: &PluginHandle, network: &PluginHandle, hostport: &PluginHandle) -> Result<Plugins, WrongSlot> {
-        let wrong = |handle: &PluginHandle, slot| WrongSlot { plugin: handle.name().to_string(), slot, loaded: handle.slot() };
+    pub fn from_handles(
+        cloud: &PluginHandle,
+        network: &PluginHandle,
+        hostport: &PluginHandle,
+    ) -> Result<Plugins, WrongSlot> {
+        let wrong = |handle: &PluginHandle, slot| WrongSlot {
+            plugin: handle.name().to_string(),
+            slot,
+            loaded: handle.slot(),
+        };
         Ok(Plugins {
             cloud: match cloud {
                 PluginHandle::Cloud(p) => p.clone(),

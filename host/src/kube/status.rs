@@ -67,7 +67,11 @@ pub fn containers_running(cell: &Cell) -> bool {
 /// The pod's address in `cell`: a `hostNetwork` pod shares the cell's management IP,
 /// any other has the pod IP of its own network namespace.
 pub fn pod_address(host_network: bool, cell: &Cell) -> Option<&str> {
-    if host_network { cell.management_ip.as_deref() } else { cell.pod_ip.as_deref() }
+    if host_network {
+        cell.management_ip.as_deref()
+    } else {
+        cell.pod_ip.as_deref()
+    }
 }
 
 /// The progress a cell means for its pod.
@@ -263,14 +267,31 @@ fn condition(
 
 /// The status of a pod whose cell agent reported `report`: phase, conditions and
 /// container statuses are the agent's; addresses are the agent's pod IP, else the cell's.
-pub fn reported(pod: &Pod, host_ip: IpAddr, cell: &Cell, report: &PodReport, now: Timestamp) -> PodStatus {
+pub fn reported(
+    pod: &Pod,
+    host_ip: IpAddr,
+    cell: &Cell,
+    report: &PodReport,
+    now: Timestamp,
+) -> PodStatus {
     let current = pod.status.clone().unwrap_or_default();
     let spec = pod.spec.clone().unwrap_or_default();
     let has_init = spec.init_containers.as_ref().is_some_and(|c| !c.is_empty());
     let unready = (!report.containers_ready).then(|| "ContainersNotReady".to_string());
-    let message = report.message.clone().or_else(|| unready.as_ref().map(|_| "containers are not ready".to_string()));
+    let message = report.message.clone().or_else(|| {
+        unready
+            .as_ref()
+            .map(|_| "containers are not ready".to_string())
+    });
     let mut conditions = vec![
-        condition(&current, "ContainersReady", report.containers_ready, unready.clone(), unready.as_ref().and(message.clone()), now),
+        condition(
+            &current,
+            "ContainersReady",
+            report.containers_ready,
+            unready.clone(),
+            unready.as_ref().and(message.clone()),
+            now,
+        ),
         condition(
             &current,
             "Initialized",
@@ -280,7 +301,14 @@ pub fn reported(pod: &Pod, host_ip: IpAddr, cell: &Cell, report: &PodReport, now
             now,
         ),
         condition(&current, "PodScheduled", true, None, None, now),
-        condition(&current, "Ready", report.ready, unready.clone(), unready.as_ref().and(message), now),
+        condition(
+            &current,
+            "Ready",
+            report.ready,
+            unready.clone(),
+            unready.as_ref().and(message),
+            now,
+        ),
     ];
     conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
     let pod_ip = report
@@ -291,10 +319,18 @@ pub fn reported(pod: &Pod, host_ip: IpAddr, cell: &Cell, report: &PodReport, now
         phase: Some(report.phase.as_str().into()),
         conditions: Some(conditions),
         host_ip: Some(host_ip.to_string()),
-        host_ips: Some(vec![HostIP { ip: host_ip.to_string() }]),
+        host_ips: Some(vec![HostIP {
+            ip: host_ip.to_string(),
+        }]),
         pod_ips: pod_ip.clone().map(|ip| vec![PodIP { ip }]),
         pod_ip,
-        start_time: Some(current.start_time.clone().or_else(|| report.start_time.clone()).unwrap_or(Time(now))),
+        start_time: Some(
+            current
+                .start_time
+                .clone()
+                .or_else(|| report.start_time.clone())
+                .unwrap_or(Time(now)),
+        ),
         container_statuses: Some(report.container_statuses.clone()),
         init_container_statuses: has_init.then(|| report.init_container_statuses.clone()),
         reason: None,

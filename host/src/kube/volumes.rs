@@ -27,16 +27,33 @@ pub enum ResolveError {
     /// A required ConfigMap or Secret does not exist (the kubelet keeps such a pod in
     /// `ContainerCreating`; so does cellet, retrying).
     #[error("pod {pod}: {kind} {name:?} not found")]
-    Missing { pod: String, kind: &'static str, name: String },
+    Missing {
+        pod: String,
+        kind: &'static str,
+        name: String,
+    },
     /// A required key is absent from its ConfigMap or Secret.
     #[error("pod {pod}: key {key:?} not found in {kind} {name:?}")]
-    MissingKey { pod: String, kind: &'static str, name: String, key: String },
+    MissingKey {
+        pod: String,
+        kind: &'static str,
+        name: String,
+        key: String,
+    },
     /// The API server refused or failed a request.
     #[error("pod {pod}: failed to {action}: {source}")]
-    Api { pod: String, action: String, source: kube::Error },
+    Api {
+        pod: String,
+        action: String,
+        source: kube::Error,
+    },
     /// A downward-API field this host does not render.
     #[error("pod {pod}: volume {volume:?}: downward API field {field:?} is not supported in cells")]
-    Field { pod: String, volume: String, field: String },
+    Field {
+        pod: String,
+        volume: String,
+        field: String,
+    },
 }
 
 /// What the host resolved for one pod.
@@ -66,15 +83,22 @@ pub async fn resolve(client: &Client, pod: &Pod) -> Result<Resolved, ResolveErro
     }
     for (name, optional) in secrets {
         if let Some(secret) = resolver.secret(&name, optional).await? {
-            resolved.secrets.insert(name, secret.data.unwrap_or_default());
+            resolved
+                .secrets
+                .insert(name, secret.data.unwrap_or_default());
         }
     }
     for reference in spec.image_pull_secrets.iter().flatten() {
         // A missing pull secret is not fatal for the kubelet either: the pull may not need it.
         if let Some(secret) = resolver.secret(&reference.name, true).await?
-            && let Some(config) = secret.data.as_ref().and_then(|d| d.get(".dockerconfigjson"))
+            && let Some(config) = secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(".dockerconfigjson"))
         {
-            resolved.image_pull_secrets.push(String::from_utf8_lossy(&config.0).into_owned());
+            resolved
+                .image_pull_secrets
+                .push(String::from_utf8_lossy(&config.0).into_owned());
         }
     }
     Ok(resolved)
@@ -87,12 +111,21 @@ fn env_references(pod: &Pod) -> (BTreeMap<String, bool>, BTreeMap<String, bool>)
     let mut secrets = BTreeMap::<String, bool>::new();
     let note = |map: &mut BTreeMap<String, bool>, name: &str, optional: Option<bool>| {
         let optional = optional == Some(true);
-        map.entry(name.to_string()).and_modify(|o| *o &= optional).or_insert(optional);
+        map.entry(name.to_string())
+            .and_modify(|o| *o &= optional)
+            .or_insert(optional);
     };
     let spec = pod.spec.clone().unwrap_or_default();
-    for container in spec.init_containers.iter().flatten().chain(&spec.containers) {
+    for container in spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+    {
         for var in container.env.iter().flatten() {
-            let Some(from) = &var.value_from else { continue };
+            let Some(from) = &var.value_from else {
+                continue;
+            };
             if let Some(r) = &from.config_map_key_ref {
                 note(&mut config_maps, &r.name, r.optional);
             }
@@ -130,12 +163,21 @@ struct Resolver<'a> {
 impl<'a> Resolver<'a> {
     fn new(client: &'a Client, pod: &'a Pod) -> Self {
         let namespace = pod.namespace().unwrap_or_default();
-        Resolver { client, pod, key: format!("{namespace}/{}", pod.name_any()), namespace }
+        Resolver {
+            client,
+            pod,
+            key: format!("{namespace}/{}", pod.name_any()),
+            namespace,
+        }
     }
 
     fn api_error(&self, action: String) -> impl FnOnce(kube::Error) -> ResolveError {
         let pod = self.key.clone();
-        move |source| ResolveError::Api { pod, action, source }
+        move |source| ResolveError::Api {
+            pod,
+            action,
+            source,
+        }
     }
 
     /// The files of a ConfigMap, Secret or projected volume; `None` for the kinds the
@@ -143,32 +185,82 @@ impl<'a> Resolver<'a> {
     async fn volume(&self, volume: &Volume) -> Result<Option<Vec<VolumeFile>>, ResolveError> {
         if let Some(source) = &volume.config_map {
             let optional = source.optional == Some(true);
-            let data = self.config_map(&source.name, optional).await?.map(|m| config_map_bytes(&m));
-            return self.project(data, "ConfigMap", &source.name, source.items.as_deref(), source.default_mode, optional).map(Some);
+            let data = self
+                .config_map(&source.name, optional)
+                .await?
+                .map(|m| config_map_bytes(&m));
+            return self
+                .project(
+                    data,
+                    "ConfigMap",
+                    &source.name,
+                    source.items.as_deref(),
+                    source.default_mode,
+                    optional,
+                )
+                .map(Some);
         }
         if let Some(source) = &volume.secret {
             let name = source.secret_name.clone().unwrap_or_default();
             let optional = source.optional == Some(true);
-            let data = self.secret(&name, optional).await?.map(|s| secret_bytes(&s));
-            return self.project(data, "Secret", &name, source.items.as_deref(), source.default_mode, optional).map(Some);
+            let data = self
+                .secret(&name, optional)
+                .await?
+                .map(|s| secret_bytes(&s));
+            return self
+                .project(
+                    data,
+                    "Secret",
+                    &name,
+                    source.items.as_deref(),
+                    source.default_mode,
+                    optional,
+                )
+                .map(Some);
         }
-        let Some(projected) = &volume.projected else { return Ok(None) };
+        let Some(projected) = &volume.projected else {
+            return Ok(None);
+        };
         let mode = projected.default_mode;
         let mut files = Vec::new();
         for source in projected.sources.iter().flatten() {
             if let Some(p) = &source.config_map {
                 let optional = p.optional == Some(true);
-                let data = self.config_map(&p.name, optional).await?.map(|m| config_map_bytes(&m));
-                files.extend(self.project(data, "ConfigMap", &p.name, p.items.as_deref(), mode, optional)?);
+                let data = self
+                    .config_map(&p.name, optional)
+                    .await?
+                    .map(|m| config_map_bytes(&m));
+                files.extend(self.project(
+                    data,
+                    "ConfigMap",
+                    &p.name,
+                    p.items.as_deref(),
+                    mode,
+                    optional,
+                )?);
             }
             if let Some(p) = &source.secret {
                 let optional = p.optional == Some(true);
-                let data = self.secret(&p.name, optional).await?.map(|s| secret_bytes(&s));
-                files.extend(self.project(data, "Secret", &p.name, p.items.as_deref(), mode, optional)?);
+                let data = self
+                    .secret(&p.name, optional)
+                    .await?
+                    .map(|s| secret_bytes(&s));
+                files.extend(self.project(
+                    data,
+                    "Secret",
+                    &p.name,
+                    p.items.as_deref(),
+                    mode,
+                    optional,
+                )?);
             }
             if let Some(p) = &source.service_account_token {
                 let token = self.token(p.audience.clone(), p.expiration_seconds).await?;
-                files.push(VolumeFile { path: p.path.clone(), data: token.into_bytes(), mode: mode.map(mode_bits) });
+                files.push(VolumeFile {
+                    path: p.path.clone(),
+                    data: token.into_bytes(),
+                    mode: mode.map(mode_bits),
+                });
             }
             if let Some(p) = &source.downward_api {
                 for item in p.items.iter().flatten() {
@@ -189,10 +281,15 @@ impl<'a> Resolver<'a> {
         default_mode: Option<i32>,
         optional: bool,
     ) -> Result<Vec<VolumeFile>, ResolveError> {
-        let Some(data) = data else { return Ok(Vec::new()) };
+        let Some(data) = data else {
+            return Ok(Vec::new());
+        };
         let mode = default_mode.map(mode_bits);
         let Some(items) = items else {
-            return Ok(data.into_iter().map(|(path, data)| VolumeFile { path, data, mode }).collect());
+            return Ok(data
+                .into_iter()
+                .map(|(path, data)| VolumeFile { path, data, mode })
+                .collect());
         };
         let mut files = Vec::new();
         for item in items {
@@ -216,27 +313,51 @@ impl<'a> Resolver<'a> {
         Ok(files)
     }
 
-    async fn config_map(&self, name: &str, optional: bool) -> Result<Option<ConfigMap>, ResolveError> {
+    async fn config_map(
+        &self,
+        name: &str,
+        optional: bool,
+    ) -> Result<Option<ConfigMap>, ResolveError> {
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
-        let found = api.get_opt(name).await.map_err(self.api_error(format!("read ConfigMap {name:?}")))?;
+        let found = api
+            .get_opt(name)
+            .await
+            .map_err(self.api_error(format!("read ConfigMap {name:?}")))?;
         self.required(found, "ConfigMap", name, optional)
     }
 
     async fn secret(&self, name: &str, optional: bool) -> Result<Option<Secret>, ResolveError> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
-        let found = api.get_opt(name).await.map_err(self.api_error(format!("read Secret {name:?}")))?;
+        let found = api
+            .get_opt(name)
+            .await
+            .map_err(self.api_error(format!("read Secret {name:?}")))?;
         self.required(found, "Secret", name, optional)
     }
 
-    fn required<T>(&self, found: Option<T>, kind: &'static str, name: &str, optional: bool) -> Result<Option<T>, ResolveError> {
+    fn required<T>(
+        &self,
+        found: Option<T>,
+        kind: &'static str,
+        name: &str,
+        optional: bool,
+    ) -> Result<Option<T>, ResolveError> {
         match found {
-            None if !optional => Err(ResolveError::Missing { pod: self.key.clone(), kind, name: name.to_string() }),
+            None if !optional => Err(ResolveError::Missing {
+                pod: self.key.clone(),
+                kind,
+                name: name.to_string(),
+            }),
             found => Ok(found),
         }
     }
 
     /// A token of the pod's service account, bound to the pod (it dies with the pod).
-    async fn token(&self, audience: Option<String>, seconds: Option<i64>) -> Result<String, ResolveError> {
+    async fn token(
+        &self,
+        audience: Option<String>,
+        seconds: Option<i64>,
+    ) -> Result<String, ResolveError> {
         let account = self
             .pod
             .spec
@@ -267,11 +388,23 @@ impl<'a> Resolver<'a> {
 
     /// One downward-API file of a projected volume: the pod's identity fields. Resource
     /// fields are refused (a cell's limits are its instance's).
-    fn downward(&self, volume: &str, item: &DownwardAPIVolumeFile, mode: Option<i32>) -> Result<VolumeFile, ResolveError> {
-        let field = item.field_ref.as_ref().map(|f| f.field_path.as_str()).unwrap_or("resourceFieldRef");
+    fn downward(
+        &self,
+        volume: &str,
+        item: &DownwardAPIVolumeFile,
+        mode: Option<i32>,
+    ) -> Result<VolumeFile, ResolveError> {
+        let field = item
+            .field_ref
+            .as_ref()
+            .map(|f| f.field_path.as_str())
+            .unwrap_or("resourceFieldRef");
         let meta = &self.pod.metadata;
         let lines = |map: &Option<BTreeMap<String, String>>| {
-            map.iter().flatten().map(|(k, v)| format!("{k}={v:?}\n")).collect::<String>()
+            map.iter()
+                .flatten()
+                .map(|(k, v)| format!("{k}={v:?}\n"))
+                .collect::<String>()
         };
         let text = match field {
             "metadata.name" => meta.name.clone().unwrap_or_default(),
@@ -279,29 +412,64 @@ impl<'a> Resolver<'a> {
             "metadata.uid" => meta.uid.clone().unwrap_or_default(),
             "metadata.labels" => lines(&meta.labels),
             "metadata.annotations" => lines(&meta.annotations),
-            "spec.nodeName" => self.pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default(),
-            "spec.serviceAccountName" => {
-                self.pod.spec.as_ref().and_then(|s| s.service_account_name.clone()).unwrap_or_default()
-            }
+            "spec.nodeName" => self
+                .pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default(),
+            "spec.serviceAccountName" => self
+                .pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.service_account_name.clone())
+                .unwrap_or_default(),
             other => {
-                return Err(ResolveError::Field { pod: self.key.clone(), volume: volume.to_string(), field: other.to_string() });
+                return Err(ResolveError::Field {
+                    pod: self.key.clone(),
+                    volume: volume.to_string(),
+                    field: other.to_string(),
+                });
             }
         };
-        Ok(VolumeFile { path: item.path.clone(), data: text.into_bytes(), mode: item.mode.or(mode).map(mode_bits) })
+        Ok(VolumeFile {
+            path: item.path.clone(),
+            data: text.into_bytes(),
+            mode: item.mode.or(mode).map(mode_bits),
+        })
     }
 }
 
 fn config_map_bytes(map: &ConfigMap) -> BTreeMap<String, Vec<u8>> {
-    let mut all: BTreeMap<String, Vec<u8>> =
-        map.data.iter().flatten().map(|(k, v)| (k.clone(), v.clone().into_bytes())).collect();
-    all.extend(map.binary_data.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone())));
+    let mut all: BTreeMap<String, Vec<u8>> = map
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+        .collect();
+    all.extend(
+        map.binary_data
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.0.clone())),
+    );
     all
 }
 
 fn secret_bytes(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
-    let mut all: BTreeMap<String, Vec<u8>> =
-        secret.data.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone())).collect();
-    all.extend(secret.string_data.iter().flatten().map(|(k, v)| (k.clone(), v.clone().into_bytes())));
+    let mut all: BTreeMap<String, Vec<u8>> = secret
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.0.clone()))
+        .collect();
+    all.extend(
+        secret
+            .string_data
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.clone().into_bytes())),
+    );
     all
 }
 
@@ -314,7 +482,8 @@ fn mode_bits(mode: i32) -> u32 {
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{
-        ConfigMapKeySelector, Container, EnvFromSource, EnvVar, EnvVarSource, PodSpec, SecretEnvSource,
+        ConfigMapKeySelector, Container, EnvFromSource, EnvVar, EnvVarSource, PodSpec,
+        SecretEnvSource,
     };
 
     #[test]
@@ -322,14 +491,24 @@ mod tests {
         let optional_ref = EnvVar {
             name: "A".into(),
             value_from: Some(EnvVarSource {
-                config_map_key_ref: Some(ConfigMapKeySelector { name: "settings".into(), key: "a".into(), optional: Some(true) }),
+                config_map_key_ref: Some(ConfigMapKeySelector {
+                    name: "settings".into(),
+                    key: "a".into(),
+                    optional: Some(true),
+                }),
                 ..Default::default()
             }),
             ..Default::default()
         };
         let required_ref = EnvFromSource {
-            config_map_ref: Some(k8s_openapi::api::core::v1::ConfigMapEnvSource { name: "settings".into(), optional: None }),
-            secret_ref: Some(SecretEnvSource { name: "creds".into(), optional: Some(true) }),
+            config_map_ref: Some(k8s_openapi::api::core::v1::ConfigMapEnvSource {
+                name: "settings".into(),
+                optional: None,
+            }),
+            secret_ref: Some(SecretEnvSource {
+                name: "creds".into(),
+                optional: Some(true),
+            }),
             ..Default::default()
         };
         let pod = Pod {

@@ -19,8 +19,6 @@ use kube::{Api, Client, ResourceExt};
 use tracing::Instrument;
 
 use super::agents::{self, AgentError, CellAgents};
-use crate::cells::ClientError;
-use cellet_agent::protocol::PodPhase;
 use super::cells::CellDirectory;
 use super::convert;
 use super::events::{Events, Reason};
@@ -29,11 +27,13 @@ use super::node_rules::{self, NodeRules, RulesError};
 use super::provider::{FailureKind, Plugins, failure_kind};
 use super::status::{self, Progress, StatusError};
 use super::{DaemonSetPolicy, KubeSettings, Shared};
+use crate::cells::ClientError;
 use crate::config::NodeConfig;
 use crate::plugins::CallError;
 use crate::plugins::bindings::{
     Admission, Cell, CellRequest, CellState, KeyValue, Pod as WitPod, PodAddressSource, PortMapping,
 };
+use cellet_agent::protocol::PodPhase;
 
 /// Tag keys the host puts on every cell, besides the plugin's own.
 pub const TAG_CONTROLLER: &str = "cellet.io/controller";
@@ -90,9 +90,7 @@ impl WorkerError {
             WorkerError::Status(_)
             | WorkerError::Delete { .. }
             | WorkerError::Rules { .. }
-            | WorkerError::Agent { .. } => {
-                FailureKind::Transient
-            }
+            | WorkerError::Agent { .. } => FailureKind::Transient,
         }
     }
 }
@@ -161,7 +159,12 @@ impl HostportTable {
 
     /// The mappings admitted for a pod (none when it declares no hostPort).
     pub async fn mappings(&self, uid: &str) -> Vec<PortMapping> {
-        self.admitted.lock().await.get(uid).cloned().unwrap_or_default()
+        self.admitted
+            .lock()
+            .await
+            .get(uid)
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
@@ -310,8 +313,14 @@ fn plugin_error(step: &'static str, pod: &Pod) -> impl FnOnce(CallError) -> Work
 async fn teardown(pod: &Pod, ctx: &Context) -> Result<Action, WorkerError> {
     let uid = uid(pod);
     if let Err(source) = ctx.rules.remove(&uid).await {
-        ctx.events.publish(pod, Reason::HostPortRulesFailed, source.to_string()).await;
-        return Err(WorkerError::Rules { step: "remove the hostPort rules", pod: key(pod), source });
+        ctx.events
+            .publish(pod, Reason::HostPortRulesFailed, source.to_string())
+            .await;
+        return Err(WorkerError::Rules {
+            step: "remove the hostPort rules",
+            pod: key(pod),
+            source,
+        });
     }
     if let Some(cell) = ctx
         .plugins
@@ -462,7 +471,12 @@ async fn run(pod: &Pod, ctx: &Context) -> Result<Action, WorkerError> {
 ///
 /// A pod without hostPorts (or without an address yet) costs nothing here; an unchanged
 /// pod returns at once. A failure is an Event on the pod and a retry.
-async fn install_rules(pod: &Pod, wit_pod: &WitPod, cell: &Cell, ctx: &Context) -> Result<(), WorkerError> {
+async fn install_rules(
+    pod: &Pod,
+    wit_pod: &WitPod,
+    cell: &Cell,
+    ctx: &Context,
+) -> Result<(), WorkerError> {
     let mappings = ctx.hostports.mappings(&wit_pod.uid).await;
     if mappings.is_empty() {
         return Ok(());
@@ -481,8 +495,14 @@ async fn install_rules(pod: &Pod, wit_pod: &WitPod, cell: &Cell, ctx: &Context) 
         }
     };
     if let Err(source) = result {
-        ctx.events.publish(pod, Reason::HostPortRulesFailed, source.to_string()).await;
-        return Err(WorkerError::Rules { step: "install the hostPort rules", pod: key(pod), source });
+        ctx.events
+            .publish(pod, Reason::HostPortRulesFailed, source.to_string())
+            .await;
+        return Err(WorkerError::Rules {
+            step: "install the hostPort rules",
+            pod: key(pod),
+            source,
+        });
     }
     Ok(())
 }
@@ -508,7 +528,8 @@ async fn run_in_agent(
     ctx: &Context,
 ) -> Result<Action, WorkerError> {
     if !matches!(cell.state, CellState::Running) {
-        ctx.report(pod, Progress::Waiting { cell: Some(cell) }).await?;
+        ctx.report(pod, Progress::Waiting { cell: Some(cell) })
+            .await?;
         return Ok(Action::requeue(WAITING_RECHECK));
     }
     // The pod is sent once: an agent that already reports it (after a host restart too) is
@@ -526,15 +547,26 @@ async fn run_in_agent(
     let report = match answer {
         Ok(report) => report,
         Err(AgentError::Client(ClientError::Request { source, .. })) => {
-            if ctx.report(pod, Progress::Waiting { cell: Some(cell) }).await? {
+            if ctx
+                .report(pod, Progress::Waiting { cell: Some(cell) })
+                .await?
+            {
                 let note = format!("waiting for the agent of cell {}: {source}", cell.id);
-                ctx.events.publish(pod, Reason::AgentUnreachable, note).await;
+                ctx.events
+                    .publish(pod, Reason::AgentUnreachable, note)
+                    .await;
             }
             return Ok(Action::requeue(AGENT_RECHECK));
         }
         Err(source) => {
-            ctx.events.publish(pod, Reason::AgentFailed, source.to_string()).await;
-            return Err(WorkerError::Agent { step: "run the pod in its cell", pod: key(pod), source });
+            ctx.events
+                .publish(pod, Reason::AgentFailed, source.to_string())
+                .await;
+            return Err(WorkerError::Agent {
+                step: "run the pod in its cell",
+                pod: key(pod),
+                source,
+            });
         }
     };
     if report.phase == PodPhase::Running {
@@ -575,11 +607,13 @@ async fn create(pod: &Pod, wit_pod: WitPod, ctx: &Context) -> Result<Cell, Worke
     })
     .collect();
     let user_data = match &ctx.agents {
-        Some(agents) => agents.user_data(&wit_pod.uid).map_err(|e| WorkerError::Agent {
-            step: "write the cell's bootstrap document",
-            pod: key(pod),
-            source: e.into(),
-        })?,
+        Some(agents) => agents
+            .user_data(&wit_pod.uid)
+            .map_err(|e| WorkerError::Agent {
+                step: "write the cell's bootstrap document",
+                pod: key(pod),
+                source: e.into(),
+            })?,
         None => String::new(),
     };
     let request = CellRequest {

@@ -73,10 +73,6 @@ pub mod v0_1_0 {
 
 // The newest contract: what the rest of the host programs against.
 pub use v0_1_0::VERSION as NEWEST_VERSION;
-pub use v0_1_0::{
-    CloudProvider, CloudProviderPre, HostportPolicy, HostportPolicyPre, NetworkStrategy,
-    NetworkStrategyPre, cloud, ec2, hostport, local_cells, log, network, types,
-};
 pub use v0_1_0::cloud::{Cell, CellRequest, CellState, NodeResources};
 pub use v0_1_0::hostport::{Admission, PortMapping};
 pub use v0_1_0::network::{
@@ -85,4 +81,8 @@ pub use v0_1_0::network::{
 pub use v0_1_0::types::{
     CloudRoute, Container, ContainerPort, InitContext, KeyValue, PluginError, Pod, Protocol,
     RouteTarget,
+};
+pub use v0_1_0::{
+    CloudProvider, CloudProviderPre, HostportPolicy, HostportPolicyPre, NetworkStrategy,
+    NetworkStrategyPre, cloud, ec2, hostport, local_cells, log, network, types,
 };

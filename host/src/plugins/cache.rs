@@ -125,7 +125,8 @@ impl ComponentCache {
 
     /// The path of the entry for a component whose bytes hash to `sha256` (lowercase hex).
     pub fn entry_path(&self, sha256: &str) -> PathBuf {
-        self.dir.join(format!("{sha256}-{}.cwasm", self.engine_hash))
+        self.dir
+            .join(format!("{sha256}-{}.cwasm", self.engine_hash))
     }
 
     /// The compiled form of `bytes` (whose sha256 is `sha256`): from the cache if a valid
@@ -187,7 +188,10 @@ impl ComponentCache {
             ));
         }
         if meta.mode() & 0o022 != 0 {
-            return Err(format!("entry is writable by others (mode {:o})", meta.mode() & 0o777));
+            return Err(format!(
+                "entry is writable by others (mode {:o})",
+                meta.mode() & 0o777
+            ));
         }
         // SAFETY: `deserialize_file` maps the file as native code. The file is one this host
         // wrote: it sits in a 0700 directory that only the host writes (checked in `open`),
@@ -197,7 +201,9 @@ impl ComponentCache {
         // engine with these settings. wasmtime still checks the header and version.
         #[allow(unsafe_code)]
         let component = unsafe { Component::deserialize_file(engine, path) };
-        component.map(Some).map_err(|e| format!("cannot deserialize entry: {e}"))
+        component
+            .map(Some)
+            .map_err(|e| format!("cannot deserialize entry: {e}"))
     }
 
     fn write_entry(&self, component: &Component, path: &Path) -> Result<(), String> {
@@ -288,7 +294,11 @@ mod tests {
         assert!(name.starts_with(&format!("{sha}-")), "{name}");
         assert!(name.ends_with(".cwasm"), "{name}");
         // The same settings give the same key: entries survive a restart.
-        let again = ComponentCache::open(base.path(), &build_engine(&EngineSettings::default()).unwrap()).unwrap();
+        let again = ComponentCache::open(
+            base.path(),
+            &build_engine(&EngineSettings::default()).unwrap(),
+        )
+        .unwrap();
         assert_eq!(again.entry_path(&sha), cache.entry_path(&sha));
     }
 

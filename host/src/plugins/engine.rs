@@ -20,7 +20,9 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 pub enum EngineError {
     /// wasmtime refused the configuration (for example a pool larger than the address
     /// space allows).
-    #[error("failed to build the wasmtime engine ({max_instances} instances of up to {max_memory_bytes} bytes): {source}")]
+    #[error(
+        "failed to build the wasmtime engine ({max_instances} instances of up to {max_memory_bytes} bytes): {source}"
+    )]
     Build {
         max_instances: u32,
         max_memory_bytes: u64,
@@ -191,7 +193,13 @@ mod tests {
         };
         let err = build_engine(&settings).unwrap_err();
         assert!(
-            matches!(err, EngineError::InvalidSetting { field: "max-memory-bytes", .. }),
+            matches!(
+                err,
+                EngineError::InvalidSetting {
+                    field: "max-memory-bytes",
+                    ..
+                }
+            ),
             "{err}"
         );
     }
@@ -225,6 +233,9 @@ mod tests {
             Some(&wasmtime::Trap::Interrupt),
             "{err:?}"
         );
-        assert!(elapsed < Duration::from_secs(2), "interrupted only after {elapsed:?}");
+        assert!(
+            elapsed < Duration::from_secs(2),
+            "interrupted only after {elapsed:?}"
+        );
     }
 }

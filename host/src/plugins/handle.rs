@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use crate::plugins::bindings::{
     Admission, Cell, CellRequest, CloudProvider, CloudRoute, ClusterNetworkPlan, ClusterNode,
-    HostportPolicy, NetworkStrategy, NodeResources, PluginError, Pod, PodNetworkPlan,
-    PortMapping,
+    HostportPolicy, NetworkStrategy, NodeResources, PluginError, Pod, PodNetworkPlan, PortMapping,
 };
 use crate::plugins::metrics::ErrorKind;
 use crate::plugins::pool::Pool;
@@ -151,11 +150,7 @@ impl HostportPlugin {
 
     /// `admit`: the policy's answer for `pod`'s ports given the mappings of other pods.
     /// Admitted mappings all belong to `pod` and to ports it declares.
-    pub async fn admit(
-        &self,
-        pod: &Pod,
-        existing: &[PortMapping],
-    ) -> Result<Admission, CallError> {
+    pub async fn admit(&self, pod: &Pod, existing: &[PortMapping]) -> Result<Admission, CallError> {
         const F: &str = "admit";
         let admission = guest_call!(self.0, F, |guest, store| guest
             .cellet_plugin_hostport()
@@ -189,7 +184,8 @@ impl CloudPlugin {
         let cell = guest_call!(self.0, F, |guest, store| guest
             .cellet_plugin_cloud()
             .call_create_cell(store, request))?;
-        validate::cell("cell", &cell, Some(request.pod.uid.as_str())).map_err(|v| self.0.invalid(F, v))?;
+        validate::cell("cell", &cell, Some(request.pod.uid.as_str()))
+            .map_err(|v| self.0.invalid(F, v))?;
         Ok(cell)
     }
 

@@ -146,7 +146,11 @@ impl Default for PluginMetrics {
 impl PluginMetrics {
     /// Register every family in `registry` (the one the host serves on `/metrics`).
     pub fn register(&self, registry: &mut Registry) {
-        registry.register("cellet_plugin_calls", "Calls into plugins", self.calls.clone());
+        registry.register(
+            "cellet_plugin_calls",
+            "Calls into plugins",
+            self.calls.clone(),
+        );
         registry.register(
             "cellet_plugin_errors",
             "Plugin calls that failed, by kind of failure",

@@ -25,5 +25,7 @@ pub use capabilities::Providers;
 pub use engine::EngineSettings;
 pub use handle::{CallError, CloudPlugin, HostportPlugin, NetworkPlugin, PluginHandle};
 pub use metrics::{CacheOutcome, ErrorKind, PluginMetrics};
-pub use runtime::{ComponentInfo, LoadError, LoadedPlugin, PluginRuntime, RuntimeConfig, RuntimeError};
+pub use runtime::{
+    ComponentInfo, LoadError, LoadedPlugin, PluginRuntime, RuntimeConfig, RuntimeError,
+};
 pub use spec::{Capability, Limits, PluginSpec, Slot};

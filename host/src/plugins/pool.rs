@@ -96,8 +96,18 @@ macro_rules! guest {
     };
 }
 
-guest!(NetworkStrategy, NetworkStrategyPre, cellet_plugin_network, ["plan-pod", "plan-cluster"]);
-guest!(HostportPolicy, HostportPolicyPre, cellet_plugin_hostport, ["admit"]);
+guest!(
+    NetworkStrategy,
+    NetworkStrategyPre,
+    cellet_plugin_network,
+    ["plan-pod", "plan-cluster"]
+);
+guest!(
+    HostportPolicy,
+    HostportPolicyPre,
+    cellet_plugin_hostport,
+    ["admit"]
+);
 guest!(
     CloudProvider,
     CloudProviderPre,
@@ -244,7 +254,9 @@ impl<G: Guest> Pool<G> {
         let started = Instant::now();
 
         instance::arm(&mut store, self.limits.deadline);
-        let instantiated = self.within_deadline(G::instantiate(&self.pre, &mut store)).await;
+        let instantiated = self
+            .within_deadline(G::instantiate(&self.pre, &mut store))
+            .await;
         let guest = match instantiated {
             Ok(Ok(guest)) => guest,
             Ok(Err(error)) => {
@@ -257,7 +269,9 @@ impl<G: Guest> Pool<G> {
         };
 
         instance::arm(&mut store, self.limits.deadline);
-        let initialised = self.within_deadline(guest.init(&mut store, &self.init)).await;
+        let initialised = self
+            .within_deadline(guest.init(&mut store, &self.init))
+            .await;
         match initialised {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(error))) => return Err(self.refused(INIT, error)),
@@ -314,7 +328,11 @@ impl<G: Guest> Pool<G> {
         }
     }
 
-    fn creation_failed_deadline(&self, step: &'static str, for_function: &'static str) -> CallError {
+    fn creation_failed_deadline(
+        &self,
+        step: &'static str,
+        for_function: &'static str,
+    ) -> CallError {
         tracing::warn!(
             plugin = &*self.plugin,
             world = self.slot.world(),
@@ -419,7 +437,10 @@ pub(crate) struct Lease<'p, G: Guest> {
 impl<G: Guest> Lease<'_, G> {
     /// Start the call's clock; the caller then calls into the guest with these.
     pub(crate) fn begin(&mut self) -> (&G, &mut Store<HostState>) {
-        let warm = self.warm.as_mut().expect("a lease holds its instance until finished");
+        let warm = self
+            .warm
+            .as_mut()
+            .expect("a lease holds its instance until finished");
         instance::arm(&mut warm.store, self.pool.limits.deadline);
         self.in_call = true;
         (&warm.guest, &mut warm.store)
@@ -444,7 +465,10 @@ impl<G: Guest> Lease<'_, G> {
             }
             Ok(Ok(Err(error))) => return Err(pool.refused(function, error)),
             Ok(Err(error)) => {
-                let warm = self.warm.as_ref().expect("a lease holds its instance until finished");
+                let warm = self
+                    .warm
+                    .as_ref()
+                    .expect("a lease holds its instance until finished");
                 let failure = instance::classify(&warm.store, &error);
                 tracing::warn!(
                     plugin = pool.plugin(),

@@ -24,7 +24,7 @@ use wasmtime::Engine;
 use wasmtime::component::Linker;
 
 use crate::plugins::bindings::{CloudProvider, HostportPolicy, InitContext, NetworkStrategy};
-use crate::plugins::cache::{CacheError, ComponentCache, Compiled, sha256_hex};
+use crate::plugins::cache::{CacheError, Compiled, ComponentCache, sha256_hex};
 use crate::plugins::capabilities::{CapabilityError, Grants, Providers};
 use crate::plugins::engine::{EngineError, EngineSettings, EpochTicker, build_engine};
 use crate::plugins::handle::{CallError, CloudPlugin, HostportPlugin, NetworkPlugin, PluginHandle};
@@ -154,7 +154,11 @@ pub(crate) struct Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        let mut reserved = self.capacity.reserved.lock().unwrap_or_else(|e| e.into_inner());
+        let mut reserved = self
+            .capacity
+            .reserved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         *reserved -= self.count;
     }
 }
@@ -328,18 +332,24 @@ impl PluginRuntime {
         })
     }
 
-    async fn compile(&self, plugin: &str, bytes: &[u8], sha256: &str) -> Result<Compiled, LoadError> {
+    async fn compile(
+        &self,
+        plugin: &str,
+        bytes: &[u8],
+        sha256: &str,
+    ) -> Result<Compiled, LoadError> {
         let (engine, cache) = (self.engine.clone(), self.cache.clone());
         let (bytes, sha) = (bytes.to_vec(), sha256.to_owned());
-        let compiled = tokio::task::spawn_blocking(move || cache.load_or_compile(&engine, &bytes, &sha))
-            .await
-            .map_err(|_| LoadError::CompilerThread {
-                plugin: plugin.to_owned(),
-            })?
-            .map_err(|source| LoadError::Compile {
-                plugin: plugin.to_owned(),
-                source,
-            })?;
+        let compiled =
+            tokio::task::spawn_blocking(move || cache.load_or_compile(&engine, &bytes, &sha))
+                .await
+                .map_err(|_| LoadError::CompilerThread {
+                    plugin: plugin.to_owned(),
+                })?
+                .map_err(|source| LoadError::Compile {
+                    plugin: plugin.to_owned(),
+                    source,
+                })?;
         self.metrics.record_cache(compiled.outcome);
         Ok(compiled)
     }
@@ -381,7 +391,11 @@ impl PluginRuntime {
 
     fn reserve(&self, spec: &PluginSpec) -> Result<Reservation, LoadError> {
         let requested = spec.limits.max_instances;
-        let mut reserved = self.capacity.reserved.lock().unwrap_or_else(|e| e.into_inner());
+        let mut reserved = self
+            .capacity
+            .reserved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let available = self.capacity.total - *reserved;
         if requested > available {
             return Err(LoadError::Capacity {
@@ -437,7 +451,9 @@ impl Parts<'_> {
             grants,
             limits: spec.limits,
             init,
-            series: runtime.metrics.for_plugin(&spec.name, spec.slot, &functions),
+            series: runtime
+                .metrics
+                .for_plugin(&spec.name, spec.slot, &functions),
             grace: grace(runtime.settings.epoch_tick),
             reservation,
         }));

@@ -74,26 +74,53 @@ pub enum SourceError {
     #[error("failed to read plugin file {path}: {source}")]
     ReadFile { path: PathBuf, source: io::Error },
     /// The component is larger than [`MAX_COMPONENT_BYTES`].
-    #[error("failed to load plugin {source_name}: it is {size} bytes, more than the {max} bytes allowed")]
-    TooLarge { source_name: String, size: u64, max: u64 },
+    #[error(
+        "failed to load plugin {source_name}: it is {size} bytes, more than the {max} bytes allowed"
+    )]
+    TooLarge {
+        source_name: String,
+        size: u64,
+        max: u64,
+    },
     /// The registry could not be reached or refused a request.
     #[error("failed to fetch {reference}: {source}")]
-    Registry { reference: String, source: OciDistributionError },
+    Registry {
+        reference: String,
+        source: OciDistributionError,
+    },
     /// Reading a blob's bytes from the registry failed midway.
     #[error("failed to download the component of {reference}: {source}")]
-    Download { reference: String, source: io::Error },
+    Download {
+        reference: String,
+        source: io::Error,
+    },
     /// The artifact is not laid out as a cellet plugin (see the module docs).
     #[error("failed to use {reference} as a plugin: {reason}")]
     Layout { reference: String, reason: String },
     /// The registry served bytes that do not match the manifest's descriptor.
-    #[error("failed to verify {reference}: the manifest names layer {expected}, but the registry served {actual}")]
-    BlobMismatch { reference: String, expected: Sha256Digest, actual: Sha256Digest },
+    #[error(
+        "failed to verify {reference}: the manifest names layer {expected}, but the registry served {actual}"
+    )]
+    BlobMismatch {
+        reference: String,
+        expected: Sha256Digest,
+        actual: Sha256Digest,
+    },
     /// The component is not the one the config pins.
-    #[error("refusing plugin {source_name}: its digest is {actual}, but the config pins {expected}")]
-    PinMismatch { source_name: String, expected: Sha256Digest, actual: Sha256Digest },
+    #[error(
+        "refusing plugin {source_name}: its digest is {actual}, but the config pins {expected}"
+    )]
+    PinMismatch {
+        source_name: String,
+        expected: Sha256Digest,
+        actual: Sha256Digest,
+    },
     /// Pushing a component to a registry failed.
     #[error("failed to push to {reference}: {source}")]
-    Push { reference: String, source: OciDistributionError },
+    Push {
+        reference: String,
+        source: OciDistributionError,
+    },
 }
 
 /// The SHA-256 digest of some bytes, written `sha256:<64 hex digits>`.
@@ -117,7 +144,9 @@ impl FromStr for Sha256Digest {
     /// Accepts `sha256:<hex>`, and bare hex as `sha256sum` prints it.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let hex_part = text.strip_prefix("sha256:").unwrap_or(text);
-        let invalid = || SourceError::InvalidDigest { text: text.to_string() };
+        let invalid = || SourceError::InvalidDigest {
+            text: text.to_string(),
+        };
         if hex_part.len() != 64 {
             return Err(invalid());
         }
@@ -182,7 +211,8 @@ impl OciReference {
         } else {
             registry.split(':').next().unwrap_or_default()
         };
-        host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        host.eq_ignore_ascii_case("localhost")
+            || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
     }
 }
 
@@ -190,34 +220,62 @@ impl FromStr for OciReference {
     type Err = SourceError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let invalid = |reason: &str| SourceError::InvalidSource { text: text.to_string(), reason: reason.to_string() };
-        let rest = text.strip_prefix(Self::SCHEME).ok_or_else(|| invalid("an OCI reference starts with oci://"))?;
+        let invalid = |reason: &str| SourceError::InvalidSource {
+            text: text.to_string(),
+            reason: reason.to_string(),
+        };
+        let rest = text
+            .strip_prefix(Self::SCHEME)
+            .ok_or_else(|| invalid("an OCI reference starts with oci://"))?;
         let (registry, path) = rest
             .split_once('/')
             .ok_or_else(|| invalid("expected oci://HOST[:PORT]/REPOSITORY:TAG or oci://HOST[:PORT]/REPOSITORY@sha256:DIGEST"))?;
-        if registry.is_empty() || !registry.chars().all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c)) {
-            return Err(invalid("the registry must be a host name or address, with an optional port"));
+        if registry.is_empty()
+            || !registry
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
+        {
+            return Err(invalid(
+                "the registry must be a host name or address, with an optional port",
+            ));
         }
         let reference = if let Some((repository, digest)) = path.split_once('@') {
             let digest: Sha256Digest = digest
                 .parse()
                 .ok()
                 .filter(|_| digest.starts_with("sha256:"))
-                .ok_or_else(|| invalid("a digest reference ends with @sha256: and 64 hex digits"))?;
+                .ok_or_else(|| {
+                    invalid("a digest reference ends with @sha256: and 64 hex digits")
+                })?;
             check_repository(repository).map_err(|r| invalid(&r))?;
-            Reference::with_digest(registry.to_string(), repository.to_string(), digest.to_string())
+            Reference::with_digest(
+                registry.to_string(),
+                repository.to_string(),
+                digest.to_string(),
+            )
         } else {
             let (repository, tag) = path.rsplit_once(':').filter(|(r, _)| !r.is_empty()).ok_or_else(|| {
                 invalid("no tag or digest: write REPOSITORY:TAG or REPOSITORY@sha256:DIGEST (cellet assumes no `latest`)")
             })?;
             check_repository(repository).map_err(|r| invalid(&r))?;
             let tag_ok = tag.len() <= 128
-                && tag.chars().next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
-                && tag.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+                && tag
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+                && tag
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
             if !tag_ok {
-                return Err(invalid("a tag is 1 to 128 letters, digits, `_`, `.` or `-`, not starting with `.` or `-`"));
+                return Err(invalid(
+                    "a tag is 1 to 128 letters, digits, `_`, `.` or `-`, not starting with `.` or `-`",
+                ));
             }
-            Reference::with_tag(registry.to_string(), repository.to_string(), tag.to_string())
+            Reference::with_tag(
+                registry.to_string(),
+                repository.to_string(),
+                tag.to_string(),
+            )
         };
         Ok(OciReference(reference))
     }
@@ -228,7 +286,8 @@ impl FromStr for OciReference {
 fn check_repository(repository: &str) -> Result<(), String> {
     let component_ok = |c: &str| {
         !c.is_empty()
-            && c.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || "._-".contains(ch))
+            && c.chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || "._-".contains(ch))
             && c.starts_with(|ch: char| ch.is_ascii_alphanumeric())
             && c.ends_with(|ch: char| ch.is_ascii_alphanumeric())
     };
@@ -243,7 +302,13 @@ fn check_repository(repository: &str) -> Result<(), String> {
 
 impl fmt::Display for OciReference {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}{}/{}", Self::SCHEME, self.registry(), self.repository())?;
+        write!(
+            f,
+            "{}{}/{}",
+            Self::SCHEME,
+            self.registry(),
+            self.repository()
+        )?;
         match (self.0.tag(), self.0.digest()) {
             (_, Some(digest)) => write!(f, "@{digest}"),
             (Some(tag), None) => write!(f, ":{tag}"),
@@ -274,7 +339,10 @@ impl PluginSource {
             });
         }
         if text.trim().is_empty() {
-            return Err(SourceError::InvalidSource { text: text.to_string(), reason: "empty".to_string() });
+            return Err(SourceError::InvalidSource {
+                text: text.to_string(),
+                reason: "empty".to_string(),
+            });
         }
         Ok(PluginSource::File(base_dir.join(text)))
     }
@@ -294,7 +362,9 @@ impl fmt::Display for PluginSource {
 pub enum Origin {
     File(PathBuf),
     /// Pulled from the registry; the manifest's digest.
-    Registry { manifest_digest: Sha256Digest },
+    Registry {
+        manifest_digest: Sha256Digest,
+    },
     /// Read from the on-disk cache without contacting the registry.
     Cache(PathBuf),
 }
@@ -328,11 +398,18 @@ impl Fetcher {
     /// `insecure_registries` are `HOST[:PORT]` reached over plain HTTP in addition to the
     /// loopback ones.
     pub fn new(cache_dir: Option<PathBuf>, insecure_registries: Vec<String>) -> Self {
-        Fetcher { cache_dir, insecure_registries }
+        Fetcher {
+            cache_dir,
+            insecure_registries,
+        }
     }
 
     /// Fetch a component and check it against `pin`, the digest the config requires.
-    pub async fn fetch(&self, source: &PluginSource, pin: Option<Sha256Digest>) -> Result<Fetched, SourceError> {
+    pub async fn fetch(
+        &self,
+        source: &PluginSource,
+        pin: Option<Sha256Digest>,
+    ) -> Result<Fetched, SourceError> {
         let fetched = match source {
             PluginSource::File(path) => read_file(path).await?,
             PluginSource::Oci(reference) => self.fetch_oci(reference, pin).await?,
@@ -342,8 +419,15 @@ impl Fetcher {
     }
 
     /// Push a component as a plugin artifact (see the module docs for the layout).
-    pub async fn push(&self, component: Vec<u8>, reference: &OciReference) -> Result<Pushed, SourceError> {
-        let push_error = |source| SourceError::Push { reference: reference.to_string(), source };
+    pub async fn push(
+        &self,
+        component: Vec<u8>,
+        reference: &OciReference,
+    ) -> Result<Pushed, SourceError> {
+        let push_error = |source| SourceError::Push {
+            reference: reference.to_string(),
+            source,
+        };
         let component_digest = Sha256Digest::of(&component);
         let config = serde_json::json!({
             "created": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
@@ -351,13 +435,27 @@ impl Fetcher {
             "os": "wasip2",
             "layerDigests": [component_digest.to_string()],
         });
-        let config = OciConfig::new(config.to_string().into_bytes(), WASM_CONFIG_MEDIA_TYPE.to_string(), None);
-        let layers = vec![ImageLayer::new(component, WASM_LAYER_MEDIA_TYPE.to_string(), None)];
+        let config = OciConfig::new(
+            config.to_string().into_bytes(),
+            WASM_CONFIG_MEDIA_TYPE.to_string(),
+            None,
+        );
+        let layers = vec![ImageLayer::new(
+            component,
+            WASM_LAYER_MEDIA_TYPE.to_string(),
+            None,
+        )];
         let mut manifest = OciImageManifest::build(&layers, &config, None);
         manifest.media_type = Some(OCI_IMAGE_MEDIA_TYPE.to_string());
         let client = self.client_for(reference);
         client
-            .push(&reference.0, &layers, config, &RegistryAuth::Anonymous, Some(manifest))
+            .push(
+                &reference.0,
+                &layers,
+                config,
+                &RegistryAuth::Anonymous,
+                Some(manifest),
+            )
             .await
             .map_err(push_error)?;
         let manifest_digest = client
@@ -366,17 +464,29 @@ impl Fetcher {
             .map_err(push_error)?;
         let manifest_digest: Sha256Digest = manifest_digest.parse()?;
         tracing::info!(reference = %reference, %manifest_digest, %component_digest, "pushed plugin");
-        Ok(Pushed { by_digest: reference.with_manifest_digest(manifest_digest), component_digest })
+        Ok(Pushed {
+            by_digest: reference.with_manifest_digest(manifest_digest),
+            component_digest,
+        })
     }
 
-    async fn fetch_oci(&self, reference: &OciReference, pin: Option<Sha256Digest>) -> Result<Fetched, SourceError> {
+    async fn fetch_oci(
+        &self,
+        reference: &OciReference,
+        pin: Option<Sha256Digest>,
+    ) -> Result<Fetched, SourceError> {
         if let Some(fetched) = self.cached_fetch(reference, pin).await {
             return Ok(fetched);
         }
-        let registry_error = |source| SourceError::Registry { reference: reference.to_string(), source };
+        let registry_error = |source| SourceError::Registry {
+            reference: reference.to_string(),
+            source,
+        };
         let client = self.client_for(reference);
-        let (manifest, manifest_digest) =
-            client.pull_manifest(&reference.0, &RegistryAuth::Anonymous).await.map_err(registry_error)?;
+        let (manifest, manifest_digest) = client
+            .pull_manifest(&reference.0, &RegistryAuth::Anonymous)
+            .await
+            .map_err(registry_error)?;
         let manifest_digest: Sha256Digest = manifest_digest.parse()?;
         let layer = plugin_layer(reference, &manifest)?;
         let layer_digest: Sha256Digest = layer.digest.parse().map_err(|_| SourceError::Layout {
@@ -392,23 +502,37 @@ impl Fetcher {
         };
         self.store(layer_digest, manifest_digest, &bytes).await;
         tracing::debug!(%reference, %manifest_digest, %layer_digest, "fetched plugin from registry");
-        Ok(Fetched { bytes, digest: layer_digest, origin: Origin::Registry { manifest_digest } })
+        Ok(Fetched {
+            bytes,
+            digest: layer_digest,
+            origin: Origin::Registry { manifest_digest },
+        })
     }
 
     /// The component from the cache, when the reference or the pin says which it must be.
-    async fn cached_fetch(&self, reference: &OciReference, pin: Option<Sha256Digest>) -> Option<Fetched> {
+    async fn cached_fetch(
+        &self,
+        reference: &OciReference,
+        pin: Option<Sha256Digest>,
+    ) -> Option<Fetched> {
         let cache = self.cache_dir.as_ref()?;
         let wanted = match (pin, reference.manifest_digest()) {
             (Some(pin), _) => pin,
             (None, Some(manifest)) => {
-                let recorded = tokio::fs::read_to_string(manifest_path(cache, manifest)).await.ok()?;
+                let recorded = tokio::fs::read_to_string(manifest_path(cache, manifest))
+                    .await
+                    .ok()?;
                 recorded.trim().parse().ok()?
             }
             (None, None) => return None,
         };
         let bytes = self.read_cached(wanted).await?;
         tracing::debug!(%reference, digest = %wanted, "plugin loaded from cache");
-        Some(Fetched { bytes, digest: wanted, origin: Origin::Cache(blob_path(cache, wanted)) })
+        Some(Fetched {
+            bytes,
+            digest: wanted,
+            origin: Origin::Cache(blob_path(cache, wanted)),
+        })
     }
 
     /// Cached bytes of `digest`, re-verified: a corrupt entry is treated as absent.
@@ -429,7 +553,11 @@ impl Fetcher {
         let Some(cache) = &self.cache_dir else { return };
         let results = [
             write_atomically(&blob_path(cache, layer), bytes).await,
-            write_atomically(&manifest_path(cache, manifest), layer.to_string().as_bytes()).await,
+            write_atomically(
+                &manifest_path(cache, manifest),
+                layer.to_string().as_bytes(),
+            )
+            .await,
         ];
         for result in results {
             if let Err(error) = result {
@@ -439,7 +567,11 @@ impl Fetcher {
     }
 
     fn client_for(&self, reference: &OciReference) -> Client {
-        let plain_http = reference.is_loopback() || self.insecure_registries.iter().any(|r| r == reference.registry());
+        let plain_http = reference.is_loopback()
+            || self
+                .insecure_registries
+                .iter()
+                .any(|r| r == reference.registry());
         let protocol = if plain_http {
             ClientProtocol::HttpsExcept(vec![reference.registry().to_string()])
         } else {
@@ -469,35 +601,64 @@ fn manifest_path(cache: &Path, digest: Sha256Digest) -> PathBuf {
 async fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     tokio::fs::create_dir_all(dir).await?;
-    let temporary = dir.join(format!(".{}.{}.tmp", path.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
+    let temporary = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
     tokio::fs::write(&temporary, bytes).await?;
     tokio::fs::rename(&temporary, path).await
 }
 
-fn check_pin(source: &PluginSource, pin: Option<Sha256Digest>, actual: Sha256Digest) -> Result<(), SourceError> {
+fn check_pin(
+    source: &PluginSource,
+    pin: Option<Sha256Digest>,
+    actual: Sha256Digest,
+) -> Result<(), SourceError> {
     match pin {
-        Some(expected) if expected != actual => {
-            Err(SourceError::PinMismatch { source_name: source.to_string(), expected, actual })
-        }
+        Some(expected) if expected != actual => Err(SourceError::PinMismatch {
+            source_name: source.to_string(),
+            expected,
+            actual,
+        }),
         _ => Ok(()),
     }
 }
 
 async fn read_file(path: &Path) -> Result<Fetched, SourceError> {
-    let read_error = |source| SourceError::ReadFile { path: path.to_path_buf(), source };
+    let read_error = |source| SourceError::ReadFile {
+        path: path.to_path_buf(),
+        source,
+    };
     let size = tokio::fs::metadata(path).await.map_err(read_error)?.len();
     if size > MAX_COMPONENT_BYTES {
-        return Err(SourceError::TooLarge { source_name: path.display().to_string(), size, max: MAX_COMPONENT_BYTES });
+        return Err(SourceError::TooLarge {
+            source_name: path.display().to_string(),
+            size,
+            max: MAX_COMPONENT_BYTES,
+        });
     }
     let bytes = tokio::fs::read(path).await.map_err(read_error)?;
-    Ok(Fetched { digest: Sha256Digest::of(&bytes), bytes, origin: Origin::File(path.to_path_buf()) })
+    Ok(Fetched {
+        digest: Sha256Digest::of(&bytes),
+        bytes,
+        origin: Origin::File(path.to_path_buf()),
+    })
 }
 
 /// The one `application/wasm` layer of a plugin manifest.
-fn plugin_layer<'m>(reference: &OciReference, manifest: &'m OciManifest) -> Result<&'m OciDescriptor, SourceError> {
-    let layout = |reason: String| SourceError::Layout { reference: reference.to_string(), reason };
+fn plugin_layer<'m>(
+    reference: &OciReference,
+    manifest: &'m OciManifest,
+) -> Result<&'m OciDescriptor, SourceError> {
+    let layout = |reason: String| SourceError::Layout {
+        reference: reference.to_string(),
+        reason,
+    };
     let OciManifest::Image(image) = manifest else {
-        return Err(layout("it is an image index; a plugin is a single image manifest".to_string()));
+        return Err(layout(
+            "it is an image index; a plugin is a single image manifest".to_string(),
+        ));
     };
     let [layer] = image.layers.as_slice() else {
         return Err(layout(format!(
@@ -513,7 +674,11 @@ fn plugin_layer<'m>(reference: &OciReference, manifest: &'m OciManifest) -> Resu
     }
     let size = u64::try_from(layer.size).unwrap_or(u64::MAX);
     if size > MAX_COMPONENT_BYTES {
-        return Err(SourceError::TooLarge { source_name: reference.to_string(), size, max: MAX_COMPONENT_BYTES });
+        return Err(SourceError::TooLarge {
+            source_name: reference.to_string(),
+            size,
+            max: MAX_COMPONENT_BYTES,
+        });
     }
     Ok(layer)
 }
@@ -529,10 +694,20 @@ async fn download(
     let mut stream = client
         .pull_blob_stream(&reference.0, layer)
         .await
-        .map_err(|source| SourceError::Registry { reference: reference.to_string(), source })?;
-    let mut bytes = Vec::with_capacity(usize::try_from(layer.size).unwrap_or(0).min(MAX_COMPONENT_BYTES as usize));
+        .map_err(|source| SourceError::Registry {
+            reference: reference.to_string(),
+            source,
+        })?;
+    let mut bytes = Vec::with_capacity(
+        usize::try_from(layer.size)
+            .unwrap_or(0)
+            .min(MAX_COMPONENT_BYTES as usize),
+    );
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|source| SourceError::Download { reference: reference.to_string(), source })?;
+        let chunk = chunk.map_err(|source| SourceError::Download {
+            reference: reference.to_string(),
+            source,
+        })?;
         if (bytes.len() + chunk.len()) as u64 > MAX_COMPONENT_BYTES {
             return Err(SourceError::TooLarge {
                 source_name: reference.to_string(),
@@ -544,7 +719,11 @@ async fn download(
     }
     let actual = Sha256Digest::of(&bytes);
     if actual != expected {
-        return Err(SourceError::BlobMismatch { reference: reference.to_string(), expected, actual });
+        return Err(SourceError::BlobMismatch {
+            reference: reference.to_string(),
+            expected,
+            actual,
+        });
     }
     Ok(bytes)
 }
@@ -556,19 +735,30 @@ mod tests {
     #[test]
     fn references_name_registry_repository_and_tag_or_digest() {
         let r: OciReference = "oci://127.0.0.1:5000/cellet/mock:0.1.0".parse().unwrap();
-        assert_eq!((r.registry(), r.repository(), r.tag()), ("127.0.0.1:5000", "cellet/mock", Some("0.1.0")));
+        assert_eq!(
+            (r.registry(), r.repository(), r.tag()),
+            ("127.0.0.1:5000", "cellet/mock", Some("0.1.0"))
+        );
         assert!(r.is_loopback());
         assert_eq!(r.to_string(), "oci://127.0.0.1:5000/cellet/mock:0.1.0");
 
         let digest = format!("sha256:{}", "ab".repeat(32));
         let r: OciReference = format!("oci://[::1]:5000/p@{digest}").parse().unwrap();
-        assert_eq!(r.manifest_digest().map(|d| d.to_string()), Some(digest.clone()));
+        assert_eq!(
+            r.manifest_digest().map(|d| d.to_string()),
+            Some(digest.clone())
+        );
         assert!(r.is_loopback());
         assert_eq!(r.to_string(), format!("oci://[::1]:5000/p@{digest}"));
 
         let r: OciReference = "oci://registry.example.com/team/net:v1".parse().unwrap();
         assert!(!r.is_loopback());
-        assert!("oci://localhost:5000/a:b".parse::<OciReference>().unwrap().is_loopback());
+        assert!(
+            "oci://localhost:5000/a:b"
+                .parse::<OciReference>()
+                .unwrap()
+                .is_loopback()
+        );
     }
 
     #[test]
@@ -582,9 +772,14 @@ mod tests {
             "oci://host/repo@sha256:abc",
             "oci://host/repo@md5:0123",
         ] {
-            assert!(bad.parse::<OciReference>().is_err(), "{bad} should be refused");
+            assert!(
+                bad.parse::<OciReference>().is_err(),
+                "{bad} should be refused"
+            );
         }
-        let err = "oci://127.0.0.1:5000/cellet/mock".parse::<OciReference>().unwrap_err();
+        let err = "oci://127.0.0.1:5000/cellet/mock"
+            .parse::<OciReference>()
+            .unwrap_err();
         assert!(err.to_string().contains("no tag or digest"), "{err}");
     }
 
@@ -595,8 +790,14 @@ mod tests {
             PluginSource::parse("plugins/a.wasm", base).unwrap(),
             PluginSource::File(PathBuf::from("/etc/cellet/plugins/a.wasm"))
         );
-        assert_eq!(PluginSource::parse("/opt/a.wasm", base).unwrap(), PluginSource::File(PathBuf::from("/opt/a.wasm")));
-        assert!(matches!(PluginSource::parse("oci://h/r:t", base).unwrap(), PluginSource::Oci(_)));
+        assert_eq!(
+            PluginSource::parse("/opt/a.wasm", base).unwrap(),
+            PluginSource::File(PathBuf::from("/opt/a.wasm"))
+        );
+        assert!(matches!(
+            PluginSource::parse("oci://h/r:t", base).unwrap(),
+            PluginSource::Oci(_)
+        ));
         let err = PluginSource::parse("https://h/r.wasm", base).unwrap_err();
         assert!(err.to_string().contains("unsupported scheme"), "{err}");
     }
@@ -608,7 +809,11 @@ mod tests {
         assert_eq!(d.hex().parse::<Sha256Digest>().unwrap(), d);
         assert_eq!(d.hex().to_uppercase().parse::<Sha256Digest>().unwrap(), d);
         assert!("sha256:1234".parse::<Sha256Digest>().is_err());
-        assert!(format!("sha256:{}", "zz".repeat(32)).parse::<Sha256Digest>().is_err());
+        assert!(
+            format!("sha256:{}", "zz".repeat(32))
+                .parse::<Sha256Digest>()
+                .is_err()
+        );
     }
 
     #[tokio::test]
@@ -617,9 +822,15 @@ mod tests {
         let path = dir.path().join("p.wasm");
         std::fs::write(&path, b"not really a component").unwrap();
         let pin = Sha256Digest::of(b"something else");
-        let err = Fetcher::default().fetch(&PluginSource::File(path), Some(pin)).await.unwrap_err();
+        let err = Fetcher::default()
+            .fetch(&PluginSource::File(path), Some(pin))
+            .await
+            .unwrap_err();
         let message = err.to_string();
         assert!(message.contains(&pin.to_string()), "{message}");
-        assert!(message.contains(&Sha256Digest::of(b"not really a component").to_string()), "{message}");
+        assert!(
+            message.contains(&Sha256Digest::of(b"not really a component").to_string()),
+            "{message}"
+        );
     }
 }

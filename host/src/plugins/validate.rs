@@ -55,7 +55,10 @@ fn list<T>(field: &str, items: &[T]) -> Checked {
     if items.len() > MAX_LIST_ENTRIES {
         return Err(violation(
             field,
-            format!("{} entries, more than the {MAX_LIST_ENTRIES} allowed", items.len()),
+            format!(
+                "{} entries, more than the {MAX_LIST_ENTRIES} allowed",
+                items.len()
+            ),
         ));
     }
     Ok(())
@@ -91,7 +94,10 @@ fn cidr(field: &str, value: &str) -> Result<IpNet, Violation> {
     if net.trunc() != net {
         return Err(violation(
             field,
-            format!("`{value}` has host bits set (the network is {})", net.trunc()),
+            format!(
+                "`{value}` has host bits set (the network is {})",
+                net.trunc()
+            ),
         ));
     }
     Ok(net)
@@ -115,9 +121,7 @@ fn cloud_route(field: &str, route: &CloudRoute) -> Checked {
     cidr(&format!("{field}.destination"), &route.destination)?;
     match &route.target {
         RouteTarget::Instance(id) => name(&format!("{field}.target.instance"), id),
-        RouteTarget::Address(address) => {
-            ip(&format!("{field}.target.address"), address).map(drop)
-        }
+        RouteTarget::Address(address) => ip(&format!("{field}.target.address"), address).map(drop),
     }
 }
 
@@ -143,7 +147,11 @@ fn port_mapping(field: &str, pod: &Pod, m: &PortMapping) -> Checked {
     if m.pod_uid != pod.uid {
         return Err(violation(
             format!("{field}.pod-uid"),
-            format!("`{}` is not the admitted pod's uid `{}`", shown(&m.pod_uid), pod.uid),
+            format!(
+                "`{}` is not the admitted pod's uid `{}`",
+                shown(&m.pod_uid),
+                pod.uid
+            ),
         ));
     }
     if m.pod_namespace != pod.namespace || m.pod_name != pod.name {
@@ -162,7 +170,10 @@ fn port_mapping(field: &str, pod: &Pod, m: &PortMapping) -> Checked {
         return Err(violation(format!("{field}.host-port"), "0 is not a port"));
     }
     if m.container_port == 0 {
-        return Err(violation(format!("{field}.container-port"), "0 is not a port"));
+        return Err(violation(
+            format!("{field}.container-port"),
+            "0 is not a port",
+        ));
     }
     if let Some(host_ip) = &m.host_ip {
         ip(&format!("{field}.host-ip"), host_ip)?;
@@ -199,7 +210,10 @@ pub fn pod_network_plan(plan: &PodNetworkPlan) -> Checked {
     if let Some(prefix) = plan.prefix_length
         && !(1..=128).contains(&prefix)
     {
-        return Err(violation("prefix-length", format!("{prefix} is not in 1..=128")));
+        return Err(violation(
+            "prefix-length",
+            format!("{prefix} is not in 1..=128"),
+        ));
     }
     list("routes", &plan.routes)?;
     for (i, route) in plan.routes.iter().enumerate() {
@@ -222,7 +236,10 @@ pub fn pod_network_plan(plan: &PodNetworkPlan) -> Checked {
     if let Some(mtu) = plan.mtu
         && mtu < MIN_MTU
     {
-        return Err(violation("mtu", format!("{mtu} is below the minimum of {MIN_MTU}")));
+        return Err(violation(
+            "mtu",
+            format!("{mtu} is below the minimum of {MIN_MTU}"),
+        ));
     }
     Ok(())
 }
@@ -261,12 +278,23 @@ pub fn cell(field: &str, cell: &Cell, pod_uid: Option<&str>) -> Checked {
     {
         return Err(violation(
             format!("{field}.pod-uid"),
-            format!("`{}` is not the requested pod's uid `{uid}`", shown(&cell.pod_uid)),
+            format!(
+                "`{}` is not the requested pod's uid `{uid}`",
+                shown(&cell.pod_uid)
+            ),
         ));
     }
-    bounded(&format!("{field}.pod-namespace"), &cell.pod_namespace, MAX_NAME_BYTES)?;
+    bounded(
+        &format!("{field}.pod-namespace"),
+        &cell.pod_namespace,
+        MAX_NAME_BYTES,
+    )?;
     bounded(&format!("{field}.pod-name"), &cell.pod_name, MAX_NAME_BYTES)?;
-    bounded(&format!("{field}.instance-type"), &cell.instance_type, MAX_NAME_BYTES)?;
+    bounded(
+        &format!("{field}.instance-type"),
+        &cell.instance_type,
+        MAX_NAME_BYTES,
+    )?;
     let management = cell
         .management_ip
         .as_deref()
@@ -378,7 +406,10 @@ mod tests {
 
     #[test]
     fn admits_a_mapping_of_a_declared_port() {
-        assert_eq!(admission(&pod(), &Admission::Admit(vec![mapping()])), Ok(()));
+        assert_eq!(
+            admission(&pod(), &Admission::Admit(vec![mapping()])),
+            Ok(())
+        );
         assert_eq!(admission(&pod(), &Admission::Deny("no".into())), Ok(()));
     }
 
@@ -386,27 +417,51 @@ mod tests {
     fn refuses_mappings_that_do_not_match_the_pod() {
         let check = |m: PortMapping| field_of(admission(&pod(), &Admission::Admit(vec![m])));
         assert_eq!(
-            check(PortMapping { pod_uid: "other".into(), ..mapping() }),
+            check(PortMapping {
+                pod_uid: "other".into(),
+                ..mapping()
+            }),
             "admit[0].pod-uid"
         );
         assert_eq!(
-            check(PortMapping { container_port: 81, ..mapping() }),
+            check(PortMapping {
+                container_port: 81,
+                ..mapping()
+            }),
             "admit[0].container-port"
         );
         assert_eq!(
-            check(PortMapping { protocol: Protocol::Udp, ..mapping() }),
+            check(PortMapping {
+                protocol: Protocol::Udp,
+                ..mapping()
+            }),
             "admit[0].container-port"
         );
         assert_eq!(
-            check(PortMapping { container_name: "sidecar".into(), ..mapping() }),
+            check(PortMapping {
+                container_name: "sidecar".into(),
+                ..mapping()
+            }),
             "admit[0].container-name"
         );
-        assert_eq!(check(PortMapping { host_port: 0, ..mapping() }), "admit[0].host-port");
         assert_eq!(
-            check(PortMapping { host_ip: Some("10.0.0.300".into()), ..mapping() }),
+            check(PortMapping {
+                host_port: 0,
+                ..mapping()
+            }),
+            "admit[0].host-port"
+        );
+        assert_eq!(
+            check(PortMapping {
+                host_ip: Some("10.0.0.300".into()),
+                ..mapping()
+            }),
             "admit[0].host-ip"
         );
-        assert_eq!(field_of(admission(&pod(), &Admission::Deny(" ".into()))), "deny");
+        assert_eq!(
+            field_of(admission(&pod(), &Admission::Deny(" ".into()))),
+            "deny"
+        );
     }
 
     fn plan() -> PodNetworkPlan {
@@ -466,17 +521,37 @@ mod tests {
     #[test]
     fn checks_cells() {
         assert_eq!(cell("cell", &a_cell(), Some("uid-1")), Ok(()));
-        assert_eq!(field_of(cell("cell", &a_cell(), Some("uid-2"))), "cell.pod-uid");
-        let bad = Cell { pod_ip: Some("10.0.2.8".into()), ..a_cell() };
+        assert_eq!(
+            field_of(cell("cell", &a_cell(), Some("uid-2"))),
+            "cell.pod-uid"
+        );
+        let bad = Cell {
+            pod_ip: Some("10.0.2.8".into()),
+            ..a_cell()
+        };
         assert_eq!(field_of(cell("cell", &bad, None)), "cell.pod-ip");
-        let bad = Cell { subnet_prefix: 33, ..a_cell() };
+        let bad = Cell {
+            subnet_prefix: 33,
+            ..a_cell()
+        };
         assert_eq!(field_of(cell("cell", &bad, None)), "cell.subnet-prefix");
-        let bad = Cell { id: String::new(), ..a_cell() };
+        let bad = Cell {
+            id: String::new(),
+            ..a_cell()
+        };
         assert_eq!(field_of(cell("cell", &bad, None)), "cell.id");
-        let bad = Cell { id: "i".repeat(MAX_NAME_BYTES + 1), ..a_cell() };
+        let bad = Cell {
+            id: "i".repeat(MAX_NAME_BYTES + 1),
+            ..a_cell()
+        };
         assert_eq!(field_of(cell("cell", &bad, None)), "cell.id");
         // Pending: no addresses yet, no prefix yet.
-        let pending = Cell { management_ip: None, pod_ip: None, subnet_prefix: 0, ..a_cell() };
+        let pending = Cell {
+            management_ip: None,
+            pod_ip: None,
+            subnet_prefix: 0,
+            ..a_cell()
+        };
         assert_eq!(cells(&[pending]), Ok(()));
     }
 
@@ -498,8 +573,16 @@ mod tests {
             }],
             ..plan.clone()
         };
-        assert_eq!(field_of(cluster_network_plan(&bad)), "routes[0].target.instance");
-        let capacity = NodeResources { cpu_millis: 1000, memory_bytes: 1, pods: 0, ephemeral_storage_bytes: 0 };
+        assert_eq!(
+            field_of(cluster_network_plan(&bad)),
+            "routes[0].target.instance"
+        );
+        let capacity = NodeResources {
+            cpu_millis: 1000,
+            memory_bytes: 1,
+            pods: 0,
+            ephemeral_storage_bytes: 0,
+        };
         assert_eq!(field_of(node_capacity(&capacity)), "pods");
     }
 }

@@ -78,12 +78,12 @@ impl GuestOutput {
             // A line longer than the cap is logged in pieces: a guest that never writes a
             // newline cannot grow the buffer.
             let room = MAX_LINE_BYTES - buffer.len();
-            let (take, consumed, complete) =
-                match bytes.iter().take(room).position(|&b| b == b'\n') {
-                    Some(i) => (i, i + 1, true),
-                    None if bytes.len() >= room => (room, room, true),
-                    None => (bytes.len(), bytes.len(), false),
-                };
+            let (take, consumed, complete) = match bytes.iter().take(room).position(|&b| b == b'\n')
+            {
+                Some(i) => (i, i + 1, true),
+                None if bytes.len() >= room => (room, room, true),
+                None => (bytes.len(), bytes.len(), false),
+            };
             buffer.extend_from_slice(&bytes[..take]);
             bytes = &bytes[consumed..];
             if !complete {

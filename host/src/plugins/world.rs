@@ -78,7 +78,9 @@ pub enum WorldError {
         slot: Slot,
         capability: Capability,
     },
-    #[error("failed to load plugin `{plugin}`: it imports {import}, which this host does not provide")]
+    #[error(
+        "failed to load plugin `{plugin}`: it imports {import}, which this host does not provide"
+    )]
     UnknownImport { plugin: String, import: String },
 }
 
@@ -201,7 +203,10 @@ pub fn identify(
                 .iter()
                 .filter_map(|name| contract_name(name))
                 .map(|name| name.version)
-                .find(|v| !v.parse::<ContractVersion>().is_ok_and(|v| SUPPORTED_VERSIONS.contains(&v)))
+                .find(|v| {
+                    !v.parse::<ContractVersion>()
+                        .is_ok_and(|v| SUPPORTED_VERSIONS.contains(&v))
+                })
             {
                 return Err(unsupported(plugin, version));
             }
@@ -316,20 +321,25 @@ mod tests {
     }
 
     fn network_plugin(version: &str, extra_imports: &[&str]) -> Identity {
-        let mut imports = strings(&[
-            "wasi:cli/environment@0.2.6",
-            "wasi:io/streams@0.2.6",
-        ]);
+        let mut imports = strings(&["wasi:cli/environment@0.2.6", "wasi:io/streams@0.2.6"]);
         imports.push(format!("cellet:plugin/types@{version}"));
         imports.push(format!("cellet:plugin/log@{version}"));
         imports.extend(strings(extra_imports));
-        identify("net", imports, vec![format!("cellet:plugin/network@{version}")]).unwrap()
+        identify(
+            "net",
+            imports,
+            vec![format!("cellet:plugin/network@{version}")],
+        )
+        .unwrap()
     }
 
     #[test]
     fn the_newest_supported_version_has_bindings() {
         assert_eq!(
-            SUPPORTED_VERSIONS.last().map(ToString::to_string).as_deref(),
+            SUPPORTED_VERSIONS
+                .last()
+                .map(ToString::to_string)
+                .as_deref(),
             Some(crate::plugins::bindings::NEWEST_VERSION)
         );
     }
@@ -337,7 +347,10 @@ mod tests {
     #[test]
     fn a_newer_contract_with_unknown_interfaces_is_a_version_error() {
         let err = identify("x", vec![], strings(&["cellet:plugin/dns@0.3.0"])).unwrap_err();
-        assert!(matches!(err, WorldError::UnsupportedVersion { .. }), "{err}");
+        assert!(
+            matches!(err, WorldError::UnsupportedVersion { .. }),
+            "{err}"
+        );
     }
 
     #[test]
@@ -354,7 +367,10 @@ mod tests {
         let id = network_plugin("0.1.0", &[]);
         assert_eq!(id.slot, Slot::Network);
         assert_eq!(id.world(), "network-strategy");
-        assert_eq!(check("net", &id, Slot::Network, |_| true), Ok(ContractVersion::new(0, 1, 0)));
+        assert_eq!(
+            check("net", &id, Slot::Network, |_| true),
+            Ok(ContractVersion::new(0, 1, 0))
+        );
     }
 
     #[test]
@@ -385,14 +401,24 @@ mod tests {
         id.imports.push("cellet:plugin/ec2@0.1.0".into());
         let err = check("cloud", &id, Slot::Cloud, |c| c == Capability::Log).unwrap_err();
         assert!(
-            err.to_string()
-                .ends_with("plugin cloud imports cellet:plugin/ec2@0.1.0 but slot `cloud` does not grant `ec2`"),
+            err.to_string().ends_with(
+                "plugin cloud imports cellet:plugin/ec2@0.1.0 but slot `cloud` does not grant `ec2`"
+            ),
             "{err}"
         );
         // A network slot can never grant it, whatever the config says.
         let id = network_plugin("0.1.0", &["cellet:plugin/ec2@0.1.0"]);
         let err = check("net", &id, Slot::Network, |_| true).unwrap_err();
-        assert!(matches!(err, WorldError::NotGranted { capability: Capability::Ec2, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                WorldError::NotGranted {
+                    capability: Capability::Ec2,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -416,7 +442,10 @@ mod tests {
         let err = identify(
             "x",
             vec![],
-            strings(&["cellet:plugin/network@0.1.0", "cellet:plugin/hostport@0.1.0"]),
+            strings(&[
+                "cellet:plugin/network@0.1.0",
+                "cellet:plugin/hostport@0.1.0",
+            ]),
         )
         .unwrap_err();
         assert!(matches!(err, WorldError::SeveralWorlds { .. }), "{err}");

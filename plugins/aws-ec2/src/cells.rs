@@ -35,11 +35,20 @@ pub fn is_usable(instance: &Instance) -> bool {
 /// Filters for this controller's live instances, optionally of one pod.
 pub fn filters(controller_id: &str, pod_uid: Option<&str>) -> Vec<Filter> {
     let mut filters = vec![
-        Filter { name: format!("tag:{}", cloud::tags::CONTROLLER), values: vec![controller_id.to_owned()] },
-        Filter { name: "instance-state-name".to_owned(), values: LIVE_STATES.iter().map(|s| s.to_string()).collect() },
+        Filter {
+            name: format!("tag:{}", cloud::tags::CONTROLLER),
+            values: vec![controller_id.to_owned()],
+        },
+        Filter {
+            name: "instance-state-name".to_owned(),
+            values: LIVE_STATES.iter().map(|s| s.to_string()).collect(),
+        },
     ];
     if let Some(uid) = pod_uid {
-        filters.push(Filter { name: format!("tag:{}", cloud::tags::POD_UID), values: vec![uid.to_owned()] });
+        filters.push(Filter {
+            name: format!("tag:{}", cloud::tags::POD_UID),
+            values: vec![uid.to_owned()],
+        });
     }
     filters
 }
@@ -65,7 +74,10 @@ pub fn client_token(controller_id: &str, pod_uid: &str, replacing: Option<&str>)
 pub fn launch_tags(controller_id: &str, request: &CellRequest) -> Vec<KeyValue> {
     let mut tags = cloud::cell_tags(controller_id, request);
     if find(&tags, "Name").is_none() {
-        tags.push(KeyValue::new("Name", format!("cellet {}", request.pod.key())));
+        tags.push(KeyValue::new(
+            "Name",
+            format!("cellet {}", request.pod.key()),
+        ));
     }
     tags
 }
@@ -85,7 +97,10 @@ pub fn run_request(
     }
     let tags = launch_tags(controller_id, request);
     if tags.len() > MAX_TAGS {
-        return Err(format!("the cell would carry {} tags; EC2 takes at most {MAX_TAGS}", tags.len()));
+        return Err(format!(
+            "the cell would carry {} tags; EC2 takes at most {MAX_TAGS}",
+            tags.len()
+        ));
     }
     Ok(RunInstancesRequest {
         image_id: config.image_id.clone(),
@@ -217,18 +232,35 @@ mod tests {
         let pod = PodBuilder::new("shop", "web").build();
         let mut request = cell_request(&pod);
         request.user_data = "x".repeat(MAX_USER_DATA_BYTES + 1);
-        assert!(run_request(&config(), "ctrl", &request, "t".into()).unwrap_err().contains("user data"));
+        assert!(
+            run_request(&config(), "ctrl", &request, "t".into())
+                .unwrap_err()
+                .contains("user data")
+        );
 
         let mut request = cell_request(&pod);
-        request.tags = (0..MAX_TAGS).map(|i| KeyValue::new(format!("k{i}"), "v")).collect();
-        assert!(run_request(&config(), "ctrl", &request, "t".into()).unwrap_err().contains("tags"));
+        request.tags = (0..MAX_TAGS)
+            .map(|i| KeyValue::new(format!("k{i}"), "v"))
+            .collect();
+        assert!(
+            run_request(&config(), "ctrl", &request, "t".into())
+                .unwrap_err()
+                .contains("tags")
+        );
     }
 
     #[test]
     fn an_instance_reads_as_a_cell() {
         let cell = to_cell(instance("i-1", "running"), 24);
         assert_eq!(cell.id, "i-1");
-        assert_eq!((cell.pod_uid.as_str(), cell.pod_namespace.as_str(), cell.pod_name.as_str()), ("uid-1", "shop", "web"));
+        assert_eq!(
+            (
+                cell.pod_uid.as_str(),
+                cell.pod_namespace.as_str(),
+                cell.pod_name.as_str()
+            ),
+            ("uid-1", "shop", "web")
+        );
         assert_eq!(cell.state, CellState::Running);
         assert_eq!(cell.management_ip.as_deref(), Some("10.0.1.5"));
         assert_eq!(cell.pod_ip.as_deref(), Some("10.0.1.6"));
@@ -250,9 +282,16 @@ mod tests {
 
     #[test]
     fn a_running_instance_serves_its_pod_before_a_pending_one_and_dying_ones_never_do() {
-        let chosen = usable_instance(vec![instance("i-p", "pending"), instance("i-r", "running")]).unwrap();
+        let chosen =
+            usable_instance(vec![instance("i-p", "pending"), instance("i-r", "running")]).unwrap();
         assert_eq!(chosen.instance_id, "i-r");
-        assert!(usable_instance(vec![instance("i-s", "stopped"), instance("i-d", "shutting-down")]).is_none());
+        assert!(
+            usable_instance(vec![
+                instance("i-s", "stopped"),
+                instance("i-d", "shutting-down")
+            ])
+            .is_none()
+        );
         let reported = reported_instance(vec![instance("i-s", "stopped")]).unwrap();
         assert_eq!(reported.instance_id, "i-s");
     }
@@ -264,6 +303,12 @@ mod tests {
         assert_eq!(all[0].name, "tag:cellet.io/controller");
         assert!(!all[1].values.contains(&"terminated".to_string()));
         let one = filters("ctrl", Some("uid-1"));
-        assert_eq!(one[2], Filter { name: "tag:cellet.io/pod-uid".into(), values: vec!["uid-1".into()] });
+        assert_eq!(
+            one[2],
+            Filter {
+                name: "tag:cellet.io/pod-uid".into(),
+                values: vec!["uid-1".into()]
+            }
+        );
     }
 }

@@ -114,7 +114,9 @@ impl Config {
             prefixed("route-table-id", table, "rtb-")?;
         }
         if raw.capacity.pods == 0 {
-            return Err(PluginError::InvalidConfig("config field `capacity.pods`: must be at least 1".to_owned()));
+            return Err(PluginError::InvalidConfig(
+                "config field `capacity.pods`: must be at least 1".to_owned(),
+            ));
         }
         let capacity = NodeResources {
             cpu_millis: quantity::cpu_millis(&raw.capacity.cpu.text())
@@ -123,7 +125,8 @@ impl Config {
                 .map_err(|e| e.into_config_error("capacity.memory"))?,
             pods: raw.capacity.pods,
             ephemeral_storage_bytes: match &raw.capacity.ephemeral_storage {
-                Some(q) => quantity::bytes(&q.text()).map_err(|e| e.into_config_error("capacity.ephemeral-storage"))?,
+                Some(q) => quantity::bytes(&q.text())
+                    .map_err(|e| e.into_config_error("capacity.ephemeral-storage"))?,
                 None => 0,
             },
         };
@@ -180,14 +183,20 @@ mod tests {
         assert_eq!(config.route_table_id, None);
         assert_eq!(
             config.capacity,
-            NodeResources { cpu_millis: 64_000, memory_bytes: 256 << 30, pods: 32, ephemeral_storage_bytes: 0 }
+            NodeResources {
+                cpu_millis: 64_000,
+                memory_bytes: 256 << 30,
+                pods: 32,
+                ephemeral_storage_bytes: 0
+            }
         );
     }
 
     #[test]
     fn quantities_are_read_as_in_pod_specs() {
         let mut value = minimal();
-        value["capacity"] = json!({ "cpu": "7500m", "memory": 1_000_000, "pods": 3, "ephemeral-storage": "1Ti" });
+        value["capacity"] =
+            json!({ "cpu": "7500m", "memory": 1_000_000, "pods": 3, "ephemeral-storage": "1Ti" });
         let config = Config::from_context(&context(value)).unwrap();
         assert_eq!(config.capacity.cpu_millis, 7500);
         assert_eq!(config.capacity.memory_bytes, 1_000_000);
@@ -202,22 +211,34 @@ mod tests {
 
         let mut swapped = minimal();
         swapped["image-id"] = json!("subnet-2");
-        assert!(message(Config::from_context(&context(swapped)).unwrap_err()).contains("`image-id`"));
+        assert!(
+            message(Config::from_context(&context(swapped)).unwrap_err()).contains("`image-id`")
+        );
 
         let mut group = minimal();
         group["security-group-ids"] = json!(["sg-1", "rtb-1"]);
-        assert!(message(Config::from_context(&context(group)).unwrap_err()).contains("`security-group-ids[1]`"));
+        assert!(
+            message(Config::from_context(&context(group)).unwrap_err())
+                .contains("`security-group-ids[1]`")
+        );
 
         let mut cpu = minimal();
         cpu["capacity"]["cpu"] = json!("lots");
-        assert!(message(Config::from_context(&context(cpu)).unwrap_err()).contains("`capacity.cpu`"));
+        assert!(
+            message(Config::from_context(&context(cpu)).unwrap_err()).contains("`capacity.cpu`")
+        );
 
         let mut pods = minimal();
         pods["capacity"]["pods"] = json!(0);
-        assert!(message(Config::from_context(&context(pods)).unwrap_err()).contains("`capacity.pods`"));
+        assert!(
+            message(Config::from_context(&context(pods)).unwrap_err()).contains("`capacity.pods`")
+        );
 
         let mut arn = minimal();
         arn["instance-profile-arn"] = json!("cellet-cell");
-        assert!(message(Config::from_context(&context(arn)).unwrap_err()).contains("`instance-profile-arn`"));
+        assert!(
+            message(Config::from_context(&context(arn)).unwrap_err())
+                .contains("`instance-profile-arn`")
+        );
     }
 }

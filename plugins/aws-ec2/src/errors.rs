@@ -57,7 +57,10 @@ pub fn classify(what: &str, error: Ec2Error) -> PluginError {
         PluginError::Unavailable(message)
     } else if code.ends_with(".NotFound") {
         PluginError::NotFound(message)
-    } else if code.starts_with("Invalid") || code.starts_with("Missing") || code.starts_with("Cellet") {
+    } else if code.starts_with("Invalid")
+        || code.starts_with("Missing")
+        || code.starts_with("Cellet")
+    {
         // `CelletRequestTooLarge` and `CelletInvalidRequest`: the host refused what this
         // plugin built from the host's own records.
         PluginError::InvalidInput(message)
@@ -69,7 +72,10 @@ pub fn classify(what: &str, error: Ec2Error) -> PluginError {
 /// Like [`classify`], for `run-instances`: the resources it names come from the config.
 pub fn classify_launch(what: &str, error: Ec2Error) -> PluginError {
     if LAUNCH_CONFIG.contains(&error.code.as_str()) {
-        PluginError::InvalidConfig(format!("failed to {what}: EC2 {}: {}", error.code, error.message))
+        PluginError::InvalidConfig(format!(
+            "failed to {what}: EC2 {}: {}",
+            error.code, error.message
+        ))
     } else {
         classify(what, error)
     }
@@ -85,28 +91,63 @@ mod tests {
     use super::*;
 
     fn error(code: &str) -> Ec2Error {
-        Ec2Error { code: code.into(), message: "m".into() }
+        Ec2Error {
+            code: code.into(),
+            message: "m".into(),
+        }
     }
 
     #[test]
     fn codes_are_sorted_by_what_the_host_can_do() {
-        assert!(matches!(classify("x", error("InsufficientInstanceCapacity")), PluginError::Capacity(_)));
-        assert!(matches!(classify("x", error("RequestLimitExceeded")), PluginError::Unavailable(_)));
-        assert!(matches!(classify("x", error("CelletUnavailable")), PluginError::Unavailable(_)));
-        assert!(matches!(classify("x", error("InvalidInstanceID.NotFound")), PluginError::NotFound(_)));
-        assert!(matches!(classify("x", error("InvalidParameterValue")), PluginError::InvalidInput(_)));
-        assert!(matches!(classify("x", error("CelletRequestTooLarge")), PluginError::InvalidInput(_)));
-        assert!(matches!(classify("x", error("SomethingNew")), PluginError::Unavailable(_)));
+        assert!(matches!(
+            classify("x", error("InsufficientInstanceCapacity")),
+            PluginError::Capacity(_)
+        ));
+        assert!(matches!(
+            classify("x", error("RequestLimitExceeded")),
+            PluginError::Unavailable(_)
+        ));
+        assert!(matches!(
+            classify("x", error("CelletUnavailable")),
+            PluginError::Unavailable(_)
+        ));
+        assert!(matches!(
+            classify("x", error("InvalidInstanceID.NotFound")),
+            PluginError::NotFound(_)
+        ));
+        assert!(matches!(
+            classify("x", error("InvalidParameterValue")),
+            PluginError::InvalidInput(_)
+        ));
+        assert!(matches!(
+            classify("x", error("CelletRequestTooLarge")),
+            PluginError::InvalidInput(_)
+        ));
+        assert!(matches!(
+            classify("x", error("SomethingNew")),
+            PluginError::Unavailable(_)
+        ));
     }
 
     #[test]
     fn a_launch_blames_the_config_for_the_resources_it_names() {
-        assert!(matches!(classify_launch("x", error("InvalidAMIID.NotFound")), PluginError::InvalidConfig(_)));
-        assert!(matches!(classify_launch("x", error("VcpuLimitExceeded")), PluginError::Capacity(_)));
-        let PluginError::InvalidConfig(message) = classify_launch("launch the cell of shop/web", error("InvalidSubnetID.NotFound"))
-        else {
+        assert!(matches!(
+            classify_launch("x", error("InvalidAMIID.NotFound")),
+            PluginError::InvalidConfig(_)
+        ));
+        assert!(matches!(
+            classify_launch("x", error("VcpuLimitExceeded")),
+            PluginError::Capacity(_)
+        ));
+        let PluginError::InvalidConfig(message) = classify_launch(
+            "launch the cell of shop/web",
+            error("InvalidSubnetID.NotFound"),
+        ) else {
             panic!()
         };
-        assert_eq!(message, "failed to launch the cell of shop/web: EC2 InvalidSubnetID.NotFound: m");
+        assert_eq!(
+            message,
+            "failed to launch the cell of shop/web: EC2 InvalidSubnetID.NotFound: m"
+        );
     }
 }

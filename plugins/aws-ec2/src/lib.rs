@@ -54,11 +54,14 @@ impl AwsEc2 {
             return Ok(*prefix);
         }
         let what = format!("describe subnet {subnet_id}");
-        let subnets = ec2::describe_subnets(&[subnet_id.to_owned()], &[]).map_err(|e| classify(&what, e))?;
+        let subnets =
+            ec2::describe_subnets(&[subnet_id.to_owned()], &[]).map_err(|e| classify(&what, e))?;
         let subnet = subnets
             .into_iter()
             .find(|s| s.subnet_id == subnet_id)
-            .ok_or_else(|| PluginError::NotFound(format!("failed to {what}: EC2 does not list it")))?;
+            .ok_or_else(|| {
+                PluginError::NotFound(format!("failed to {what}: EC2 does not list it"))
+            })?;
         let prefix = net::parse_cidr("subnet cidr-block", &subnet.cidr_block)
             .map_err(|e| PluginError::Unavailable(format!("failed to {what}: {e}")))?
             .prefix_len();
@@ -69,7 +72,10 @@ impl AwsEc2 {
     /// The cell of an instance; the prefix is that of the instance's subnet (the
     /// configured one when EC2 no longer says, as for a terminating instance).
     fn cell(&mut self, instance: Instance) -> Result<Cell, PluginError> {
-        let subnet = instance.subnet_id.clone().unwrap_or_else(|| self.config.subnet_id.clone());
+        let subnet = instance
+            .subnet_id
+            .clone()
+            .unwrap_or_else(|| self.config.subnet_id.clone());
         let prefix = self.prefix_of(&subnet)?;
         Ok(cells::to_cell(instance, prefix))
     }
@@ -77,7 +83,8 @@ impl AwsEc2 {
     /// This controller's live instances, optionally of one pod.
     fn instances(&self, pod_uid: Option<&str>) -> Result<Vec<Instance>, PluginError> {
         let filters: Vec<Filter> = cells::filters(&self.controller_id, pod_uid);
-        ec2::describe_instances(&[], &filters).map_err(|e| classify("list this controller's instances", e))
+        ec2::describe_instances(&[], &filters)
+            .map_err(|e| classify("list this controller's instances", e))
     }
 
     /// One instance by id, `None` if EC2 does not know it.
@@ -96,16 +103,24 @@ impl AwsEc2 {
             return Ok(());
         }
         let wanted = &self.config.instance_type;
-        let types = ec2::describe_instance_types(std::slice::from_ref(wanted)).map_err(|e| match e.code.as_str() {
-            "InvalidInstanceType" => PluginError::InvalidConfig(format!(
-                "config field `instance-type`: EC2 does not offer {wanted:?} here: {}",
-                e.message
-            )),
-            _ => classify(&format!("describe instance type {wanted}"), e),
-        })?;
-        let info = types.into_iter().find(|t| &t.instance_type == wanted).ok_or_else(|| {
-            PluginError::InvalidConfig(format!("config field `instance-type`: EC2 does not offer {wanted:?} here"))
-        })?;
+        let types =
+            ec2::describe_instance_types(std::slice::from_ref(wanted)).map_err(|e| {
+                match e.code.as_str() {
+                    "InvalidInstanceType" => PluginError::InvalidConfig(format!(
+                        "config field `instance-type`: EC2 does not offer {wanted:?} here: {}",
+                        e.message
+                    )),
+                    _ => classify(&format!("describe instance type {wanted}"), e),
+                }
+            })?;
+        let info = types
+            .into_iter()
+            .find(|t| &t.instance_type == wanted)
+            .ok_or_else(|| {
+                PluginError::InvalidConfig(format!(
+                    "config field `instance-type`: EC2 does not offer {wanted:?} here"
+                ))
+            })?;
         if info.ipv4_addresses_per_interface < 2 {
             return Err(PluginError::InvalidConfig(format!(
                 "config field `instance-type`: {wanted} takes {} address per interface; a cell needs 2 (management and pod)",
@@ -114,7 +129,11 @@ impl AwsEc2 {
         }
         log::info(
             "instance type checked",
-            &[("type", wanted), ("vcpus", &info.vcpus), ("memory-mib", &info.memory_mib)],
+            &[
+                ("type", wanted),
+                ("vcpus", &info.vcpus),
+                ("memory-mib", &info.memory_mib),
+            ],
         );
         self.instance_type_checked = true;
         Ok(())
@@ -123,13 +142,19 @@ impl AwsEc2 {
     /// Make sure a cell that needs a pod address has one. EC2 assigns it at launch; this
     /// covers an EC2-compatible API that ignores the launch-time count, and a cell found
     /// after a crash between a launch and a later assignment.
-    fn ensure_pod_ip(&self, instance: Instance, needs_pod_ip: bool) -> Result<Instance, PluginError> {
+    fn ensure_pod_ip(
+        &self,
+        instance: Instance,
+        needs_pod_ip: bool,
+    ) -> Result<Instance, PluginError> {
         if !needs_pod_ip || !instance.secondary_private_ips.is_empty() {
             return Ok(instance);
         }
         let id = instance.instance_id.clone();
         let Some(interface) = instance.network_interface_id.clone() else {
-            return Err(PluginError::Unavailable(format!("instance {id} has no network interface yet")));
+            return Err(PluginError::Unavailable(format!(
+                "instance {id} has no network interface yet"
+            )));
         };
         let what = format!("assign the pod address of instance {id}");
         ec2::assign_private_ip_addresses(&interface, &[], 1).map_err(|e| classify(&what, e))?;
@@ -142,21 +167,30 @@ impl AwsEc2 {
         let what = format!("launch the cell of {}", request.pod.key());
         let mut replacing: Option<String> = None;
         for _ in 0..MAX_LAUNCH_ATTEMPTS {
-            let token = cells::client_token(&self.controller_id, &request.pod.uid, replacing.as_deref());
+            let token =
+                cells::client_token(&self.controller_id, &request.pod.uid, replacing.as_deref());
             let launch = cells::run_request(&self.config, &self.controller_id, request, token)
-                .map_err(|reason| PluginError::InvalidInput(format!("failed to {what}: {reason}")))?;
+                .map_err(|reason| {
+                    PluginError::InvalidInput(format!("failed to {what}: {reason}"))
+                })?;
             let instance = ec2::run_instances(&launch)
                 .map_err(|e| classify_launch(&what, e))?
                 .into_iter()
                 .next()
-                .ok_or_else(|| PluginError::Unavailable(format!("failed to {what}: EC2 returned no instance")))?;
+                .ok_or_else(|| {
+                    PluginError::Unavailable(format!("failed to {what}: EC2 returned no instance"))
+                })?;
             if cells::is_usable(&instance) {
                 return Ok(instance);
             }
             // The token belongs to an instance that died since: derive the next one.
             log::info(
                 "launch token returned a dead instance; launching a replacement",
-                &[("pod", &request.pod.key()), ("dead", &instance.instance_id), ("state", &instance.state)],
+                &[
+                    ("pod", &request.pod.key()),
+                    ("dead", &instance.instance_id),
+                    ("state", &instance.state),
+                ],
             );
             replacing = Some(instance.instance_id);
         }
@@ -188,25 +222,39 @@ impl AwsEc2 {
         match target {
             RouteTarget::Instance(id) => {
                 if !id.starts_with("i-") {
-                    return Err(PluginError::InvalidInput(format!("route target {id:?} is not an instance id")));
+                    return Err(PluginError::InvalidInput(format!(
+                        "route target {id:?} is not an instance id"
+                    )));
                 }
                 Ok(id.clone())
             }
             RouteTarget::Address(address) => {
-                let ip = net::parse_ip("route target", address).map_err(net::NetError::into_input_error)?;
+                let ip = net::parse_ip("route target", address)
+                    .map_err(net::NetError::into_input_error)?;
                 let filters = [
-                    Filter { name: "private-ip-address".into(), values: vec![ip.to_string()] },
+                    Filter {
+                        name: "private-ip-address".into(),
+                        values: vec![ip.to_string()],
+                    },
                     Filter {
                         name: "instance-state-name".into(),
-                        values: ["pending", "running", "stopping", "stopped"].map(String::from).to_vec(),
+                        values: ["pending", "running", "stopping", "stopped"]
+                            .map(String::from)
+                            .to_vec(),
                     },
                 ];
                 let what = format!("find the instance of address {ip}");
-                let found = ec2::describe_instances(&[], &filters).map_err(|e| classify(&what, e))?;
+                let found =
+                    ec2::describe_instances(&[], &filters).map_err(|e| classify(&what, e))?;
                 match found.as_slice() {
                     [one] => Ok(one.instance_id.clone()),
-                    [] => Err(PluginError::NotFound(format!("failed to {what}: no instance has it as its primary address"))),
-                    _ => Err(PluginError::InvalidInput(format!("failed to {what}: {} instances have it", found.len()))),
+                    [] => Err(PluginError::NotFound(format!(
+                        "failed to {what}: no instance has it as its primary address"
+                    ))),
+                    _ => Err(PluginError::InvalidInput(format!(
+                        "failed to {what}: {} instances have it",
+                        found.len()
+                    ))),
                 }
             }
         }
@@ -217,7 +265,9 @@ impl CloudProvider for AwsEc2 {
     fn init(ctx: InitContext) -> Result<Self, PluginError> {
         let config = Config::from_context(&ctx)?;
         if ctx.controller_id.is_empty() {
-            return Err(PluginError::InvalidInput("the init context has no controller id".into()));
+            return Err(PluginError::InvalidInput(
+                "the init context has no controller id".into(),
+            ));
         }
         Ok(AwsEc2 {
             controller_id: ctx.controller_id,
@@ -235,13 +285,19 @@ impl CloudProvider for AwsEc2 {
     fn create_cell(&mut self, request: CellRequest) -> Result<Cell, PluginError> {
         let uid = request.pod.uid.clone();
         if uid.is_empty() {
-            return Err(PluginError::InvalidInput(format!("pod {} has no UID", request.pod.key())));
+            return Err(PluginError::InvalidInput(format!(
+                "pod {} has no UID",
+                request.pod.key()
+            )));
         }
         let existing = self.instances(Some(&uid))?;
         // A stopped instance never comes back by itself: replace it. Terminating it here
         // keeps it from lingering as a second cell of the pod.
-        let stopped: Vec<String> =
-            existing.iter().filter(|i| i.state == "stopped").map(|i| i.instance_id.clone()).collect();
+        let stopped: Vec<String> = existing
+            .iter()
+            .filter(|i| i.state == "stopped")
+            .map(|i| i.instance_id.clone())
+            .collect();
         let instance = match cells::usable_instance(existing) {
             Some(found) => found,
             None => {
@@ -252,7 +308,11 @@ impl CloudProvider for AwsEc2 {
                 let launched = self.launch(&request)?;
                 log::info(
                     "cell launched",
-                    &[("pod", &request.pod.key()), ("instance", &launched.instance_id), ("type", &launched.instance_type)],
+                    &[
+                        ("pod", &request.pod.key()),
+                        ("instance", &launched.instance_id),
+                        ("type", &launched.instance_type),
+                    ],
                 );
                 launched
             }
@@ -269,12 +329,17 @@ impl CloudProvider for AwsEc2 {
     }
 
     fn list_cells(&mut self) -> Result<Vec<Cell>, PluginError> {
-        self.instances(None)?.into_iter().map(|instance| self.cell(instance)).collect()
+        self.instances(None)?
+            .into_iter()
+            .map(|instance| self.cell(instance))
+            .collect()
     }
 
     fn delete_cell(&mut self, id: String) -> Result<(), PluginError> {
         if !id.starts_with("i-") {
-            return Err(PluginError::InvalidInput(format!("cell id {id:?} is not an instance id")));
+            return Err(PluginError::InvalidInput(format!(
+                "cell id {id:?} is not an instance id"
+            )));
         }
         let Some(instance) = self.instance(&id)? else {
             return Ok(());
@@ -305,15 +370,18 @@ impl CloudProvider for AwsEc2 {
     }
 
     fn ensure_route(&mut self, route: CloudRoute) -> Result<(), PluginError> {
-        let table_id = self.route_table_id(&format!("route {}", route.destination))?.to_owned();
-        let destination =
-            net::parse_cidr("route destination", &route.destination).map_err(net::NetError::into_input_error)?;
+        let table_id = self
+            .route_table_id(&format!("route {}", route.destination))?
+            .to_owned();
+        let destination = net::parse_cidr("route destination", &route.destination)
+            .map_err(net::NetError::into_input_error)?;
         let instance_id = self.target_instance(&route.target)?;
         let table = self.route_table(&table_id)?;
         let target = ec2::RouteTarget::InstanceId(instance_id.clone());
         let what = format!("route {destination} to {instance_id} in {table_id}");
         let replace = || {
-            ec2::replace_route(&table_id, &destination.to_string(), &target).map_err(|e| classify(&what, e))
+            ec2::replace_route(&table_id, &destination.to_string(), &target)
+                .map_err(|e| classify(&what, e))
         };
         match routes::change(routes::find(&table, &destination), &instance_id) {
             routes::Change::Keep => Ok(()),
@@ -326,19 +394,23 @@ impl CloudProvider for AwsEc2 {
                 }
                 replace()
             }
-            routes::Change::Create => match ec2::create_route(&table_id, &destination.to_string(), &target) {
-                Ok(()) => Ok(()),
-                // Created by someone else since the table was read.
-                Err(error) if error.code == "RouteAlreadyExists" => replace(),
-                Err(error) => Err(classify(&what, error)),
-            },
+            routes::Change::Create => {
+                match ec2::create_route(&table_id, &destination.to_string(), &target) {
+                    Ok(()) => Ok(()),
+                    // Created by someone else since the table was read.
+                    Err(error) if error.code == "RouteAlreadyExists" => replace(),
+                    Err(error) => Err(classify(&what, error)),
+                }
+            }
         }
     }
 
     fn remove_route(&mut self, destination: String) -> Result<(), PluginError> {
-        let table_id = self.route_table_id(&format!("remove route {destination}"))?.to_owned();
-        let destination =
-            net::parse_cidr("route destination", &destination).map_err(net::NetError::into_input_error)?;
+        let table_id = self
+            .route_table_id(&format!("remove route {destination}"))?
+            .to_owned();
+        let destination = net::parse_cidr("route destination", &destination)
+            .map_err(net::NetError::into_input_error)?;
         let table = self.route_table(&table_id)?;
         let Some(current) = routes::find(&table, &destination) else {
             return Ok(());
@@ -351,7 +423,10 @@ impl CloudProvider for AwsEc2 {
         match ec2::delete_route(&table_id, &destination.to_string()) {
             Ok(()) => Ok(()),
             Err(error) if is_not_found(&error) => Ok(()),
-            Err(error) => Err(classify(&format!("remove route {destination} from {table_id}"), error)),
+            Err(error) => Err(classify(
+                &format!("remove route {destination} from {table_id}"),
+                error,
+            )),
         }
     }
 }

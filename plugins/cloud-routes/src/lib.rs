@@ -29,7 +29,9 @@
 use std::collections::BTreeSet;
 
 use cellet_sdk::net::{self, IpNet};
-use cellet_sdk::network::{ClusterNetworkPlan, ClusterNode, NetworkStrategy, PodNetworkPlan, vpc_pod_plan};
+use cellet_sdk::network::{
+    ClusterNetworkPlan, ClusterNode, NetworkStrategy, PodNetworkPlan, vpc_pod_plan,
+};
 use cellet_sdk::types::{CloudRoute, Pod, RouteTarget};
 use cellet_sdk::{InitContext, PluginError};
 use serde::Deserialize;
@@ -71,9 +73,14 @@ fn aws_instance_id(provider_id: &str) -> Option<&str> {
 impl NetworkStrategy for CloudRoutes {
     fn init(ctx: InitContext) -> Result<Self, PluginError> {
         let config: Config = cellet_sdk::config(&ctx)?;
-        for (field, list) in [("vpc-cidrs", &config.vpc_cidrs), ("cluster-cidrs", &config.cluster_cidrs)] {
+        for (field, list) in [
+            ("vpc-cidrs", &config.vpc_cidrs),
+            ("cluster-cidrs", &config.cluster_cidrs),
+        ] {
             if list.is_empty() {
-                return Err(PluginError::InvalidConfig(format!("config field `{field}`: list at least one CIDR")));
+                return Err(PluginError::InvalidConfig(format!(
+                    "config field `{field}`: list at least one CIDR"
+                )));
             }
         }
         if config.route_table_limit == 0 {
@@ -81,9 +88,10 @@ impl NetworkStrategy for CloudRoutes {
                 "config field `route-table-limit`: must be at least 1".to_string(),
             ));
         }
-        let cluster =
-            net::parse_cidrs("cluster-cidrs", &config.cluster_cidrs).map_err(net::NetError::into_config_error)?;
-        let vpc = net::parse_cidrs("vpc-cidrs", &config.vpc_cidrs).map_err(net::NetError::into_config_error)?;
+        let cluster = net::parse_cidrs("cluster-cidrs", &config.cluster_cidrs)
+            .map_err(net::NetError::into_config_error)?;
+        let vpc = net::parse_cidrs("vpc-cidrs", &config.vpc_cidrs)
+            .map_err(net::NetError::into_config_error)?;
         let mut no_masquerade: Vec<String> = Vec::new();
         for cidr in cluster.iter().chain(&vpc).map(IpNet::to_string) {
             if !no_masquerade.contains(&cidr) {
@@ -143,7 +151,10 @@ impl NetworkStrategy for CloudRoutes {
                     ));
                     continue;
                 }
-                routes.push(CloudRoute { destination: cidr.to_string(), target: target.clone() });
+                routes.push(CloudRoute {
+                    destination: cidr.to_string(),
+                    target: target.clone(),
+                });
             }
         }
         let (count, limit) = (routes.len() as u64, u64::from(self.route_table_limit));
@@ -159,7 +170,11 @@ impl NetworkStrategy for CloudRoutes {
                  nodes are added"
             ));
         }
-        Ok(ClusterNetworkPlan { routes, manage_routes: self.manage_routes, warnings })
+        Ok(ClusterNetworkPlan {
+            routes,
+            manage_routes: self.manage_routes,
+            warnings,
+        })
     }
 }
 
@@ -174,8 +189,12 @@ mod tests {
     use super::*;
 
     fn strategy(extra: Value) -> CloudRoutes {
-        let mut config = json!({ "vpc-cidrs": ["10.0.0.0/16"], "cluster-cidrs": ["10.244.0.0/16"] });
-        config.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let mut config =
+            json!({ "vpc-cidrs": ["10.0.0.0/16"], "cluster-cidrs": ["10.244.0.0/16"] });
+        config
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
         CloudRoutes::init(context(config)).unwrap()
     }
 
@@ -188,7 +207,9 @@ mod tests {
 
     #[test]
     fn pods_keep_vpc_addresses_and_do_not_masquerade_to_the_cluster() {
-        let plan = strategy(json!({})).plan_pod(PodBuilder::new("shop", "web").build()).unwrap();
+        let plan = strategy(json!({}))
+            .plan_pod(PodBuilder::new("shop", "web").build())
+            .unwrap();
         assert_eq!(plan.address_source, PodAddressSource::VpcSecondary);
         assert_eq!(plan.routes[0].via, NextHop::SubnetGateway);
         assert_eq!(plan.no_masquerade, vec!["10.244.0.0/16", "10.0.0.0/16"]);
@@ -197,27 +218,52 @@ mod tests {
     #[test]
     fn one_route_per_pod_cidr_to_the_instance_or_the_address() {
         let nodes = vec![
-            NodeBuilder::new("b-by-ip").pod_cidr("10.244.2.0/24").internal_ip("10.0.1.12").build(),
+            NodeBuilder::new("b-by-ip")
+                .pod_cidr("10.244.2.0/24")
+                .internal_ip("10.0.1.12")
+                .build(),
             NodeBuilder::new("a-aws")
                 .pod_cidr("10.244.1.0/24")
                 .pod_cidr("fd00:244:1::/64")
                 .internal_ip("10.0.1.11")
                 .aws_instance("us-east-1a", "i-0123456789abcdef0")
                 .build(),
-            NodeBuilder::new("c-gce").pod_cidr("10.244.3.0/24").provider_id("gce://p/z/vm").internal_ip("10.0.1.13").build(),
-            NodeBuilder::new("cellet").pod_cidr("10.244.9.0/24").internal_ip("10.0.1.99").virtual_node().build(),
+            NodeBuilder::new("c-gce")
+                .pod_cidr("10.244.3.0/24")
+                .provider_id("gce://p/z/vm")
+                .internal_ip("10.0.1.13")
+                .build(),
+            NodeBuilder::new("cellet")
+                .pod_cidr("10.244.9.0/24")
+                .internal_ip("10.0.1.99")
+                .virtual_node()
+                .build(),
         ];
-        let plan = strategy(json!({ "manage-routes": true })).plan_cluster(nodes).unwrap();
+        let plan = strategy(json!({ "manage-routes": true }))
+            .plan_cluster(nodes)
+            .unwrap();
         assert!(plan.manage_routes);
         assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
         let instance = RouteTarget::Instance("i-0123456789abcdef0".to_string());
         assert_eq!(
             plan.routes,
             vec![
-                CloudRoute { destination: "10.244.1.0/24".into(), target: instance.clone() },
-                CloudRoute { destination: "fd00:244:1::/64".into(), target: instance },
-                CloudRoute { destination: "10.244.2.0/24".into(), target: RouteTarget::Address("10.0.1.12".into()) },
-                CloudRoute { destination: "10.244.3.0/24".into(), target: RouteTarget::Address("10.0.1.13".into()) },
+                CloudRoute {
+                    destination: "10.244.1.0/24".into(),
+                    target: instance.clone()
+                },
+                CloudRoute {
+                    destination: "fd00:244:1::/64".into(),
+                    target: instance
+                },
+                CloudRoute {
+                    destination: "10.244.2.0/24".into(),
+                    target: RouteTarget::Address("10.0.1.12".into())
+                },
+                CloudRoute {
+                    destination: "10.244.3.0/24".into(),
+                    target: RouteTarget::Address("10.0.1.13".into())
+                },
             ]
         );
     }
@@ -226,7 +272,9 @@ mod tests {
     fn nodes_without_pod_cidr_or_target_are_warned_about() {
         let nodes = vec![
             NodeBuilder::new("no-cidr").internal_ip("10.0.1.5").build(),
-            NodeBuilder::new("no-target").pod_cidr("10.244.5.0/24").build(),
+            NodeBuilder::new("no-target")
+                .pod_cidr("10.244.5.0/24")
+                .build(),
             node(6),
         ];
         let plan = strategy(json!({})).plan_cluster(nodes).unwrap();
@@ -239,10 +287,18 @@ mod tests {
 
     #[test]
     fn duplicate_pod_cidrs_are_routed_once() {
-        let twin = NodeBuilder::new("node-999").pod_cidr("10.244.1.0/24").internal_ip("10.0.9.9").build();
-        let plan = strategy(json!({})).plan_cluster(vec![node(1), twin]).unwrap();
+        let twin = NodeBuilder::new("node-999")
+            .pod_cidr("10.244.1.0/24")
+            .internal_ip("10.0.9.9")
+            .build();
+        let plan = strategy(json!({}))
+            .plan_cluster(vec![node(1), twin])
+            .unwrap();
         assert_eq!(plan.routes.len(), 1);
-        assert_eq!(plan.routes[0].target, RouteTarget::Address("10.0.1.1".into()));
+        assert_eq!(
+            plan.routes[0].target,
+            RouteTarget::Address("10.0.1.1".into())
+        );
         assert!(plan.warnings[0].contains("node-999"), "{:?}", plan.warnings);
     }
 
@@ -253,29 +309,58 @@ mod tests {
         assert!(plan.warnings.is_empty(), "70 %: {:?}", plan.warnings);
         let plan = s.plan_cluster((0..8).map(node).collect()).unwrap();
         assert_eq!(plan.routes.len(), 8);
-        assert!(plan.warnings[0].contains("8 of `route-table-limit` 10"), "{:?}", plan.warnings);
+        assert!(
+            plan.warnings[0].contains("8 of `route-table-limit` 10"),
+            "{:?}",
+            plan.warnings
+        );
         let plan = s.plan_cluster((0..10).map(node).collect()).unwrap();
         assert_eq!(plan.routes.len(), 10);
         let err = s.plan_cluster((0..11).map(node).collect()).unwrap_err();
-        assert!(matches!(&err, PluginError::Capacity(m) if m.contains("11 cloud routes")), "{err:?}");
+        assert!(
+            matches!(&err, PluginError::Capacity(m) if m.contains("11 cloud routes")),
+            "{err:?}"
+        );
 
         let default_limit = strategy(json!({}));
-        assert!(default_limit.plan_cluster((0..50).map(node).collect()).is_ok());
-        assert!(default_limit.plan_cluster((0..51).map(node).collect()).is_err());
+        assert!(
+            default_limit
+                .plan_cluster((0..50).map(node).collect())
+                .is_ok()
+        );
+        assert!(
+            default_limit
+                .plan_cluster((0..51).map(node).collect())
+                .is_err()
+        );
     }
 
     #[test]
     fn vpc_cidrs_default_to_the_private_ranges() {
-        let strategy = CloudRoutes::init(context(json!({ "cluster-cidrs": ["10.244.0.0/16"] }))).unwrap();
-        let plan = strategy.plan_pod(PodBuilder::new("shop", "web").build()).unwrap();
-        assert_eq!(plan.no_masquerade, vec!["10.244.0.0/16", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]);
+        let strategy =
+            CloudRoutes::init(context(json!({ "cluster-cidrs": ["10.244.0.0/16"] }))).unwrap();
+        let plan = strategy
+            .plan_pod(PodBuilder::new("shop", "web").build())
+            .unwrap();
+        assert_eq!(
+            plan.no_masquerade,
+            vec![
+                "10.244.0.0/16",
+                "10.0.0.0/8",
+                "172.16.0.0/12",
+                "192.168.0.0/16"
+            ]
+        );
     }
 
     #[test]
     fn aws_provider_ids() {
         assert_eq!(aws_instance_id("aws:///us-east-1a/i-0abc"), Some("i-0abc"));
         assert_eq!(aws_instance_id("aws://us-east-1a/i-0abc"), Some("i-0abc"));
-        assert_eq!(aws_instance_id("aws:///us-east-1a/fargate-ip-10-0-1-1"), None);
+        assert_eq!(
+            aws_instance_id("aws:///us-east-1a/fargate-ip-10-0-1-1"),
+            None
+        );
         assert_eq!(aws_instance_id("gce://proj/zone/i-0abc"), None);
     }
 
@@ -284,14 +369,29 @@ mod tests {
         let cases = [
             (json!({}), "cluster-cidrs"),
             (json!({ "vpc-cidrs": ["10.0.0.0/16"] }), "cluster-cidrs"),
-            (json!({ "vpc-cidrs": [], "cluster-cidrs": ["10.244.0.0/16"] }), "`vpc-cidrs`"),
-            (json!({ "vpc-cidrs": ["10.0.0.0/16"], "cluster-cidrs": ["10.244.0.1/16"] }), "`cluster-cidrs[0]`"),
-            (json!({ "vpc-cidrs": ["10.0.0.0/16"], "cluster-cidrs": ["10.244.0.0/16"], "route-table-limit": 0 }), "`route-table-limit`"),
-            (json!({ "vpc-cidrs": ["10.0.0.0/16"], "cluster-cidrs": ["10.244.0.0/16"], "manage-routes": "yes" }), "`manage-routes`"),
+            (
+                json!({ "vpc-cidrs": [], "cluster-cidrs": ["10.244.0.0/16"] }),
+                "`vpc-cidrs`",
+            ),
+            (
+                json!({ "vpc-cidrs": ["10.0.0.0/16"], "cluster-cidrs": ["10.244.0.1/16"] }),
+                "`cluster-cidrs[0]`",
+            ),
+            (
+                json!({ "vpc-cidrs": ["10.0.0.0/16"], "cluster-cidrs": ["10.244.0.0/16"], "route-table-limit": 0 }),
+                "`route-table-limit`",
+            ),
+            (
+                json!({ "vpc-cidrs": ["10.0.0.0/16"], "cluster-cidrs": ["10.244.0.0/16"], "manage-routes": "yes" }),
+                "`manage-routes`",
+            ),
         ];
         for (config, needle) in cases {
             let err = CloudRoutes::init(context(config.clone())).unwrap_err();
-            assert!(matches!(&err, PluginError::InvalidConfig(m) if m.contains(needle)), "{config}: {err:?}");
+            assert!(
+                matches!(&err, PluginError::InvalidConfig(m) if m.contains(needle)),
+                "{config}: {err:?}"
+            );
         }
     }
 }

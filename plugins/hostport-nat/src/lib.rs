@@ -74,7 +74,14 @@ mod tests {
         let mappings = admitted(policy().admit(pod.clone(), vec![]).unwrap());
         let summary: Vec<_> = mappings
             .iter()
-            .map(|m| (m.protocol, m.host_ip.as_deref(), m.host_port, m.container_port))
+            .map(|m| {
+                (
+                    m.protocol,
+                    m.host_ip.as_deref(),
+                    m.host_port,
+                    m.container_port,
+                )
+            })
             .collect();
         assert_eq!(
             summary,
@@ -84,7 +91,11 @@ mod tests {
                 (Protocol::Sctp, Some("10.0.3.4"), 9899, 9899),
             ]
         );
-        assert!(mappings.iter().all(|m| m.pod_uid == pod.uid && m.pod_name == "server"));
+        assert!(
+            mappings
+                .iter()
+                .all(|m| m.pod_uid == pod.uid && m.pod_name == "server")
+        );
     }
 
     #[test]
@@ -98,7 +109,9 @@ mod tests {
     fn a_port_held_by_another_pod_is_denied_naming_the_holder() {
         let pod = PodBuilder::new("shop", "web-2").host_port(8080, 80).build();
         let held = vec![
-            MappingBuilder::new("shop", "web-1", 8080).container("nginx").build(),
+            MappingBuilder::new("shop", "web-1", 8080)
+                .container("nginx")
+                .build(),
             MappingBuilder::new("shop", "db", 5432).build(),
         ];
         let reason = denied(policy().admit(pod, held).unwrap());
@@ -110,18 +123,26 @@ mod tests {
     #[test]
     fn every_address_collides_with_a_specific_address_and_back() {
         let wildcard = PodBuilder::new("a", "any").host_port(8080, 80).build();
-        let specific = MappingBuilder::new("b", "one-ip", 8080).host_ip("10.0.0.5").build();
+        let specific = MappingBuilder::new("b", "one-ip", 8080)
+            .host_ip("10.0.0.5")
+            .build();
         denied(policy().admit(wildcard, vec![specific]).unwrap());
 
         let specific_pod = PodBuilder::new("b", "one-ip")
             .host_port_with(Protocol::Tcp, Some("10.0.0.5"), 8080, 80)
             .build();
-        let zero = MappingBuilder::new("a", "any", 8080).host_ip("0.0.0.0").build();
+        let zero = MappingBuilder::new("a", "any", 8080)
+            .host_ip("0.0.0.0")
+            .build();
         denied(policy().admit(specific_pod.clone(), vec![zero]).unwrap());
 
         // Other address, other protocol: no collision.
-        let other_ip = MappingBuilder::new("c", "other-ip", 8080).host_ip("10.0.0.6").build();
-        let udp = MappingBuilder::new("c", "udp", 8080).protocol(Protocol::Udp).build();
+        let other_ip = MappingBuilder::new("c", "other-ip", 8080)
+            .host_ip("10.0.0.6")
+            .build();
+        let udp = MappingBuilder::new("c", "udp", 8080)
+            .protocol(Protocol::Udp)
+            .build();
         admitted(policy().admit(specific_pod, vec![other_ip, udp]).unwrap());
     }
 
@@ -149,7 +170,11 @@ mod tests {
 
     #[test]
     fn config_keys_are_refused() {
-        let err = HostportNat::init(context(json!({ "allowed-ports": ["8000-8999"] }))).unwrap_err();
-        assert!(matches!(&err, PluginError::InvalidConfig(m) if m.contains("allowed-ports")), "{err:?}");
+        let err =
+            HostportNat::init(context(json!({ "allowed-ports": ["8000-8999"] }))).unwrap_err();
+        assert!(
+            matches!(&err, PluginError::InvalidConfig(m) if m.contains("allowed-ports")),
+            "{err:?}"
+        );
     }
 }

@@ -70,7 +70,11 @@ impl PortRange {
 impl fmt::Display for PortRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (low, high) = (self.0.start(), self.0.end());
-        if low == high { write!(f, "{low}") } else { write!(f, "{low}-{high}") }
+        if low == high {
+            write!(f, "{low}")
+        } else {
+            write!(f, "{low}-{high}")
+        }
     }
 }
 
@@ -88,7 +92,11 @@ const FIRST_UNPRIVILEGED_PORT: u16 = 1024;
 impl HostportRestricted {
     /// The rule `mapping` breaks, as a denial reason; `None` when it passes them all.
     fn broken_rule(&self, pod: &Pod, mapping: &PortMapping) -> Option<String> {
-        let port = format!("{} of container {:?}", ports::describe(mapping), mapping.container_name);
+        let port = format!(
+            "{} of container {:?}",
+            ports::describe(mapping),
+            mapping.container_name
+        );
         if !self.namespaces.is_empty() && !self.namespaces.contains(&pod.namespace) {
             return Some(format!(
                 "{port}: namespace {:?} may not use hostPorts (rule `namespaces`: {})",
@@ -102,12 +110,18 @@ impl HostportRestricted {
             ));
         }
         if let Some(ranges) = &self.allowed_ports
-            && !ranges.iter().any(|range| range.0.contains(&mapping.host_port))
+            && !ranges
+                .iter()
+                .any(|range| range.0.contains(&mapping.host_port))
         {
             let listed: Vec<String> = ranges.iter().map(PortRange::to_string).collect();
             return Some(format!(
                 "{port}: not in the allowed ranges (rule `allowed-ports`: {})",
-                if listed.is_empty() { "none".to_string() } else { listed.join(", ") }
+                if listed.is_empty() {
+                    "none".to_string()
+                } else {
+                    listed.join(", ")
+                }
             ));
         }
         None
@@ -136,7 +150,10 @@ impl HostportPolicy for HostportRestricted {
 
     fn admit(&self, pod: Pod, existing: Vec<PortMapping>) -> Result<Admission, PluginError> {
         let wanted = ports::declared(&pod)?;
-        if let Some(reason) = wanted.iter().find_map(|mapping| self.broken_rule(&pod, mapping)) {
+        if let Some(reason) = wanted
+            .iter()
+            .find_map(|mapping| self.broken_rule(&pod, mapping))
+        {
             return Ok(Admission::Deny(reason));
         }
         ports::admit(&pod, wanted, &existing)
@@ -157,7 +174,11 @@ mod tests {
         HostportRestricted::init(context(config)).unwrap()
     }
 
-    fn verdict(policy: &HostportRestricted, pod: Pod, existing: Vec<PortMapping>) -> Result<usize, String> {
+    fn verdict(
+        policy: &HostportRestricted,
+        pod: Pod,
+        existing: Vec<PortMapping>,
+    ) -> Result<usize, String> {
         match policy.admit(pod, existing).unwrap() {
             Admission::Admit(mappings) => Ok(mappings.len()),
             Admission::Deny(reason) => Err(reason),
@@ -167,10 +188,32 @@ mod tests {
     #[test]
     fn defaults_allow_every_unprivileged_port_in_every_namespace() {
         let p = policy(json!({}));
-        assert_eq!(verdict(&p, PodBuilder::new("any", "a").host_port(1024, 80).build(), vec![]), Ok(1));
-        assert_eq!(verdict(&p, PodBuilder::new("any", "a").host_port(65535, 80).build(), vec![]), Ok(1));
-        let reason = verdict(&p, PodBuilder::new("any", "a").host_port(80, 80).build(), vec![]).unwrap_err();
-        assert!(reason.contains("`allow-privileged`") && reason.contains("hostPort 80/TCP"), "{reason}");
+        assert_eq!(
+            verdict(
+                &p,
+                PodBuilder::new("any", "a").host_port(1024, 80).build(),
+                vec![]
+            ),
+            Ok(1)
+        );
+        assert_eq!(
+            verdict(
+                &p,
+                PodBuilder::new("any", "a").host_port(65535, 80).build(),
+                vec![]
+            ),
+            Ok(1)
+        );
+        let reason = verdict(
+            &p,
+            PodBuilder::new("any", "a").host_port(80, 80).build(),
+            vec![],
+        )
+        .unwrap_err();
+        assert!(
+            reason.contains("`allow-privileged`") && reason.contains("hostPort 80/TCP"),
+            "{reason}"
+        );
     }
 
     #[test]
@@ -183,26 +226,60 @@ mod tests {
         for port in [7999, 9000, 9101, 32768] {
             let pod = PodBuilder::new("ns", "no").host_port(port, 80).build();
             let reason = verdict(&p, pod, vec![]).unwrap_err();
-            assert!(reason.contains("`allowed-ports`: 8000-8999, 30000-32767, 9100"), "{reason}");
+            assert!(
+                reason.contains("`allowed-ports`: 8000-8999, 30000-32767, 9100"),
+                "{reason}"
+            );
         }
         let none = policy(json!({ "allowed-ports": [] }));
-        let reason = verdict(&none, PodBuilder::new("ns", "no").host_port(8080, 80).build(), vec![]).unwrap_err();
+        let reason = verdict(
+            &none,
+            PodBuilder::new("ns", "no").host_port(8080, 80).build(),
+            vec![],
+        )
+        .unwrap_err();
         assert!(reason.contains("`allowed-ports`: none"), "{reason}");
     }
 
     #[test]
     fn namespaces_are_enforced_only_for_pods_with_host_ports() {
         let p = policy(json!({ "namespaces": ["ingress"] }));
-        assert_eq!(verdict(&p, PodBuilder::new("ingress", "lb").host_port(8443, 443).build(), vec![]), Ok(1));
-        let reason = verdict(&p, PodBuilder::new("dev", "x").host_port(8443, 443).build(), vec![]).unwrap_err();
-        assert!(reason.contains("\"dev\"") && reason.contains("`namespaces`"), "{reason}");
-        assert_eq!(verdict(&p, PodBuilder::new("dev", "plain").port(8080).build(), vec![]), Ok(0));
+        assert_eq!(
+            verdict(
+                &p,
+                PodBuilder::new("ingress", "lb")
+                    .host_port(8443, 443)
+                    .build(),
+                vec![]
+            ),
+            Ok(1)
+        );
+        let reason = verdict(
+            &p,
+            PodBuilder::new("dev", "x").host_port(8443, 443).build(),
+            vec![],
+        )
+        .unwrap_err();
+        assert!(
+            reason.contains("\"dev\"") && reason.contains("`namespaces`"),
+            "{reason}"
+        );
+        assert_eq!(
+            verdict(
+                &p,
+                PodBuilder::new("dev", "plain").port(8080).build(),
+                vec![]
+            ),
+            Ok(0)
+        );
     }
 
     #[test]
     fn privileged_ports_need_the_flag() {
         let p = policy(json!({ "allow-privileged": true, "allowed-ports": ["1-1023"] }));
-        let pod = PodBuilder::new("ingress", "lb").host_port_with(Protocol::Udp, None, 53, 53).build();
+        let pod = PodBuilder::new("ingress", "lb")
+            .host_port_with(Protocol::Udp, None, 53, 53)
+            .build();
         assert_eq!(verdict(&p, pod, vec![]), Ok(1));
     }
 
@@ -213,20 +290,36 @@ mod tests {
         let held = MappingBuilder::new("ns", "old", 8080).build();
         let reason = verdict(&p, pod.clone(), vec![held]).unwrap_err();
         assert!(reason.contains("ns/old"), "{reason}");
-        let own = MappingBuilder::new("ns", "new", 8080).container_port(80).build();
-        assert_eq!(verdict(&p, pod, vec![own]), Ok(1), "re-admission is idempotent");
+        let own = MappingBuilder::new("ns", "new", 8080)
+            .container_port(80)
+            .build();
+        assert_eq!(
+            verdict(&p, pod, vec![own]),
+            Ok(1),
+            "re-admission is idempotent"
+        );
     }
 
     #[test]
     fn bad_ranges_are_config_errors_naming_the_item() {
-        for (bad, needle) in [("9000-8000", "empty"), ("0-10", "start at 1"), ("80-http", "invalid digit"), ("70000", "too large")] {
-            let err = HostportRestricted::init(context(json!({ "allowed-ports": ["8000-8999", bad] }))).unwrap_err();
+        for (bad, needle) in [
+            ("9000-8000", "empty"),
+            ("0-10", "start at 1"),
+            ("80-http", "invalid digit"),
+            ("70000", "too large"),
+        ] {
+            let err =
+                HostportRestricted::init(context(json!({ "allowed-ports": ["8000-8999", bad] })))
+                    .unwrap_err();
             assert!(
                 matches!(&err, PluginError::InvalidConfig(m) if m.contains("`allowed-ports[1]`") && m.contains(needle)),
                 "{bad}: {err:?}"
             );
         }
         let err = HostportRestricted::init(context(json!({ "namespace": ["x"] }))).unwrap_err();
-        assert!(matches!(&err, PluginError::InvalidConfig(m) if m.contains("namespace")), "{err:?}");
+        assert!(
+            matches!(&err, PluginError::InvalidConfig(m) if m.contains("namespace")),
+            "{err:?}"
+        );
     }
 }

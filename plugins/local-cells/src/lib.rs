@@ -43,7 +43,12 @@ struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { cpu: "4".to_string(), memory: "8Gi".to_string(), ephemeral_storage: "50Gi".to_string(), pods: None }
+        Config {
+            cpu: "4".to_string(),
+            memory: "8Gi".to_string(),
+            ephemeral_storage: "50Gi".to_string(),
+            pods: None,
+        }
     }
 }
 
@@ -59,7 +64,11 @@ pub struct LocalCells {
 /// A capability failure: the host side of `local-cells` is a dependency, so the call may
 /// be retried.
 fn unavailable(operation: &str) -> impl FnOnce(String) -> PluginError + '_ {
-    move |message| PluginError::Unavailable(format!("failed to {operation} through local-cells: {message}"))
+    move |message| {
+        PluginError::Unavailable(format!(
+            "failed to {operation} through local-cells: {message}"
+        ))
+    }
 }
 
 impl LocalCells {
@@ -68,7 +77,9 @@ impl LocalCells {
         NodeResources {
             cpu_millis: self.cpu_millis,
             memory_bytes: self.memory_bytes,
-            pods: self.max_pods.map_or(vpc.max_cells, |pods| pods.min(vpc.max_cells)),
+            pods: self
+                .max_pods
+                .map_or(vpc.max_cells, |pods| pods.min(vpc.max_cells)),
             ephemeral_storage_bytes: self.ephemeral_storage_bytes,
         }
     }
@@ -84,7 +95,11 @@ impl LocalCells {
             pod_uid,
             pod_namespace,
             pod_name,
-            state: if local.running { CellState::Running } else { CellState::Terminated },
+            state: if local.running {
+                CellState::Running
+            } else {
+                CellState::Terminated
+            },
             management_ip: Some(local.management_ip),
             pod_ip: local.pod_ip,
             subnet_prefix,
@@ -95,9 +110,13 @@ impl LocalCells {
 
     /// This controller's cells, terminated ones included.
     fn cells(&self) -> Result<Vec<Cell>, PluginError> {
-        let prefix = subnet_prefix(&local_cells::describe_vpc().map_err(unavailable("describe the VPC"))?)?;
+        let prefix =
+            subnet_prefix(&local_cells::describe_vpc().map_err(unavailable("describe the VPC"))?)?;
         let all = local_cells::list().map_err(unavailable("list cells"))?;
-        Ok(all.into_iter().filter_map(|local| self.to_cell(local, prefix)).collect())
+        Ok(all
+            .into_iter()
+            .filter_map(|local| self.to_cell(local, prefix))
+            .collect())
     }
 }
 
@@ -109,7 +128,10 @@ fn subnet_prefix(vpc: &Vpc) -> Result<u8, PluginError> {
 
 /// The cell of a pod, preferring one that still runs.
 fn cell_of(cells: Vec<Cell>, pod_uid: &str) -> Option<Cell> {
-    let mut mine: Vec<Cell> = cells.into_iter().filter(|cell| cell.pod_uid == pod_uid).collect();
+    let mut mine: Vec<Cell> = cells
+        .into_iter()
+        .filter(|cell| cell.pod_uid == pod_uid)
+        .collect();
     mine.sort_by_key(|cell| cell.state != CellState::Running);
     mine.into_iter().next()
 }
@@ -118,14 +140,18 @@ fn cell_of(cells: Vec<Cell>, pod_uid: &str) -> Option<Cell> {
 /// management address of the cell of that name.
 fn next_hop(target: &RouteTarget, cells: &[Cell]) -> Result<String, PluginError> {
     match target {
-        RouteTarget::Address(address) => {
-            net::parse_ip("route target", address).map(|ip| ip.to_string()).map_err(net::NetError::into_input_error)
-        }
+        RouteTarget::Address(address) => net::parse_ip("route target", address)
+            .map(|ip| ip.to_string())
+            .map_err(net::NetError::into_input_error),
         RouteTarget::Instance(id) => cells
             .iter()
             .find(|cell| &cell.id == id)
             .and_then(|cell| cell.management_ip.clone())
-            .ok_or_else(|| PluginError::NotFound(format!("route target instance {id:?} is not a cell of this controller"))),
+            .ok_or_else(|| {
+                PluginError::NotFound(format!(
+                    "route target instance {id:?} is not a cell of this controller"
+                ))
+            }),
     }
 }
 
@@ -134,9 +160,12 @@ impl CloudProvider for LocalCells {
         let config: Config = cellet_sdk::config(&ctx)?;
         Ok(LocalCells {
             controller_id: ctx.controller_id,
-            cpu_millis: quantity::cpu_millis(&config.cpu).map_err(|err| err.into_config_error("cpu"))?,
-            memory_bytes: quantity::bytes(&config.memory).map_err(|err| err.into_config_error("memory"))?,
-            ephemeral_storage_bytes: quantity::bytes(&config.ephemeral_storage).map_err(|err| err.into_config_error("ephemeral-storage"))?,
+            cpu_millis: quantity::cpu_millis(&config.cpu)
+                .map_err(|err| err.into_config_error("cpu"))?,
+            memory_bytes: quantity::bytes(&config.memory)
+                .map_err(|err| err.into_config_error("memory"))?,
+            ephemeral_storage_bytes: quantity::bytes(&config.ephemeral_storage)
+                .map_err(|err| err.into_config_error("ephemeral-storage"))?,
             max_pods: config.pods,
         })
     }
@@ -148,23 +177,32 @@ impl CloudProvider for LocalCells {
 
     fn create_cell(&mut self, request: CellRequest) -> Result<Cell, PluginError> {
         if request.pod.uid.is_empty() {
-            return Err(PluginError::InvalidInput(format!("pod {} has no UID", request.pod.key())));
+            return Err(PluginError::InvalidInput(format!(
+                "pod {} has no UID",
+                request.pod.key()
+            )));
         }
         if let Some(existing) = cell_of(self.cells()?, &request.pod.uid)
             && existing.state == CellState::Running
         {
             return Ok(existing);
         }
-        let prefix = subnet_prefix(&local_cells::describe_vpc().map_err(unavailable("describe the VPC"))?)?;
+        let prefix =
+            subnet_prefix(&local_cells::describe_vpc().map_err(unavailable("describe the VPC"))?)?;
         let spec = CellSpec {
             needs_pod_ip: request.needs_pod_ip,
             user_data: request.user_data.clone(),
             tags: cloud::cell_tags(&self.controller_id, &request),
         };
         let created = local_cells::create(&spec).map_err(unavailable("create a cell"))?;
-        log::info("cell created", &[("pod", &request.pod.key()), ("cell", &created.name)]);
+        log::info(
+            "cell created",
+            &[("pod", &request.pod.key()), ("cell", &created.name)],
+        );
         self.to_cell(created, prefix).ok_or_else(|| {
-            PluginError::Internal("local-cells returned a cell without the tags it was given".to_string())
+            PluginError::Internal(
+                "local-cells returned a cell without the tags it was given".to_string(),
+            )
         })
     }
 
@@ -173,7 +211,11 @@ impl CloudProvider for LocalCells {
     }
 
     fn list_cells(&mut self) -> Result<Vec<Cell>, PluginError> {
-        Ok(self.cells()?.into_iter().filter(|cell| cell.state != CellState::Terminated).collect())
+        Ok(self
+            .cells()?
+            .into_iter()
+            .filter(|cell| cell.state != CellState::Terminated)
+            .collect())
     }
 
     fn delete_cell(&mut self, id: String) -> Result<(), PluginError> {
@@ -181,7 +223,9 @@ impl CloudProvider for LocalCells {
         if let Some(other) = all.iter().find(|cell| cell.name == id)
             && !cloud::owned_by(&other.tags, &self.controller_id)
         {
-            return Err(PluginError::InvalidInput(format!("cell {id} belongs to another controller: not deleting it")));
+            return Err(PluginError::InvalidInput(format!(
+                "cell {id} belongs to another controller: not deleting it"
+            )));
         }
         local_cells::delete(&id).map_err(unavailable("delete a cell"))
     }
@@ -190,7 +234,10 @@ impl CloudProvider for LocalCells {
         let routes = local_cells::list_routes().map_err(unavailable("list routes"))?;
         Ok(routes
             .into_iter()
-            .map(|route| CloudRoute { destination: route.destination, target: RouteTarget::Address(route.next_hop) })
+            .map(|route| CloudRoute {
+                destination: route.destination,
+                target: RouteTarget::Address(route.next_hop),
+            })
             .collect())
     }
 
@@ -203,7 +250,11 @@ impl CloudProvider for LocalCells {
             RouteTarget::Address(_) => Vec::new(),
         };
         let next_hop = next_hop(&route.target, &cells)?;
-        local_cells::set_route(&VpcRoute { destination, next_hop }).map_err(unavailable("set a route"))
+        local_cells::set_route(&VpcRoute {
+            destination,
+            next_hop,
+        })
+        .map_err(unavailable("set a route"))
     }
 
     fn remove_route(&mut self, destination: String) -> Result<(), PluginError> {
@@ -230,19 +281,41 @@ mod tests {
     }
 
     fn local(name: &str, tags: Vec<KeyValue>, running: bool) -> LocalCell {
-        LocalCell { name: name.into(), management_ip: "10.77.0.5".into(), pod_ip: Some("10.77.0.6".into()), running, tags }
+        LocalCell {
+            name: name.into(),
+            management_ip: "10.77.0.5".into(),
+            pod_ip: Some("10.77.0.6".into()),
+            running,
+            tags,
+        }
     }
 
     fn vpc(max_cells: u32) -> Vpc {
-        Vpc { subnet_cidr: "10.77.0.0/16".into(), gateway: "10.77.0.1".into(), max_cells }
+        Vpc {
+            subnet_cidr: "10.77.0.0/16".into(),
+            gateway: "10.77.0.1".into(),
+            max_cells,
+        }
     }
 
     #[test]
     fn capacity_combines_the_vpc_and_config() {
         let p = plugin(json!({ "cpu": "2", "memory": "4Gi" }));
-        assert_eq!(p.capacity(&vpc(20)), NodeResources { cpu_millis: 2000, memory_bytes: 4 << 30, pods: 20, ephemeral_storage_bytes: 50 << 30 });
+        assert_eq!(
+            p.capacity(&vpc(20)),
+            NodeResources {
+                cpu_millis: 2000,
+                memory_bytes: 4 << 30,
+                pods: 20,
+                ephemeral_storage_bytes: 50 << 30
+            }
+        );
         assert_eq!(plugin(json!({ "pods": 5 })).capacity(&vpc(20)).pods, 5);
-        assert_eq!(plugin(json!({ "pods": 50 })).capacity(&vpc(20)).pods, 20, "the VPC caps pods");
+        assert_eq!(
+            plugin(json!({ "pods": 50 })).capacity(&vpc(20)).pods,
+            20,
+            "the VPC caps pods"
+        );
         assert_eq!(subnet_prefix(&vpc(1)).unwrap(), 16);
     }
 
@@ -252,12 +325,26 @@ mod tests {
         let pod = PodBuilder::new("shop", "web").build();
         let tags = cloud::cell_tags(&p.controller_id, &cell_request(&pod));
         let cell = p.to_cell(local("cell-1", tags.clone(), true), 16).unwrap();
-        assert_eq!((cell.id.as_str(), cell.pod_uid.as_str(), cell.pod_namespace.as_str(), cell.pod_name.as_str()), ("cell-1", pod.uid.as_str(), "shop", "web"));
+        assert_eq!(
+            (
+                cell.id.as_str(),
+                cell.pod_uid.as_str(),
+                cell.pod_namespace.as_str(),
+                cell.pod_name.as_str()
+            ),
+            ("cell-1", pod.uid.as_str(), "shop", "web")
+        );
         assert_eq!(cell.state, CellState::Running);
         assert_eq!(cell.subnet_prefix, 16);
-        assert_eq!(p.to_cell(local("cell-1", tags, false), 16).unwrap().state, CellState::Terminated);
+        assert_eq!(
+            p.to_cell(local("cell-1", tags, false), 16).unwrap().state,
+            CellState::Terminated
+        );
 
-        let foreign = vec![KeyValue::new(tags::CONTROLLER, "another-cellet"), KeyValue::new(tags::POD_UID, &pod.uid)];
+        let foreign = vec![
+            KeyValue::new(tags::CONTROLLER, "another-cellet"),
+            KeyValue::new(tags::POD_UID, &pod.uid),
+        ];
         assert_eq!(p.to_cell(local("cell-2", foreign, true), 16), None);
         assert_eq!(p.to_cell(local("cell-3", vec![], true), 16), None);
     }
@@ -269,7 +356,10 @@ mod tests {
         let tags = cloud::cell_tags(&p.controller_id, &cell_request(&pod));
         let dead = p.to_cell(local("old", tags.clone(), false), 16).unwrap();
         let live = p.to_cell(local("new", tags, true), 16).unwrap();
-        assert_eq!(cell_of(vec![dead.clone(), live], &pod.uid).unwrap().id, "new");
+        assert_eq!(
+            cell_of(vec![dead.clone(), live], &pod.uid).unwrap().id,
+            "new"
+        );
         assert_eq!(cell_of(vec![dead], &pod.uid).unwrap().id, "old");
         assert_eq!(cell_of(vec![], &pod.uid), None);
     }
@@ -277,19 +367,41 @@ mod tests {
     #[test]
     fn route_targets_become_next_hops() {
         let p = plugin(json!({}));
-        let tags = cloud::cell_tags(&p.controller_id, &cell_request(&PodBuilder::new("a", "b").build()));
+        let tags = cloud::cell_tags(
+            &p.controller_id,
+            &cell_request(&PodBuilder::new("a", "b").build()),
+        );
         let cells = vec![p.to_cell(local("cell-1", tags, true), 16).unwrap()];
-        assert_eq!(next_hop(&RouteTarget::Instance("cell-1".into()), &cells).unwrap(), "10.77.0.5");
-        assert_eq!(next_hop(&RouteTarget::Address("10.77.3.3".into()), &[]).unwrap(), "10.77.3.3");
-        assert!(matches!(next_hop(&RouteTarget::Instance("i-0abc".into()), &cells), Err(PluginError::NotFound(_))));
-        assert!(matches!(next_hop(&RouteTarget::Address("x".into()), &[]), Err(PluginError::InvalidInput(_))));
+        assert_eq!(
+            next_hop(&RouteTarget::Instance("cell-1".into()), &cells).unwrap(),
+            "10.77.0.5"
+        );
+        assert_eq!(
+            next_hop(&RouteTarget::Address("10.77.3.3".into()), &[]).unwrap(),
+            "10.77.3.3"
+        );
+        assert!(matches!(
+            next_hop(&RouteTarget::Instance("i-0abc".into()), &cells),
+            Err(PluginError::NotFound(_))
+        ));
+        assert!(matches!(
+            next_hop(&RouteTarget::Address("x".into()), &[]),
+            Err(PluginError::InvalidInput(_))
+        ));
     }
 
     #[test]
     fn config_errors_name_the_field() {
-        for (config, needle) in [(json!({ "cpu": "lots" }), "`cpu`"), (json!({ "memory": "1XB" }), "`memory`"), (json!({ "cidr": "10.0.0.0/8" }), "cidr")] {
+        for (config, needle) in [
+            (json!({ "cpu": "lots" }), "`cpu`"),
+            (json!({ "memory": "1XB" }), "`memory`"),
+            (json!({ "cidr": "10.0.0.0/8" }), "cidr"),
+        ] {
             let err = LocalCells::init(context(config.clone())).unwrap_err();
-            assert!(matches!(&err, PluginError::InvalidConfig(m) if m.contains(needle)), "{config}: {err:?}");
+            assert!(
+                matches!(&err, PluginError::InvalidConfig(m) if m.contains(needle)),
+                "{config}: {err:?}"
+            );
         }
     }
 }

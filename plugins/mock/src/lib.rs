@@ -94,7 +94,10 @@ impl Mock {
         }
         // The last address of the range is reserved (broadcast on AWS).
         if self.next_offset >= net::size(&self.cidr).saturating_sub(1) {
-            return Err(PluginError::Capacity(format!("no free address left in {}", self.cidr)));
+            return Err(PluginError::Capacity(format!(
+                "no free address left in {}",
+                self.cidr
+            )));
         }
         self.next_offset += 1;
         Ok(self.next_offset - 1)
@@ -110,17 +113,21 @@ impl Mock {
 impl CloudProvider for Mock {
     fn init(ctx: InitContext) -> Result<Self, PluginError> {
         let config: Config = cellet_sdk::config(&ctx)?;
-        let cidr = net::parse_cidr("cidr", &config.cidr).map_err(net::NetError::into_config_error)?;
+        let cidr =
+            net::parse_cidr("cidr", &config.cidr).map_err(net::NetError::into_config_error)?;
         if net::size(&cidr) <= FIRST_OFFSET + 1 {
             return Err(PluginError::InvalidConfig(format!(
                 "config field `cidr`: {cidr} is too small to hold any cell (use /28 or larger)"
             )));
         }
         let capacity = NodeResources {
-            cpu_millis: quantity::cpu_millis(&config.cpu).map_err(|err| err.into_config_error("cpu"))?,
-            memory_bytes: quantity::bytes(&config.memory).map_err(|err| err.into_config_error("memory"))?,
+            cpu_millis: quantity::cpu_millis(&config.cpu)
+                .map_err(|err| err.into_config_error("cpu"))?,
+            memory_bytes: quantity::bytes(&config.memory)
+                .map_err(|err| err.into_config_error("memory"))?,
             pods: config.pods,
-            ephemeral_storage_bytes: quantity::bytes(&config.ephemeral_storage).map_err(|err| err.into_config_error("ephemeral-storage"))?,
+            ephemeral_storage_bytes: quantity::bytes(&config.ephemeral_storage)
+                .map_err(|err| err.into_config_error("ephemeral-storage"))?,
         };
         Ok(Mock {
             controller_id: ctx.controller_id,
@@ -142,7 +149,10 @@ impl CloudProvider for Mock {
 
     fn create_cell(&mut self, request: CellRequest) -> Result<Cell, PluginError> {
         if request.pod.uid.is_empty() {
-            return Err(PluginError::InvalidInput(format!("pod {} has no UID", request.pod.key())));
+            return Err(PluginError::InvalidInput(format!(
+                "pod {} has no UID",
+                request.pod.key()
+            )));
         }
         if let Some(id) = self.by_pod.get(&request.pod.uid) {
             return Ok(self.cells[id].cell.clone());
@@ -165,8 +175,11 @@ impl CloudProvider for Mock {
         }
         let id = format!("mock-{:08x}", self.next_id);
         self.next_id += 1;
-        let (pod_uid, pod_namespace, pod_name) =
-            (request.pod.uid.clone(), request.pod.namespace.clone(), request.pod.name.clone());
+        let (pod_uid, pod_namespace, pod_name) = (
+            request.pod.uid.clone(),
+            request.pod.namespace.clone(),
+            request.pod.name.clone(),
+        );
         let cell = Cell {
             id: id.clone(),
             pod_uid: pod_uid.clone(),
@@ -174,18 +187,30 @@ impl CloudProvider for Mock {
             pod_name,
             state: CellState::Running,
             management_ip: Some(self.address(offsets[0])?),
-            pod_ip: offsets.get(1).map(|&offset| self.address(offset)).transpose()?,
+            pod_ip: offsets
+                .get(1)
+                .map(|&offset| self.address(offset))
+                .transpose()?,
             subnet_prefix: self.cidr.prefix_len(),
             instance_type: self.instance_type.clone(),
             tags: simulated(cloud::cell_tags(&self.controller_id, &request)),
         };
         self.by_pod.insert(pod_uid, id.clone());
-        self.cells.insert(id, MockCell { cell: cell.clone(), offsets });
+        self.cells.insert(
+            id,
+            MockCell {
+                cell: cell.clone(),
+                offsets,
+            },
+        );
         Ok(cell)
     }
 
     fn get_cell(&mut self, pod_uid: String) -> Result<Option<Cell>, PluginError> {
-        Ok(self.by_pod.get(&pod_uid).map(|id| self.cells[id].cell.clone()))
+        Ok(self
+            .by_pod
+            .get(&pod_uid)
+            .map(|id| self.cells[id].cell.clone()))
     }
 
     fn list_cells(&mut self) -> Result<Vec<Cell>, PluginError> {
@@ -204,13 +229,16 @@ impl CloudProvider for Mock {
         Ok(self
             .routes
             .iter()
-            .map(|(destination, target)| CloudRoute { destination: destination.to_string(), target: target.clone() })
+            .map(|(destination, target)| CloudRoute {
+                destination: destination.to_string(),
+                target: target.clone(),
+            })
             .collect())
     }
 
     fn ensure_route(&mut self, route: CloudRoute) -> Result<(), PluginError> {
-        let destination =
-            net::parse_cidr("route destination", &route.destination).map_err(net::NetError::into_input_error)?;
+        let destination = net::parse_cidr("route destination", &route.destination)
+            .map_err(net::NetError::into_input_error)?;
         if let RouteTarget::Address(address) = &route.target {
             net::parse_ip("route target", address).map_err(net::NetError::into_input_error)?;
         }
@@ -219,8 +247,8 @@ impl CloudProvider for Mock {
     }
 
     fn remove_route(&mut self, destination: String) -> Result<(), PluginError> {
-        let destination =
-            net::parse_cidr("route destination", &destination).map_err(net::NetError::into_input_error)?;
+        let destination = net::parse_cidr("route destination", &destination)
+            .map_err(net::NetError::into_input_error)?;
         self.routes.remove(&destination);
         Ok(())
     }
@@ -230,7 +258,10 @@ impl CloudProvider for Mock {
 /// it; the tag `cellet.io/containers: running` tells the host to report them running, as
 /// virtual-kubelet's mock provider does. Real clouds never set it.
 fn simulated(mut tags: Vec<cellet_sdk::types::KeyValue>) -> Vec<cellet_sdk::types::KeyValue> {
-    tags.push(cellet_sdk::types::KeyValue::new("cellet.io/containers", "running"));
+    tags.push(cellet_sdk::types::KeyValue::new(
+        "cellet.io/containers",
+        "running",
+    ));
     tags
 }
 
@@ -251,10 +282,20 @@ mod tests {
 
     #[test]
     fn capacity_comes_from_config_quantities() {
-        let capacity = mock(json!({ "cpu": "1500m", "memory": "8Gi", "pods": 3, "ephemeral-storage": "100G" }))
-            .node_capacity()
-            .unwrap();
-        assert_eq!(capacity, NodeResources { cpu_millis: 1500, memory_bytes: 8 << 30, pods: 3, ephemeral_storage_bytes: 100_000_000_000 });
+        let capacity = mock(
+            json!({ "cpu": "1500m", "memory": "8Gi", "pods": 3, "ephemeral-storage": "100G" }),
+        )
+        .node_capacity()
+        .unwrap();
+        assert_eq!(
+            capacity,
+            NodeResources {
+                cpu_millis: 1500,
+                memory_bytes: 8 << 30,
+                pods: 3,
+                ephemeral_storage_bytes: 100_000_000_000
+            }
+        );
         let defaults = mock(json!({})).node_capacity().unwrap();
         assert_eq!((defaults.cpu_millis, defaults.pods), (100_000, 1000));
     }
@@ -268,13 +309,22 @@ mod tests {
         assert_eq!(cell.management_ip.as_deref(), Some("10.250.0.4"));
         assert_eq!(cell.pod_ip.as_deref(), Some("10.250.0.5"));
         assert_eq!(cell.subnet_prefix, 24);
-        assert_eq!((cell.pod_uid.as_str(), cell.pod_name.as_str()), (web.uid.as_str(), "web"));
+        assert_eq!(
+            (cell.pod_uid.as_str(), cell.pod_name.as_str()),
+            (web.uid.as_str(), "web")
+        );
         assert_eq!(find(&cell.tags, tags::CONTROLLER), Some(CONTROLLER_ID));
 
-        assert_eq!(cloud.create_cell(cell_request(&web)).unwrap(), cell, "same UID, same cell");
+        assert_eq!(
+            cloud.create_cell(cell_request(&web)).unwrap(),
+            cell,
+            "same UID, same cell"
+        );
         assert_eq!(cloud.list_cells().unwrap().len(), 1);
 
-        let agent = PodBuilder::new("kube-system", "agent").host_network(true).build();
+        let agent = PodBuilder::new("kube-system", "agent")
+            .host_network(true)
+            .build();
         let host_cell = cloud.create_cell(cell_request(&agent)).unwrap();
         assert_eq!(host_cell.pod_ip, None);
         assert_eq!(host_cell.management_ip.as_deref(), Some("10.250.0.6"));
@@ -284,49 +334,90 @@ mod tests {
     #[test]
     fn delete_frees_addresses_and_is_idempotent() {
         let mut cloud = mock(json!({}));
-        let first = cloud.create_cell(cell_request(&PodBuilder::new("a", "one").build())).unwrap();
+        let first = cloud
+            .create_cell(cell_request(&PodBuilder::new("a", "one").build()))
+            .unwrap();
         cloud.delete_cell(first.id.clone()).unwrap();
         cloud.delete_cell(first.id.clone()).unwrap();
         assert_eq!(cloud.get_cell(first.pod_uid.clone()).unwrap(), None);
         assert!(cloud.list_cells().unwrap().is_empty());
-        let second = cloud.create_cell(cell_request(&PodBuilder::new("a", "two").build())).unwrap();
-        assert_eq!(second.management_ip, first.management_ip, "addresses are reused");
+        let second = cloud
+            .create_cell(cell_request(&PodBuilder::new("a", "two").build()))
+            .unwrap();
+        assert_eq!(
+            second.management_ip, first.management_ip,
+            "addresses are reused"
+        );
         assert_ne!(second.id, first.id, "ids are not");
-        assert_eq!(cloud.get_cell(second.pod_uid.clone()).unwrap(), Some(second));
+        assert_eq!(
+            cloud.get_cell(second.pod_uid.clone()).unwrap(),
+            Some(second)
+        );
     }
 
     #[test]
     fn capacity_errors_for_pods_and_addresses() {
         let mut cloud = mock(json!({ "pods": 2 }));
-        cloud.create_cell(cell_request(&PodBuilder::new("a", "1").build())).unwrap();
-        cloud.create_cell(cell_request(&PodBuilder::new("a", "2").build())).unwrap();
-        let err = cloud.create_cell(cell_request(&PodBuilder::new("a", "3").build())).unwrap_err();
+        cloud
+            .create_cell(cell_request(&PodBuilder::new("a", "1").build()))
+            .unwrap();
+        cloud
+            .create_cell(cell_request(&PodBuilder::new("a", "2").build()))
+            .unwrap();
+        let err = cloud
+            .create_cell(cell_request(&PodBuilder::new("a", "3").build()))
+            .unwrap_err();
         assert!(matches!(err, PluginError::Capacity(_)), "{err:?}");
 
         // A /29 has offsets 4, 5 and 6 for cells: one pod with its own IP, then one more
         // address, which a pod needing two cannot use (and must not leak).
         let mut small = mock(json!({ "cidr": "10.9.0.0/29" }));
-        small.create_cell(cell_request(&PodBuilder::new("a", "1").build())).unwrap();
-        let err = small.create_cell(cell_request(&PodBuilder::new("a", "2").build())).unwrap_err();
-        assert!(matches!(&err, PluginError::Capacity(m) if m.contains("10.9.0.0/29")), "{err:?}");
-        let host = small.create_cell(cell_request(&PodBuilder::new("a", "3").host_network(true).build())).unwrap();
+        small
+            .create_cell(cell_request(&PodBuilder::new("a", "1").build()))
+            .unwrap();
+        let err = small
+            .create_cell(cell_request(&PodBuilder::new("a", "2").build()))
+            .unwrap_err();
+        assert!(
+            matches!(&err, PluginError::Capacity(m) if m.contains("10.9.0.0/29")),
+            "{err:?}"
+        );
+        let host = small
+            .create_cell(cell_request(
+                &PodBuilder::new("a", "3").host_network(true).build(),
+            ))
+            .unwrap();
         assert_eq!(host.management_ip.as_deref(), Some("10.9.0.6"));
     }
 
     #[test]
     fn routes_are_kept_replaced_and_removed() {
         let mut cloud = mock(json!({}));
-        let route = |dst: &str, ip: &str| CloudRoute { destination: dst.into(), target: RouteTarget::Address(ip.into()) };
-        cloud.ensure_route(route("10.244.1.0/24", "10.0.1.1")).unwrap();
-        cloud.ensure_route(route("10.244.1.0/24", "10.0.1.2")).unwrap();
-        cloud.ensure_route(CloudRoute { destination: "10.244.2.0/24".into(), target: RouteTarget::Instance("i-0abc".into()) }).unwrap();
+        let route = |dst: &str, ip: &str| CloudRoute {
+            destination: dst.into(),
+            target: RouteTarget::Address(ip.into()),
+        };
+        cloud
+            .ensure_route(route("10.244.1.0/24", "10.0.1.1"))
+            .unwrap();
+        cloud
+            .ensure_route(route("10.244.1.0/24", "10.0.1.2"))
+            .unwrap();
+        cloud
+            .ensure_route(CloudRoute {
+                destination: "10.244.2.0/24".into(),
+                target: RouteTarget::Instance("i-0abc".into()),
+            })
+            .unwrap();
         let routes = cloud.list_routes().unwrap();
         assert_eq!(routes.len(), 2);
         assert_eq!(routes[0], route("10.244.1.0/24", "10.0.1.2"));
         cloud.remove_route("10.244.1.0/24".into()).unwrap();
         cloud.remove_route("10.244.1.0/24".into()).unwrap();
         assert_eq!(cloud.list_routes().unwrap().len(), 1);
-        let err = cloud.ensure_route(route("10.244.3.0/24", "nowhere")).unwrap_err();
+        let err = cloud
+            .ensure_route(route("10.244.3.0/24", "nowhere"))
+            .unwrap_err();
         assert!(matches!(err, PluginError::InvalidInput(_)), "{err:?}");
     }
 
@@ -340,7 +431,10 @@ mod tests {
             (json!({ "pods": -1 }), "`pods`"),
         ] {
             let err = Mock::init(context(config.clone())).unwrap_err();
-            assert!(matches!(&err, PluginError::InvalidConfig(m) if m.contains(needle)), "{config}: {err:?}");
+            assert!(
+                matches!(&err, PluginError::InvalidConfig(m) if m.contains(needle)),
+                "{config}: {err:?}"
+            );
         }
     }
 }

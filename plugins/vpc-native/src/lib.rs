@@ -23,7 +23,9 @@
 //! outside those ranges draw a warning. List the VPC's CIDR blocks for exact warnings.
 
 use cellet_sdk::net::{self, IpNet};
-use cellet_sdk::network::{ClusterNetworkPlan, ClusterNode, NetworkStrategy, PodNetworkPlan, vpc_pod_plan};
+use cellet_sdk::network::{
+    ClusterNetworkPlan, ClusterNode, NetworkStrategy, PodNetworkPlan, vpc_pod_plan,
+};
 use cellet_sdk::types::Pod;
 use cellet_sdk::{InitContext, PluginError};
 use serde::Deserialize;
@@ -56,16 +58,21 @@ impl NetworkStrategy for VpcNative {
                     .to_string(),
             ));
         }
-        let vpc = net::parse_cidrs("vpc-cidrs", &config.vpc_cidrs).map_err(net::NetError::into_config_error)?;
-        let cluster =
-            net::parse_cidrs("cluster-cidrs", &config.cluster_cidrs).map_err(net::NetError::into_config_error)?;
+        let vpc = net::parse_cidrs("vpc-cidrs", &config.vpc_cidrs)
+            .map_err(net::NetError::into_config_error)?;
+        let cluster = net::parse_cidrs("cluster-cidrs", &config.cluster_cidrs)
+            .map_err(net::NetError::into_config_error)?;
         let mut no_masquerade: Vec<String> = Vec::new();
         for cidr in vpc.iter().chain(&cluster).map(IpNet::to_string) {
             if !no_masquerade.contains(&cidr) {
                 no_masquerade.push(cidr);
             }
         }
-        Ok(VpcNative { vpc, no_masquerade, mtu: config.mtu })
+        Ok(VpcNative {
+            vpc,
+            no_masquerade,
+            mtu: config.mtu,
+        })
     }
 
     fn plan_pod(&self, pod: Pod) -> Result<PodNetworkPlan, PluginError> {
@@ -88,7 +95,11 @@ impl NetworkStrategy for VpcNative {
                 }
             }
         }
-        Ok(ClusterNetworkPlan { routes: Vec::new(), manage_routes: false, warnings })
+        Ok(ClusterNetworkPlan {
+            routes: Vec::new(),
+            manage_routes: false,
+            warnings,
+        })
     }
 }
 
@@ -113,46 +124,77 @@ mod tests {
 
     #[test]
     fn pods_keep_vpc_addresses_and_route_via_the_gateway() {
-        let plan = strategy().plan_pod(PodBuilder::new("shop", "web").build()).unwrap();
+        let plan = strategy()
+            .plan_pod(PodBuilder::new("shop", "web").build())
+            .unwrap();
         assert_eq!(plan.address_source, PodAddressSource::VpcSecondary);
         assert_eq!(plan.prefix_length, None);
         assert_eq!(plan.routes.len(), 1);
         assert_eq!(plan.routes[0].destination, "0.0.0.0/0");
         assert_eq!(plan.routes[0].via, NextHop::SubnetGateway);
-        assert_eq!(plan.no_masquerade, vec!["10.0.0.0/16", "10.1.0.0/16", "100.64.0.0/16"]);
+        assert_eq!(
+            plan.no_masquerade,
+            vec!["10.0.0.0/16", "10.1.0.0/16", "100.64.0.0/16"]
+        );
         assert_eq!(plan.mtu, Some(9001));
     }
 
     #[test]
     fn host_network_pods_use_the_cell_address() {
-        let plan = strategy().plan_pod(PodBuilder::new("kube-system", "agent").host_network(true).build()).unwrap();
+        let plan = strategy()
+            .plan_pod(
+                PodBuilder::new("kube-system", "agent")
+                    .host_network(true)
+                    .build(),
+            )
+            .unwrap();
         assert_eq!(plan.address_source, PodAddressSource::HostNetwork);
     }
 
     #[test]
     fn cluster_plan_has_no_routes_and_warns_about_overlay_pod_cidrs() {
         let nodes = vec![
-            NodeBuilder::new("vpc-cni-node").internal_ip("10.0.1.10").build(),
-            NodeBuilder::new("prefix-node").pod_cidr("10.0.128.0/28").build(),
-            NodeBuilder::new("flannel-node").pod_cidr("10.244.1.0/24").build(),
-            NodeBuilder::new("custom-net").pod_cidr("100.64.3.0/24").build(),
-            NodeBuilder::new("other-vk").pod_cidr("192.168.0.0/24").virtual_node().build(),
+            NodeBuilder::new("vpc-cni-node")
+                .internal_ip("10.0.1.10")
+                .build(),
+            NodeBuilder::new("prefix-node")
+                .pod_cidr("10.0.128.0/28")
+                .build(),
+            NodeBuilder::new("flannel-node")
+                .pod_cidr("10.244.1.0/24")
+                .build(),
+            NodeBuilder::new("custom-net")
+                .pod_cidr("100.64.3.0/24")
+                .build(),
+            NodeBuilder::new("other-vk")
+                .pod_cidr("192.168.0.0/24")
+                .virtual_node()
+                .build(),
         ];
         let plan = strategy().plan_cluster(nodes).unwrap();
         assert!(plan.routes.is_empty());
         assert!(!plan.manage_routes);
         assert_eq!(plan.warnings.len(), 2, "{:?}", plan.warnings);
-        assert!(plan.warnings[0].contains("flannel-node") && plan.warnings[0].contains("10.244.1.0/24"));
+        assert!(
+            plan.warnings[0].contains("flannel-node") && plan.warnings[0].contains("10.244.1.0/24")
+        );
         assert!(plan.warnings[1].contains("custom-net"));
     }
 
     #[test]
     fn without_vpc_cidrs_the_private_ranges_are_assumed() {
         let strategy = VpcNative::init(context(json!({}))).unwrap();
-        let plan = strategy.plan_pod(PodBuilder::new("shop", "web").build()).unwrap();
-        assert_eq!(plan.no_masquerade, vec!["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]);
+        let plan = strategy
+            .plan_pod(PodBuilder::new("shop", "web").build())
+            .unwrap();
+        assert_eq!(
+            plan.no_masquerade,
+            vec!["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+        );
         let nodes = vec![
-            NodeBuilder::new("private").pod_cidr("10.244.1.0/24").build(),
+            NodeBuilder::new("private")
+                .pod_cidr("10.244.1.0/24")
+                .build(),
             NodeBuilder::new("cgnat").pod_cidr("100.64.1.0/24").build(),
         ];
         let warnings = strategy.plan_cluster(nodes).unwrap().warnings;
@@ -164,20 +206,32 @@ mod tests {
     fn a_garbage_pod_cidr_is_invalid_input_naming_the_node() {
         let nodes = vec![NodeBuilder::new("n1").pod_cidr("10.244.1.0/33").build()];
         let err = strategy().plan_cluster(nodes).unwrap_err();
-        assert!(matches!(&err, PluginError::InvalidInput(m) if m.contains("node n1 podCIDRs[0]")), "{err:?}");
+        assert!(
+            matches!(&err, PluginError::InvalidInput(m) if m.contains("node n1 podCIDRs[0]")),
+            "{err:?}"
+        );
     }
 
     #[test]
     fn config_errors_name_the_field() {
         let cases = [
             (json!({ "vpc-cidrs": [] }), "`vpc-cidrs`"),
-            (json!({ "vpc-cidrs": ["10.0.0.0/16"], "cluster-cidrs": ["10.244.0.0/16", "x"] }), "`cluster-cidrs[1]`"),
-            (json!({ "vpc-cidrs": ["10.0.0.0/16"], "mtu": 100000 }), "`mtu`"),
+            (
+                json!({ "vpc-cidrs": ["10.0.0.0/16"], "cluster-cidrs": ["10.244.0.0/16", "x"] }),
+                "`cluster-cidrs[1]`",
+            ),
+            (
+                json!({ "vpc-cidrs": ["10.0.0.0/16"], "mtu": 100000 }),
+                "`mtu`",
+            ),
             (json!({ "vpc-cidr": ["10.0.0.0/16"] }), "vpc-cidr"),
         ];
         for (config, needle) in cases {
             let err = VpcNative::init(context(config.clone())).unwrap_err();
-            assert!(matches!(&err, PluginError::InvalidConfig(m) if m.contains(needle)), "{config}: {err:?}");
+            assert!(
+                matches!(&err, PluginError::InvalidConfig(m) if m.contains(needle)),
+                "{config}: {err:?}"
+            );
         }
     }
 }

@@ -8,10 +8,10 @@ pub mod ports;
 
 use std::marker::PhantomData;
 
+use crate::__bindings::hostport_world::exports::cellet::plugin::hostport::Guest;
 pub use crate::__bindings::hostport_world::exports::cellet::plugin::hostport::{
     Admission, PortMapping,
 };
-use crate::__bindings::hostport_world::exports::cellet::plugin::hostport::Guest;
 use crate::instance;
 use crate::types::{InitContext, PluginError, Pod};
 

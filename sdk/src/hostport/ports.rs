@@ -24,7 +24,9 @@ pub fn declared(pod: &Pod) -> Result<Vec<PortMapping>, PluginError> {
     let mut mappings = Vec::new();
     for container in &pod.containers {
         for port in &container.ports {
-            let Some(host_port) = port.host_port else { continue };
+            let Some(host_port) = port.host_port else {
+                continue;
+            };
             let field = format!(
                 "pod {} container {:?} port {}/{}",
                 pod.key(),
@@ -92,7 +94,10 @@ pub fn describe(mapping: &PortMapping) -> String {
         None | Some("") => "every address".to_string(),
         Some(ip) => ip.to_string(),
     };
-    format!("hostPort {}/{} on {on}", mapping.host_port, mapping.protocol)
+    format!(
+        "hostPort {}/{} on {on}",
+        mapping.host_port, mapping.protocol
+    )
 }
 
 /// Admit `wanted` for `pod` unless a mapping collides with another of the pod's own or with
@@ -164,10 +169,17 @@ mod tests {
             .build();
         let mappings = declared(&pod).unwrap();
         assert_eq!(mappings.len(), 2);
-        assert_eq!((mappings[0].host_port, mappings[0].container_port), (8080, 80));
+        assert_eq!(
+            (mappings[0].host_port, mappings[0].container_port),
+            (8080, 80)
+        );
         assert_eq!(mappings[1].protocol, Protocol::Udp);
         assert_eq!(mappings[1].host_ip.as_deref(), Some("10.0.0.5"));
-        assert!(mappings.iter().all(|m| m.pod_uid == pod.uid && m.container_name == "nginx"));
+        assert!(
+            mappings
+                .iter()
+                .all(|m| m.pod_uid == pod.uid && m.container_name == "nginx")
+        );
     }
 
     #[test]
@@ -186,10 +198,18 @@ mod tests {
     #[test]
     fn wildcard_collides_with_specific_addresses_of_the_same_port_only() {
         let any = MappingBuilder::new("a", "one", 8080).build();
-        let zero = MappingBuilder::new("a", "two", 8080).host_ip("0.0.0.0").build();
-        let specific = MappingBuilder::new("b", "three", 8080).host_ip("10.0.0.5").build();
-        let other_ip = MappingBuilder::new("b", "four", 8080).host_ip("10.0.0.6").build();
-        let udp = MappingBuilder::new("c", "five", 8080).protocol(Protocol::Udp).build();
+        let zero = MappingBuilder::new("a", "two", 8080)
+            .host_ip("0.0.0.0")
+            .build();
+        let specific = MappingBuilder::new("b", "three", 8080)
+            .host_ip("10.0.0.5")
+            .build();
+        let other_ip = MappingBuilder::new("b", "four", 8080)
+            .host_ip("10.0.0.6")
+            .build();
+        let udp = MappingBuilder::new("c", "five", 8080)
+            .protocol(Protocol::Udp)
+            .build();
         let other_port = MappingBuilder::new("c", "six", 8081).build();
         assert!(collide(&any, &specific).unwrap());
         assert!(collide(&zero, &specific).unwrap());
@@ -197,15 +217,21 @@ mod tests {
         assert!(!collide(&specific, &other_ip).unwrap());
         assert!(!collide(&any, &udp).unwrap());
         assert!(!collide(&any, &other_port).unwrap());
-        let v6 = MappingBuilder::new("d", "v6", 8080).host_ip("fd00::1").build();
-        let v6_long = MappingBuilder::new("d", "v6b", 8080).host_ip("fd00:0:0::1").build();
+        let v6 = MappingBuilder::new("d", "v6", 8080)
+            .host_ip("fd00::1")
+            .build();
+        let v6_long = MappingBuilder::new("d", "v6b", 8080)
+            .host_ip("fd00:0:0::1")
+            .build();
         assert!(collide(&v6, &v6_long).unwrap());
     }
 
     #[test]
     fn denial_names_the_port_and_the_holder() {
         let pod = PodBuilder::new("shop", "web").host_port(8080, 80).build();
-        let held = MappingBuilder::new("shop", "old-web", 8080).container("server").build();
+        let held = MappingBuilder::new("shop", "old-web", 8080)
+            .container("server")
+            .build();
         let reason = denial(admit(&pod, declared(&pod).unwrap(), &[held]).unwrap());
         assert!(reason.contains("hostPort 8080/TCP"), "{reason}");
         assert!(reason.contains("shop/old-web"), "{reason}");
@@ -227,7 +253,9 @@ mod tests {
     fn readmitting_the_owner_is_idempotent() {
         let pod = PodBuilder::new("shop", "web").host_port(8080, 80).build();
         let first = admit(&pod, declared(&pod).unwrap(), &[]).unwrap();
-        let Admission::Admit(installed) = first.clone() else { panic!("{first:?}") };
+        let Admission::Admit(installed) = first.clone() else {
+            panic!("{first:?}")
+        };
         let again = admit(&pod, declared(&pod).unwrap(), &installed).unwrap();
         assert_eq!(again, first);
     }

@@ -125,7 +125,11 @@ impl PodBuilder {
 
     fn last(&mut self) -> &mut Container {
         if self.last_is_init {
-            return self.pod.init_containers.last_mut().expect("init container added");
+            return self
+                .pod
+                .init_containers
+                .last_mut()
+                .expect("init container added");
         }
         if self.pod.containers.is_empty() {
             self.pod.containers.push(new_container("main"));

@@ -40,7 +40,12 @@ impl Cluster {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| BenchError::io("start the control plane's watchdog (needs setsid and bash)", e))?;
+            .map_err(|e| {
+                BenchError::io(
+                    "start the control plane's watchdog (needs setsid and bash)",
+                    e,
+                )
+            })?;
         let status = Command::new(&script)
             .arg("up")
             .arg(&dir)
@@ -55,16 +60,21 @@ impl Cluster {
                 dir.display()
             )));
         }
-        Ok(Cluster { kubeconfig: dir.join("admin.kubeconfig"), dir, script })
+        Ok(Cluster {
+            kubeconfig: dir.join("admin.kubeconfig"),
+            dir,
+            script,
+        })
     }
 
     /// A client as cluster-admin.
     pub async fn client(&self) -> Result<Client, BenchError> {
         let kubeconfig = Kubeconfig::read_from(&self.kubeconfig)
             .map_err(|e| BenchError::Cluster(format!("{}: {e}", self.kubeconfig.display())))?;
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-            .await
-            .map_err(|e| BenchError::Cluster(format!("{}: {e}", self.kubeconfig.display())))?;
+        let config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| BenchError::Cluster(format!("{}: {e}", self.kubeconfig.display())))?;
         Client::try_from(config).map_err(|e| BenchError::Cluster(format!("client: {e}")))
     }
 

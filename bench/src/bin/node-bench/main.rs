@@ -37,7 +37,9 @@ use crate::node::{Binaries, Kind, NodeProcess};
 use crate::report::{NodeRun, Report};
 
 #[derive(Debug, Parser)]
-#[command(about = "cellet against virtual-kubelet: N pods bound to each node, on a real control plane")]
+#[command(
+    about = "cellet against virtual-kubelet: N pods bound to each node, on a real control plane"
+)]
 struct Args {
     /// Pods bound to each node.
     #[arg(long, default_value_t = 1000)]
@@ -49,7 +51,12 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// The nodes to compare, in order.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "cellet,vk-mock,vk-mock-unthrottled")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "cellet,vk-mock,vk-mock-unthrottled"
+    )]
     nodes: Vec<Kind>,
     /// Pod creates in flight at once.
     #[arg(long, default_value_t = 16)]
@@ -71,15 +78,25 @@ struct Args {
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     #[error("failed to {what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("missing {0}")]
     Missing(String),
     #[error("control plane: {0}")]
     Cluster(String),
     #[error("failed to {what}: {source}")]
-    Kube { what: &'static str, source: kube::Error },
+    Kube {
+        what: &'static str,
+        source: kube::Error,
+    },
     #[error("node {node} exited ({status}); last lines of its log:\n{tail}")]
-    NodeExited { node: String, status: String, tail: String },
+    NodeExited {
+        node: String,
+        status: String,
+        tail: String,
+    },
     #[error("/proc: {0}")]
     Proc(String),
     #[error("timed out waiting for {0}")]
@@ -90,7 +107,10 @@ pub enum BenchError {
 
 impl BenchError {
     pub fn io(what: impl Into<String>, source: std::io::Error) -> BenchError {
-        BenchError::Io { what: what.into(), source }
+        BenchError::Io {
+            what: what.into(),
+            source,
+        }
     }
 
     pub fn kube(what: &'static str) -> impl FnOnce(kube::Error) -> BenchError {
@@ -113,7 +133,11 @@ fn main() -> ExitCode {
     }
     match run(&args) {
         Ok(report) => {
-            let text = if args.json { serde_json::to_string_pretty(&report).map_err(BenchError::from) } else { Ok(report.markdown()) };
+            let text = if args.json {
+                serde_json::to_string_pretty(&report).map_err(BenchError::from)
+            } else {
+                Ok(report.markdown())
+            };
             match text {
                 Ok(text) => {
                     println!("{text}");
@@ -133,13 +157,21 @@ fn main() -> ExitCode {
 }
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("bench/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("bench/ has a parent")
+        .to_path_buf()
 }
 
 fn binaries(args: &Args) -> Result<Binaries, BenchError> {
     let exe = std::env::current_exe().map_err(|e| BenchError::io("find this binary", e))?;
-    let profile_dir = exe.parent().ok_or_else(|| BenchError::Missing("this binary's directory".into()))?;
-    let cellet = args.cellet.clone().unwrap_or_else(|| profile_dir.join("cellet"));
+    let profile_dir = exe
+        .parent()
+        .ok_or_else(|| BenchError::Missing("this binary's directory".into()))?;
+    let cellet = args
+        .cellet
+        .clone()
+        .unwrap_or_else(|| profile_dir.join("cellet"));
     if !cellet.is_file() {
         return Err(BenchError::Missing(format!(
             "the cellet binary {} (build it with `cargo build --release -p cellet --bin cellet`, \
@@ -153,7 +185,12 @@ fn binaries(args: &Args) -> Result<Binaries, BenchError> {
         .or_else(|| std::env::var_os("CELLET_PLUGIN_DIR").map(PathBuf::from))
         .unwrap_or_else(|| workspace().join("target/wasm32-wasip2/release-plugins"));
     let component_cache = profile_dir.join("node-bench-component-cache");
-    Ok(Binaries { cellet, vk_mock: build_vk_mock()?, plugin_dir, component_cache })
+    Ok(Binaries {
+        cellet,
+        vk_mock: build_vk_mock()?,
+        plugin_dir,
+        component_cache,
+    })
 }
 
 /// `bench/vk-mock/build.sh`: builds (or finds, cached) the virtual-kubelet peer.
@@ -166,7 +203,11 @@ fn build_vk_mock() -> Result<PathBuf, BenchError> {
         .map_err(|e| BenchError::io(format!("run {}", script.display()), e))?;
     let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     if !out.status.success() || !path.is_file() {
-        return Err(BenchError::Missing(format!("vk-mock: {} failed ({})", script.display(), out.status)));
+        return Err(BenchError::Missing(format!(
+            "vk-mock: {} failed ({})",
+            script.display(),
+            out.status
+        )));
     }
     Ok(path)
 }
@@ -174,7 +215,11 @@ fn build_vk_mock() -> Result<PathBuf, BenchError> {
 fn run(args: &Args) -> Result<Report, BenchError> {
     let machine = Machine::detect();
     let binaries = binaries(args)?;
-    for file in ["cellet_plugin_mock.wasm", "cellet_plugin_vpc_native.wasm", "cellet_plugin_hostport_nat.wasm"] {
+    for file in [
+        "cellet_plugin_mock.wasm",
+        "cellet_plugin_vpc_native.wasm",
+        "cellet_plugin_hostport_nat.wasm",
+    ] {
         binaries.plugin(file)?;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -188,7 +233,12 @@ fn run(args: &Args) -> Result<Report, BenchError> {
     result
 }
 
-async fn measure(args: &Args, binaries: &Binaries, cluster: &Cluster, machine: Machine) -> Result<Report, BenchError> {
+async fn measure(
+    args: &Args,
+    binaries: &Binaries,
+    cluster: &Cluster,
+    machine: Machine,
+) -> Result<Report, BenchError> {
     let client = cluster.client().await?;
     let work = tempfile::Builder::new()
         .prefix("cellet-node-bench-nodes.")
@@ -198,11 +248,36 @@ async fn measure(args: &Args, binaries: &Binaries, cluster: &Cluster, machine: M
     let capacity = args.pods.max(args.scale_pods);
     let mut report = Report::new(machine, args.create_concurrency);
     for &kind in &args.nodes {
-        report.nodes.push(one_node(args, binaries, cluster, &client, work.path(), &netns.0, kind, args.pods, capacity).await?);
+        report.nodes.push(
+            one_node(
+                args,
+                binaries,
+                cluster,
+                &client,
+                work.path(),
+                &netns.0,
+                kind,
+                args.pods,
+                capacity,
+            )
+            .await?,
+        );
     }
     if args.scale_pods > 0 {
-        report.scale =
-            Some(one_node(args, binaries, cluster, &client, work.path(), &netns.0, Kind::Cellet, args.scale_pods, capacity).await?);
+        report.scale = Some(
+            one_node(
+                args,
+                binaries,
+                cluster,
+                &client,
+                work.path(),
+                &netns.0,
+                Kind::Cellet,
+                args.scale_pods,
+                capacity,
+            )
+            .await?,
+        );
     }
     report.finish();
     Ok(report)
@@ -227,9 +302,15 @@ async fn one_node(
     let mut process = NodeProcess::start(kind, &node, capacity, binaries, cluster, dir, netns)?;
     let measured = async {
         let ready = pods::wait_node_ready(client, &mut process).await?;
-        let mut result =
-            pods::run(client, &namespace, &mut process, count, args.create_concurrency, Duration::from_secs(args.timeout))
-                .await?;
+        let mut result = pods::run(
+            client,
+            &namespace,
+            &mut process,
+            count,
+            args.create_concurrency,
+            Duration::from_secs(args.timeout),
+        )
+        .await?;
         result.ready_after_start_seconds = ready;
         Ok::<_, BenchError>(result)
     }
@@ -246,5 +327,10 @@ async fn one_node(
         result.usage.peak_rss_bytes as f64 / 1048576.0,
         result.cpu_seconds_during_run,
     );
-    Ok(NodeRun { kind, node, description: kind.describe().to_string(), result })
+    Ok(NodeRun {
+        kind,
+        node,
+        description: kind.describe().to_string(),
+        result,
+    })
 }

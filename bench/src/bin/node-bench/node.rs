@@ -118,8 +118,11 @@ impl NodeProcess {
         let mut command = match kind {
             Kind::Cellet => {
                 let config = dir.join(format!("{node}.yaml"));
-                std::fs::write(&config, cellet_config(node, capacity, binaries, cluster, netns)?)
-                    .map_err(|e| BenchError::io(format!("write {}", config.display()), e))?;
+                std::fs::write(
+                    &config,
+                    cellet_config(node, capacity, binaries, cluster, netns)?,
+                )
+                .map_err(|e| BenchError::io(format!("write {}", config.display()), e))?;
                 warm_component_cache(binaries, &config)?;
                 let mut command = Command::new(&binaries.cellet);
                 command.arg("run").arg("--config").arg(&config);
@@ -148,32 +151,61 @@ impl NodeProcess {
         let child = command
             .env("KUBECONFIG", &cluster.kubeconfig)
             .stdin(Stdio::null())
-            .stdout(file.try_clone().map_err(|e| BenchError::io("clone the log file", e))?)
+            .stdout(
+                file.try_clone()
+                    .map_err(|e| BenchError::io("clone the log file", e))?,
+            )
             .stderr(file)
             .spawn()
-            .map_err(|e| BenchError::io(format!("start {kind} ({})", command.get_program().to_string_lossy()), e))?;
-        Ok(NodeProcess { node: node.to_string(), log, child: Some(child), clock_ticks: clock_ticks() })
+            .map_err(|e| {
+                BenchError::io(
+                    format!("start {kind} ({})", command.get_program().to_string_lossy()),
+                    e,
+                )
+            })?;
+        Ok(NodeProcess {
+            node: node.to_string(),
+            log,
+            child: Some(child),
+            clock_ticks: clock_ticks(),
+        })
     }
 
     /// Fails with the log's tail if the process has exited.
     pub fn check_running(&mut self) -> Result<(), BenchError> {
         let exited = match self.child.as_mut() {
-            Some(child) => child.try_wait().map_err(|e| BenchError::io("wait for the node process", e))?,
-            None => return Err(BenchError::NodeExited { node: self.node.clone(), status: "stopped".into(), tail: self.tail() }),
+            Some(child) => child
+                .try_wait()
+                .map_err(|e| BenchError::io("wait for the node process", e))?,
+            None => {
+                return Err(BenchError::NodeExited {
+                    node: self.node.clone(),
+                    status: "stopped".into(),
+                    tail: self.tail(),
+                });
+            }
         };
         match exited {
             None => Ok(()),
-            Some(status) => Err(BenchError::NodeExited { node: self.node.clone(), status: status.to_string(), tail: self.tail() }),
+            Some(status) => Err(BenchError::NodeExited {
+                node: self.node.clone(),
+                status: status.to_string(),
+                tail: self.tail(),
+            }),
         }
     }
 
     /// Peak and current RSS and CPU time, from `/proc/PID/status` and `/proc/PID/stat`.
     pub fn usage(&self) -> Result<Usage, BenchError> {
-        let pid = self.child.as_ref().map(Child::id).ok_or_else(|| BenchError::NodeExited {
-            node: self.node.clone(),
-            status: "stopped".into(),
-            tail: String::new(),
-        })?;
+        let pid = self
+            .child
+            .as_ref()
+            .map(Child::id)
+            .ok_or_else(|| BenchError::NodeExited {
+                node: self.node.clone(),
+                status: "stopped".into(),
+                tail: String::new(),
+            })?;
         let read = |file: &str| {
             std::fs::read_to_string(format!("/proc/{pid}/{file}"))
                 .map_err(|e| BenchError::io(format!("read /proc/{pid}/{file} of {}", self.node), e))
@@ -182,7 +214,14 @@ impl NodeProcess {
         let kib = |field: &str| -> Result<u64, BenchError> {
             status
                 .lines()
-                .find_map(|l| l.strip_prefix(field)?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+                .find_map(|l| {
+                    l.strip_prefix(field)?
+                        .trim()
+                        .strip_suffix("kB")?
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
                 .map(|k| k * 1024)
                 .ok_or_else(|| BenchError::Proc(format!("no {field} in /proc/{pid}/status")))
         };
@@ -207,8 +246,12 @@ impl NodeProcess {
 
     /// SIGTERM, then SIGKILL after `grace`.
     pub fn stop(&mut self, grace: Duration) {
-        let Some(mut child) = self.child.take() else { return };
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {
@@ -250,7 +293,13 @@ fn free_port() -> Result<u16, BenchError> {
 /// cells (its state lives in one instance: `max-instances: 1`), the shipped network and
 /// hostPort plugins, the kubelet API with a serving certificate issued from the cluster's
 /// CA, and the node's hostPort rules in the network namespace `netns` (never the machine's).
-fn cellet_config(node: &str, capacity: usize, binaries: &Binaries, cluster: &Cluster, netns: &str) -> Result<String, BenchError> {
+fn cellet_config(
+    node: &str,
+    capacity: usize,
+    binaries: &Binaries,
+    cluster: &Cluster,
+    netns: &str,
+) -> Result<String, BenchError> {
     Ok(format!(
         "node:
   name: {node}
@@ -282,17 +331,36 @@ hostport:
         cache = binaries.component_cache.display(),
         mock = binaries.plugin("cellet_plugin_mock.wasm")?.display(),
         network = binaries.plugin("cellet_plugin_vpc_native.wasm")?.display(),
-        hostport = binaries.plugin("cellet_plugin_hostport_nat.wasm")?.display(),
+        hostport = binaries
+            .plugin("cellet_plugin_hostport_nat.wasm")?
+            .display(),
     ))
 }
 
 /// A serving certificate for `node` (127.0.0.1), issued from the cluster's CA as cellet
 /// issues its own: vk-mock serves its kubelet API as cellet does.
-fn issue_serving_cert(node: &str, cluster: &Cluster, dir: &Path) -> Result<(PathBuf, PathBuf), BenchError> {
-    let (cert, key) = (dir.join(format!("{node}.crt")), dir.join(format!("{node}.key")));
+fn issue_serving_cert(
+    node: &str,
+    cluster: &Cluster,
+    dir: &Path,
+) -> Result<(PathBuf, PathBuf), BenchError> {
+    let (cert, key) = (
+        dir.join(format!("{node}.crt")),
+        dir.join(format!("{node}.key")),
+    );
     let pki = cluster.dir.join("pki");
     let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+        ])
         .arg("-subj")
         .arg(format!("/CN={node}"))
         .arg("-addext")
@@ -308,7 +376,10 @@ fn issue_serving_cert(node: &str, cluster: &Cluster, dir: &Path) -> Result<(Path
         .output()
         .map_err(|e| BenchError::io("run openssl", e))?;
     if !out.status.success() {
-        return Err(BenchError::Cluster(format!("openssl: {}", String::from_utf8_lossy(&out.stderr))));
+        return Err(BenchError::Cluster(format!(
+            "openssl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
     }
     Ok((cert, key))
 }
@@ -324,9 +395,14 @@ impl NetNamespace {
         let out = Command::new("ip")
             .args(["netns", "add", &name])
             .output()
-            .map_err(|e| BenchError::io("run `ip netns add` (iproute2; node-bench runs as root)", e))?;
+            .map_err(|e| {
+                BenchError::io("run `ip netns add` (iproute2; node-bench runs as root)", e)
+            })?;
         if !out.status.success() {
-            return Err(BenchError::Cluster(format!("ip netns add {name}: {}", String::from_utf8_lossy(&out.stderr))));
+            return Err(BenchError::Cluster(format!(
+                "ip netns add {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
         }
         Ok(NetNamespace(name))
     }
@@ -344,7 +420,9 @@ fn warm_component_cache(binaries: &Binaries, config: &Path) -> Result<(), BenchE
         .args(["config", "check"])
         .arg(config)
         .output()
-        .map_err(|e| BenchError::io(format!("run {} config check", binaries.cellet.display()), e))?;
+        .map_err(|e| {
+            BenchError::io(format!("run {} config check", binaries.cellet.display()), e)
+        })?;
     if !out.status.success() {
         return Err(BenchError::Cluster(format!(
             "`cellet config check {}` failed: {}{}",

@@ -72,9 +72,15 @@ fn pod(name: &str, node: &str) -> Result<Pod, BenchError> {
 }
 
 fn running_and_ready(pod: &Pod) -> bool {
-    let Some(status) = &pod.status else { return false };
+    let Some(status) = &pod.status else {
+        return false;
+    };
     status.phase.as_deref() == Some("Running")
-        && status.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True")
+        && status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
 /// Create `namespace` and wait for its default service account (pods are refused without it).
@@ -82,22 +88,38 @@ pub async fn create_namespace(client: &Client, namespace: &str) -> Result<(), Be
     let api: Api<Namespace> = Api::all(client.clone());
     let ns: Namespace = serde_json::from_value(json!({ "metadata": { "name": namespace } }))
         .map_err(|e| BenchError::Cluster(e.to_string()))?;
-    api.create(&PostParams::default(), &ns).await.map_err(BenchError::kube("create namespace"))?;
+    api.create(&PostParams::default(), &ns)
+        .await
+        .map_err(BenchError::kube("create namespace"))?;
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
-    poll(Duration::from_secs(60), "the namespace's default service account", || async {
-        Ok(accounts.get_opt("default").await.map_err(BenchError::kube("get service account"))?.is_some())
-    })
+    poll(
+        Duration::from_secs(60),
+        "the namespace's default service account",
+        || async {
+            Ok(accounts
+                .get_opt("default")
+                .await
+                .map_err(BenchError::kube("get service account"))?
+                .is_some())
+        },
+    )
     .await
 }
 
 /// Wait until the node reports `Ready=True`, failing early if its process exits.
-pub async fn wait_node_ready(client: &Client, process: &mut NodeProcess) -> Result<f64, BenchError> {
+pub async fn wait_node_ready(
+    client: &Client,
+    process: &mut NodeProcess,
+) -> Result<f64, BenchError> {
     let started = Instant::now();
     let nodes: Api<Node> = Api::all(client.clone());
     let deadline = started + Duration::from_secs(120);
     loop {
         process.check_running()?;
-        let node = nodes.get_opt(&process.node).await.map_err(BenchError::kube("get node"))?;
+        let node = nodes
+            .get_opt(&process.node)
+            .await
+            .map_err(BenchError::kube("get node"))?;
         let ready = node
             .and_then(|n| n.status?.conditions)
             .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
@@ -105,7 +127,11 @@ pub async fn wait_node_ready(client: &Client, process: &mut NodeProcess) -> Resu
             return Ok(started.elapsed().as_secs_f64());
         }
         if Instant::now() > deadline {
-            return Err(BenchError::Timeout(format!("node {} Ready\n{}", process.node, process.tail())));
+            return Err(BenchError::Timeout(format!(
+                "node {} Ready\n{}",
+                process.node,
+                process.tail()
+            )));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -144,7 +170,10 @@ pub async fn run(
                         if running_and_ready(&pod) {
                             let now = Instant::now();
                             let name = pod.metadata.name.unwrap_or_default();
-                            seen.lock().unwrap_or_else(|e| e.into_inner()).entry(name).or_insert(now);
+                            seen.lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .entry(name)
+                                .or_insert(now);
                         }
                     }
                     Ok(_) => {}
@@ -168,7 +197,9 @@ pub async fn run(
             async move {
                 let name = pod_name(i);
                 let manifest = pod(&name, &node)?;
-                api.create(&PostParams::default(), &manifest).await.map_err(BenchError::kube("create pod"))?;
+                api.create(&PostParams::default(), &manifest)
+                    .await
+                    .map_err(BenchError::kube("create pod"))?;
                 Ok::<_, BenchError>((name, Instant::now()))
             }
         })
@@ -213,7 +244,9 @@ pub async fn run(
         create_seconds,
         all_running_seconds,
         pods_per_second: count as f64 / all_running_seconds,
-        latency: latencies.summarize().ok_or_else(|| BenchError::Cluster("no pod measured".into()))?,
+        latency: latencies
+            .summarize()
+            .ok_or_else(|| BenchError::Cluster("no pod measured".into()))?,
         cpu_seconds_during_run: usage.cpu_seconds - cpu_before,
         usage,
         ready_after_start_seconds: 0.0,
@@ -224,19 +257,35 @@ pub async fn run(
 /// namespace (waited for, so its deletion does not load the next run), its Node.
 pub async fn clean_up(client: &Client, namespace: &str, node: &str) -> Result<(), BenchError> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let now = DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
-    pods.delete_collection(&now, &ListParams::default()).await.map_err(BenchError::kube("delete pods"))?;
+    let now = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    };
+    pods.delete_collection(&now, &ListParams::default())
+        .await
+        .map_err(BenchError::kube("delete pods"))?;
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces.delete(namespace, &DeleteParams::default()).await.map_err(BenchError::kube("delete namespace"))?;
+    namespaces
+        .delete(namespace, &DeleteParams::default())
+        .await
+        .map_err(BenchError::kube("delete namespace"))?;
     let nodes: Api<Node> = Api::all(client.clone());
     match nodes.delete(node, &DeleteParams::default()).await {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 404 => {}
         Err(e) => return Err(BenchError::kube("delete node")(e)),
     }
-    poll(Duration::from_secs(300), &format!("namespace {namespace} to be deleted"), || async {
-        Ok(namespaces.get_opt(namespace).await.map_err(BenchError::kube("get namespace"))?.is_none())
-    })
+    poll(
+        Duration::from_secs(300),
+        &format!("namespace {namespace} to be deleted"),
+        || async {
+            Ok(namespaces
+                .get_opt(namespace)
+                .await
+                .map_err(BenchError::kube("get namespace"))?
+                .is_none())
+        },
+    )
     .await
 }
 

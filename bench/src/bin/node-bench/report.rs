@@ -75,7 +75,9 @@ impl Report {
             .ok()
             .and_then(|s| s.split_whitespace().next().map(str::to_string))
             .unwrap_or_else(|| "unknown".into());
-        let Some(cellet) = self.nodes.iter().find(|n| n.kind == Kind::Cellet) else { return };
+        let Some(cellet) = self.nodes.iter().find(|n| n.kind == Kind::Cellet) else {
+            return;
+        };
         let c = &cellet.result;
         self.comparisons = self
             .nodes
@@ -93,9 +95,18 @@ impl Report {
                     p99_ratio,
                     cpu_ratio: c.cpu_seconds_during_run / p.cpu_seconds_during_run,
                     targets: vec![
-                        Target { what: "throughput ≥ 2×", pass: throughput_ratio >= 2.0 },
-                        Target { what: "peak RSS ≤ ⅓", pass: peak_rss_ratio <= 1.0 / 3.0 },
-                        Target { what: "p99 lower", pass: p99_ratio < 1.0 },
+                        Target {
+                            what: "throughput ≥ 2×",
+                            pass: throughput_ratio >= 2.0,
+                        },
+                        Target {
+                            what: "peak RSS ≤ ⅓",
+                            pass: peak_rss_ratio <= 1.0 / 3.0,
+                        },
+                        Target {
+                            what: "p99 lower",
+                            pass: p99_ratio < 1.0,
+                        },
                     ],
                 }
             })
@@ -110,7 +121,11 @@ impl Report {
             "Machine: {}, {} logical CPUs{}, Linux {}; 1-minute load average {} at start, {} at end. Build: {}.",
             m.cpu,
             m.logical_cpus,
-            if m.virtual_machine { " (virtual machine)" } else { "" },
+            if m.virtual_machine {
+                " (virtual machine)"
+            } else {
+                ""
+            },
             m.kernel,
             m.load_average,
             self.load_average_end,
@@ -125,12 +140,16 @@ impl Report {
             out,
             "| node | pods | created in | all Running after | throughput | bind→Running p50 | p99 | max | peak RSS | CPU s during run | node Ready after start |"
         );
-        let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        let _ = writeln!(
+            out,
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
         for run in self.nodes.iter().chain(&self.scale) {
             row(&mut out, run);
         }
         for c in &self.comparisons {
-            let verdict = |t: &Target| format!("{} **{}**", t.what, if t.pass { "pass" } else { "FAIL" });
+            let verdict =
+                |t: &Target| format!("{} **{}**", t.what, if t.pass { "pass" } else { "FAIL" });
             let _ = writeln!(
                 out,
                 "\ncellet vs {}: throughput ×{:.2}, peak RSS ×{:.2}, p99 ×{:.2}, CPU ×{:.2} — {}.",

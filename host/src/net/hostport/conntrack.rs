@@ -33,8 +33,14 @@ impl Stale {
             Family::V4 => "ipv4",
             Family::V6 => "ipv6",
         };
-        let dst = self.host_ip.map(|ip| format!(" --orig-dst {ip}")).unwrap_or_default();
-        format!("-D -f {family} -p udp{dst} --orig-port-dst {}\n", self.host_port)
+        let dst = self
+            .host_ip
+            .map(|ip| format!(" --orig-dst {ip}"))
+            .unwrap_or_default();
+        format!(
+            "-D -f {family} -p udp{dst} --orig-port-dst {}\n",
+            self.host_port
+        )
     }
 }
 
@@ -45,7 +51,11 @@ pub fn stale(before: &[HostPortRule], after: &[HostPortRule]) -> BTreeSet<Stale>
     before
         .symmetric_difference(&after)
         .filter(|r| r.protocol == Protocol::Udp)
-        .map(|r| Stale { family: r.family(), host_ip: r.host_ip, host_port: r.host_port })
+        .map(|r| Stale {
+            family: r.family(),
+            host_ip: r.host_ip,
+            host_port: r.host_port,
+        })
         .collect()
 }
 
@@ -77,7 +87,10 @@ mod tests {
 
         let before = [kept.clone(), removed, moved_old, tcp_removed];
         let after = [kept, moved_new, added];
-        let lines: String = stale(&before, &after).iter().map(Stale::batch_line).collect();
+        let lines: String = stale(&before, &after)
+            .iter()
+            .map(Stale::batch_line)
+            .collect();
         assert_eq!(
             lines,
             "-D -f ipv4 -p udp --orig-port-dst 5356\n\

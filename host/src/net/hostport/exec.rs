@@ -25,14 +25,20 @@ pub enum NetNamespace {
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
     /// The tool could not be started, usually because it is not installed.
-    #[error("failed to start `{program}` (is it installed? scripts/install-deps installs it): {source}")]
+    #[error(
+        "failed to start `{program}` (is it installed? scripts/install-deps installs it): {source}"
+    )]
     Spawn { program: String, source: io::Error },
     /// Feeding the batch or collecting the output failed.
     #[error("failed to exchange data with `{program}`: {source}")]
     Io { program: String, source: io::Error },
     /// The tool ran and refused the batch or the command.
     #[error("failed to run `{command}` ({status}): {stderr}")]
-    Status { command: String, status: ExitStatus, stderr: String },
+    Status {
+        command: String,
+        status: ExitStatus,
+        stderr: String,
+    },
 }
 
 impl ExecError {
@@ -97,7 +103,11 @@ impl Runner {
         };
         command
             .args(args)
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
@@ -105,15 +115,18 @@ impl Runner {
             NetNamespace::Current => program,
             NetNamespace::Named(_) => "ip",
         };
-        let mut child = command
-            .spawn()
-            .map_err(|source| ExecError::Spawn { program: spawn_name.to_owned(), source })?;
+        let mut child = command.spawn().map_err(|source| ExecError::Spawn {
+            program: spawn_name.to_owned(),
+            source,
+        })?;
         // Feed the batch while reading the output: a tool that answers line by line
         // (`ip -batch`) would otherwise block on a full stdout pipe while we block on its
         // full stdin pipe.
         let pipe = child.stdin.take();
         let feed = async move {
-            let (Some(mut pipe), Some(input)) = (pipe, stdin) else { return Ok(()) };
+            let (Some(mut pipe), Some(input)) = (pipe, stdin) else {
+                return Ok(());
+            };
             match pipe.write_all(input.as_bytes()).await {
                 // The tool stopped reading: its exit status and stderr say why.
                 Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
@@ -122,7 +135,10 @@ impl Runner {
             // Dropping `pipe` here closes it: the tool sees the end of the batch.
         };
         let (fed, output) = tokio::join!(feed, child.wait_with_output());
-        let io_err = |source| ExecError::Io { program: program.to_owned(), source };
+        let io_err = |source| ExecError::Io {
+            program: program.to_owned(),
+            source,
+        };
         let output = output.map_err(io_err)?;
         fed.map_err(io_err)?;
         Ok(output)

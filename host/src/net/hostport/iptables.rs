@@ -36,9 +36,17 @@ const LOCK_WAIT: &str = "--wait=10";
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("failed to apply the {family} chains with {tool}: {source}")]
-    Apply { family: &'static str, tool: &'static str, source: ExecError },
+    Apply {
+        family: &'static str,
+        tool: &'static str,
+        source: ExecError,
+    },
     #[error("failed to list the {family} rules with {tool}: {source}")]
-    List { family: &'static str, tool: &'static str, source: ExecError },
+    List {
+        family: &'static str,
+        tool: &'static str,
+        source: ExecError,
+    },
     #[error("failed to parse rule in chain {chain}: unexpected `{line}`")]
     Parse { chain: &'static str, line: String },
 }
@@ -89,7 +97,9 @@ fn tools(family: Family) -> (&'static str, &'static str, &'static str) {
 
 /// The guard is IPv4 only: IPv6 has no `route_localnet`, `::1` never leaves `lo`.
 fn jumps(family: Family) -> impl Iterator<Item = &'static Jump> {
-    JUMPS.iter().filter(move |j| family == Family::V4 || j.to != GUARD_CHAIN)
+    JUMPS
+        .iter()
+        .filter(move |j| family == Family::V4 || j.to != GUARD_CHAIN)
 }
 
 /// What `iptables-save` and `ip6tables-save` show of ours.
@@ -116,7 +126,11 @@ pub async fn list(runner: &Runner) -> Result<Snapshot, Error> {
         let dump = runner
             .run(save, &[], None)
             .await
-            .map_err(|source| Error::List { family: name, tool: save, source })?;
+            .map_err(|source| Error::List {
+                family: name,
+                tool: save,
+                source,
+            })?;
         let (rules, present) = parse_save(&dump, family)?;
         snapshot.rules.extend(rules);
         snapshot.present[slot(family)] = present;
@@ -140,16 +154,23 @@ fn parse_save(dump: &str, family: Family) -> Result<(Vec<HostPortRule>, Vec<bool
             };
             continue;
         }
-        let Some(rest) = line.strip_prefix("-A ") else { continue };
+        let Some(rest) = line.strip_prefix("-A ") else {
+            continue;
+        };
         let chain = rest.split(' ').next().unwrap_or_default();
         for (i, jump) in jumps(family).enumerate() {
-            if table == jump.table && chain == jump.from && line.ends_with(&format!(" -j {}", jump.to)) {
+            if table == jump.table
+                && chain == jump.from
+                && line.ends_with(&format!(" -j {}", jump.to))
+            {
                 present[i] = true;
             }
         }
         if table == "nat" && chain == DNAT_CHAIN {
-            let rule = parse_dnat(line)
-                .ok_or_else(|| Error::Parse { chain: DNAT_CHAIN, line: line.to_owned() })?;
+            let rule = parse_dnat(line).ok_or_else(|| Error::Parse {
+                chain: DNAT_CHAIN,
+                line: line.to_owned(),
+            })?;
             rules.push(rule);
         }
     }
@@ -161,7 +182,11 @@ fn parse_save(dump: &str, family: Family) -> Result<(Vec<HostPortRule>, Vec<bool
 fn parse_dnat(line: &str) -> Option<HostPortRule> {
     let tokens = tokenize(line)?;
     let value = |flag: &str| {
-        tokens.iter().position(|t| t == flag).and_then(|i| tokens.get(i + 1)).map(String::as_str)
+        tokens
+            .iter()
+            .position(|t| t == flag)
+            .and_then(|i| tokens.get(i + 1))
+            .map(String::as_str)
     };
     let host_ip = match value("-d") {
         Some(d) => Some(d.split('/').next()?.parse().ok()?),
@@ -169,7 +194,11 @@ fn parse_dnat(line: &str) -> Option<HostPortRule> {
     };
     let to = value("--to-destination")?;
     let (pod_ip, container_port) = to.rsplit_once(':')?;
-    let pod_ip: IpAddr = pod_ip.trim_start_matches('[').trim_end_matches(']').parse().ok()?;
+    let pod_ip: IpAddr = pod_ip
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()?;
     Some(HostPortRule {
         pod_uid: value("--comment")?.to_owned(),
         pod_ip,
@@ -186,7 +215,9 @@ fn tokenize(line: &str) -> Option<Vec<String>> {
     let mut chars = line.chars().peekable();
     loop {
         while chars.next_if(|c| *c == ' ').is_some() {}
-        let Some(&first) = chars.peek() else { return Some(tokens) };
+        let Some(&first) = chars.peek() else {
+            return Some(tokens);
+        };
         let mut token = String::new();
         if first == '"' {
             chars.next();
@@ -236,7 +267,10 @@ fn render(family: Family, rules: &[HostPortRule], present: &[bool]) -> String {
     out += &format!(":{DNAT_CHAIN} - [0:0]\n:{MASQ_CHAIN} - [0:0]\n");
     out.extend(missing("nat"));
     for r in &rules {
-        let dest = r.host_ip.map(|h| format!("-d {} ", host(h))).unwrap_or_default();
+        let dest = r
+            .host_ip
+            .map(|h| format!("-d {} ", host(h)))
+            .unwrap_or_default();
         out += &format!(
             "-A {DNAT_CHAIN} {dest}-p {p} -m {p} --dport {} -m comment --comment \"{}\" -j DNAT --to-destination {}\n",
             r.host_port,
@@ -266,14 +300,22 @@ fn render(family: Family, rules: &[HostPortRule], present: &[bool]) -> String {
 
 /// Make our chains hold exactly `rules`: one `iptables-restore` and one
 /// `ip6tables-restore`, each a transaction.
-pub async fn apply(runner: &Runner, rules: &[HostPortRule], snapshot: &Snapshot) -> Result<(), Error> {
+pub async fn apply(
+    runner: &Runner,
+    rules: &[HostPortRule],
+    snapshot: &Snapshot,
+) -> Result<(), Error> {
     for family in [Family::V4, Family::V6] {
         let (name, _, restore) = tools(family);
         let batch = render(family, rules, &snapshot.present[slot(family)]);
         runner
             .run(restore, &[LOCK_WAIT, "--noflush"], Some(&batch))
             .await
-            .map_err(|source| Error::Apply { family: name, tool: restore, source })?;
+            .map_err(|source| Error::Apply {
+                family: name,
+                tool: restore,
+                source,
+            })?;
     }
     Ok(())
 }
@@ -289,8 +331,22 @@ mod tests {
         };
         vec![
             r("pod-a", "10.200.1.2", Protocol::Tcp, None, 8080, 80),
-            r("pod-b", "10.200.1.3", Protocol::Sctp, Some("10.200.0.1"), 9000, 9),
-            r("pod-c", "fd00:200::3", Protocol::Udp, Some("fd00:200::1"), 5353, 53),
+            r(
+                "pod-b",
+                "10.200.1.3",
+                Protocol::Sctp,
+                Some("10.200.0.1"),
+                9000,
+                9,
+            ),
+            r(
+                "pod-c",
+                "fd00:200::3",
+                Protocol::Udp,
+                Some("fd00:200::1"),
+                5353,
+                53,
+            ),
         ]
     }
 
@@ -311,7 +367,10 @@ COMMIT
 COMMIT
 "#;
         // PREROUTING, POSTROUTING and the raw guard jump exist already; OUTPUT's is missing.
-        assert_eq!(render(Family::V4, &rules(), &[true, false, true, true]), expected);
+        assert_eq!(
+            render(Family::V4, &rules(), &[true, false, true, true]),
+            expected
+        );
 
         let v6 = render(Family::V6, &rules(), &[false, false, false]);
         assert!(v6.contains("-A CELLET-HOSTPORT-DNAT -d fd00:200::1/128 -p udp -m udp --dport 5353 -m comment --comment \"pod-c\" -j DNAT --to-destination [fd00:200::3]:53\n"), "{v6}");
@@ -343,6 +402,10 @@ COMMIT
 
         let bad = "*nat\n-A CELLET-HOSTPORT-DNAT -p tcp -j ACCEPT\n";
         let err = parse_save(bad, Family::V4).unwrap_err();
-        assert!(err.to_string().starts_with("failed to parse rule in chain CELLET-HOSTPORT-DNAT"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("failed to parse rule in chain CELLET-HOSTPORT-DNAT"),
+            "{err}"
+        );
     }
 }

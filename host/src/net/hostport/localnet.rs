@@ -34,8 +34,11 @@ pub enum Error {
 /// 127.0.0.1; returns those devices. Two processes (one `ip -batch` route lookup for all
 /// pods, one `sysctl`), none when no mapping is reachable on loopback.
 pub async fn enable(runner: &Runner, rules: &[HostPortRule]) -> Result<Vec<String>, Error> {
-    let pods: BTreeSet<IpAddr> =
-        rules.iter().filter(|r| r.reachable_on_loopback()).map(|r| r.pod_ip).collect();
+    let pods: BTreeSet<IpAddr> = rules
+        .iter()
+        .filter(|r| r.reachable_on_loopback())
+        .map(|r| r.pod_ip)
+        .collect();
     if pods.is_empty() {
         return Ok(Vec::new());
     }
@@ -52,18 +55,26 @@ pub async fn enable(runner: &Runner, rules: &[HostPortRule]) -> Result<Vec<Strin
     }
     let devices = devices(&String::from_utf8_lossy(&answers.stdout));
     if devices.is_empty() {
-        tracing::warn!(pods = pods.len(), "no route to any loopback-reachable hostPort pod");
+        tracing::warn!(
+            pods = pods.len(),
+            "no route to any loopback-reachable hostPort pod"
+        );
         return Ok(Vec::new());
     }
     // The `/` form of the key keeps device names with dots (VLANs) intact.
-    let settings: Vec<String> =
-        devices.iter().map(|dev| format!("net/ipv4/conf/{dev}/route_localnet=1")).collect();
+    let settings: Vec<String> = devices
+        .iter()
+        .map(|dev| format!("net/ipv4/conf/{dev}/route_localnet=1"))
+        .collect();
     let mut args = vec!["-q", "-w"];
     args.extend(settings.iter().map(String::as_str));
     runner
         .run("sysctl", &args, None)
         .await
-        .map_err(|source| Error::Sysctl { devices: devices.join(", "), source })?;
+        .map_err(|source| Error::Sysctl {
+            devices: devices.join(", "),
+            source,
+        })?;
     Ok(devices)
 }
 

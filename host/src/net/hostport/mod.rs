@@ -29,8 +29,8 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 
 pub use exec::{ExecError, NetNamespace};
-pub use nftables::TABLE as NFT_TABLE;
 pub use iptables::{DNAT_CHAIN, GUARD_CHAIN, MASQ_CHAIN};
+pub use nftables::TABLE as NFT_TABLE;
 pub use rule::{Family, HostPortRule, Protocol, RejectReason, Rejected, RuleError};
 
 use exec::Runner;
@@ -68,7 +68,9 @@ impl FromStr for Backend {
         match s {
             "nftables" => Ok(Backend::Nftables),
             "iptables" => Ok(Backend::Iptables),
-            other => Err(format!("unknown hostPort backend `{other}` (known: nftables, iptables)")),
+            other => Err(format!(
+                "unknown hostPort backend `{other}` (known: nftables, iptables)"
+            )),
         }
     }
 }
@@ -80,9 +82,15 @@ pub enum Error {
     #[error("failed to read the installed hostPort rules: {0}")]
     ListIptables(#[source] iptables::Error),
     #[error("failed to apply {rules} hostPort rules: {source}")]
-    ApplyNftables { rules: usize, source: nftables::Error },
+    ApplyNftables {
+        rules: usize,
+        source: nftables::Error,
+    },
     #[error("failed to apply {rules} hostPort rules: {source}")]
-    ApplyIptables { rules: usize, source: iptables::Error },
+    ApplyIptables {
+        rules: usize,
+        source: iptables::Error,
+    },
     #[error("failed to enable localhost access to hostPorts: {0}")]
     Localnet(#[source] localnet::Error),
     /// The rules are applied; the flush is retried by the next reconcile.
@@ -134,7 +142,11 @@ impl Snapshot {
 
 impl HostPortRules {
     pub fn new(backend: Backend, netns: NetNamespace) -> Self {
-        HostPortRules { backend, runner: Runner::new(netns), pending_flush: Mutex::default() }
+        HostPortRules {
+            backend,
+            runner: Runner::new(netns),
+            pending_flush: Mutex::default(),
+        }
     }
 
     pub fn backend(&self) -> Backend {
@@ -148,12 +160,14 @@ impl HostPortRules {
 
     async fn snapshot(&self) -> Result<Snapshot, Error> {
         match self.backend {
-            Backend::Nftables => {
-                nftables::list(&self.runner).await.map(Snapshot::Nftables).map_err(Error::ListNftables)
-            }
-            Backend::Iptables => {
-                iptables::list(&self.runner).await.map(Snapshot::Iptables).map_err(Error::ListIptables)
-            }
+            Backend::Nftables => nftables::list(&self.runner)
+                .await
+                .map(Snapshot::Nftables)
+                .map_err(Error::ListNftables),
+            Backend::Iptables => iptables::list(&self.runner)
+                .await
+                .map(Snapshot::Iptables)
+                .map_err(Error::ListIptables),
         }
     }
 
@@ -194,14 +208,26 @@ impl HostPortRules {
             tracing::warn!(backend = %self.backend, rule = %rejected.rule, reason = %rejected.reason, "hostPort mapping left out");
         }
 
-        let route_localnet = localnet::enable(&self.runner, &after).await.map_err(Error::Localnet)?;
+        let route_localnet = localnet::enable(&self.runner, &after)
+            .await
+            .map_err(Error::Localnet)?;
         match &snapshot {
-            Snapshot::Nftables(_) => nftables::apply(&self.runner, &after)
-                .await
-                .map_err(|source| Error::ApplyNftables { rules: after.len(), source })?,
-            Snapshot::Iptables(s) => iptables::apply(&self.runner, &after, s)
-                .await
-                .map_err(|source| Error::ApplyIptables { rules: after.len(), source })?,
+            Snapshot::Nftables(_) => {
+                nftables::apply(&self.runner, &after)
+                    .await
+                    .map_err(|source| Error::ApplyNftables {
+                        rules: after.len(),
+                        source,
+                    })?
+            }
+            Snapshot::Iptables(s) => {
+                iptables::apply(&self.runner, &after, s)
+                    .await
+                    .map_err(|source| Error::ApplyIptables {
+                        rules: after.len(),
+                        source,
+                    })?
+            }
         }
 
         let (added, removed) = diff(before, &after);
@@ -251,6 +277,9 @@ mod tests {
         assert_eq!("iptables".parse::<Backend>(), Ok(Backend::Iptables));
         assert_eq!(Backend::default(), Backend::Nftables);
         let err = "ipvs".parse::<Backend>().unwrap_err();
-        assert_eq!(err, "unknown hostPort backend `ipvs` (known: nftables, iptables)");
+        assert_eq!(
+            err,
+            "unknown hostPort backend `ipvs` (known: nftables, iptables)"
+        );
     }
 }

@@ -106,8 +106,10 @@ pub fn render(rules: &[HostPortRule]) -> String {
             .collect();
         endpoints.sort();
         endpoints.dedup();
-        let elements: Vec<String> =
-            endpoints.iter().map(|(ip, proto, port)| format!("{ip} . {proto} . {port}")).collect();
+        let elements: Vec<String> = endpoints
+            .iter()
+            .map(|(ip, proto, port)| format!("{ip} . {proto} . {port}"))
+            .collect();
         let _ = writeln!(w, "\tset endpoints{} {{", suffix(family));
         let _ = writeln!(w, "\t\ttype {addr} . inet_proto . inet_service");
         write_elements(w, &elements);
@@ -115,11 +117,15 @@ pub fn render(rules: &[HostPortRule]) -> String {
     }
     // `dstnat` is accepted as a priority name for prerouting only (nft 1.0.6); -100 is its
     // value, the same as iptables' nat table.
-    for (chain, hook, priority) in
-        [("prerouting", "prerouting", "dstnat"), ("output", "output", "-100")]
-    {
+    for (chain, hook, priority) in [
+        ("prerouting", "prerouting", "dstnat"),
+        ("output", "output", "-100"),
+    ] {
         let _ = writeln!(w, "\tchain {chain} {{");
-        let _ = writeln!(w, "\t\ttype nat hook {hook} priority {priority}; policy accept;");
+        let _ = writeln!(
+            w,
+            "\t\ttype nat hook {hook} priority {priority}; policy accept;"
+        );
         for (family, ip, nfproto) in [(Family::V4, "ip", "ipv4"), (Family::V6, "ip6", "ipv6")] {
             let _ = writeln!(
                 w,
@@ -135,12 +141,24 @@ pub fn render(rules: &[HostPortRule]) -> String {
         let _ = writeln!(w, "\t}}");
     }
     let _ = writeln!(w, "\tchain postrouting {{");
-    let _ = writeln!(w, "\t\ttype nat hook postrouting priority srcnat; policy accept;");
-    let _ = writeln!(w, "\t\tct status dnat ip daddr . meta l4proto . th dport @endpoints4 masquerade");
-    let _ = writeln!(w, "\t\tct status dnat ip6 daddr . meta l4proto . th dport @endpoints6 masquerade");
+    let _ = writeln!(
+        w,
+        "\t\ttype nat hook postrouting priority srcnat; policy accept;"
+    );
+    let _ = writeln!(
+        w,
+        "\t\tct status dnat ip daddr . meta l4proto . th dport @endpoints4 masquerade"
+    );
+    let _ = writeln!(
+        w,
+        "\t\tct status dnat ip6 daddr . meta l4proto . th dport @endpoints6 masquerade"
+    );
     let _ = writeln!(w, "\t}}");
     let _ = writeln!(w, "\tchain localnet-guard {{");
-    let _ = writeln!(w, "\t\ttype filter hook prerouting priority raw; policy accept;");
+    let _ = writeln!(
+        w,
+        "\t\ttype filter hook prerouting priority raw; policy accept;"
+    );
     let _ = writeln!(w, "\t\tiifname != \"lo\" ip daddr 127.0.0.0/8 drop");
     let _ = writeln!(w, "\t}}");
     let _ = writeln!(w, "}}");
@@ -165,7 +183,10 @@ fn write_elements(w: &mut String, elements: &[String]) {
 
 /// Replace the table with one holding exactly `rules`, in one transaction.
 pub async fn apply(runner: &Runner, rules: &[HostPortRule]) -> Result<(), Error> {
-    runner.run("nft", &["-f", "-"], Some(&render(rules))).await.map_err(Error::Apply)?;
+    runner
+        .run("nft", &["-f", "-"], Some(&render(rules)))
+        .await
+        .map_err(Error::Apply)?;
     Ok(())
 }
 
@@ -173,9 +194,15 @@ pub async fn apply(runner: &Runner, rules: &[HostPortRule]) -> Result<(), Error>
 /// the kernel: this, not memory, is what a reconcile compares against, so a restarted host
 /// sees what its predecessor left.
 pub async fn list(runner: &Runner) -> Result<Vec<HostPortRule>, Error> {
-    match runner.run("nft", &["-j", "list", "table", "inet", TABLE], None).await {
+    match runner
+        .run("nft", &["-j", "list", "table", "inet", TABLE], None)
+        .await
+    {
         Ok(json) => parse_listing(&json),
-        Err(e) if e.stderr().is_some_and(|s| s.contains("No such file or directory")) => {
+        Err(e)
+            if e.stderr()
+                .is_some_and(|s| s.contains("No such file or directory")) =>
+        {
             Ok(Vec::new())
         }
         Err(e) => Err(Error::List(e)),
@@ -185,10 +212,19 @@ pub async fn list(runner: &Runner) -> Result<Vec<HostPortRule>, Error> {
 /// Read the mappings out of `nft -j list table` output: the elements of the four maps.
 pub fn parse_listing(json: &str) -> Result<Vec<HostPortRule>, Error> {
     let listing: Value = serde_json::from_str(json).map_err(Error::Json)?;
-    let objects = listing.get("nftables").and_then(Value::as_array).map(Vec::as_slice);
+    let objects = listing
+        .get("nftables")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice);
     let mut rules = Vec::new();
-    for map in objects.unwrap_or_default().iter().filter_map(|o| o.get("map")) {
-        let Some(name) = map.get("name").and_then(Value::as_str) else { continue };
+    for map in objects
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|o| o.get("map"))
+    {
+        let Some(name) = map.get("name").and_then(Value::as_str) else {
+            continue;
+        };
         let bound = match name {
             "bound4" | "bound6" => true,
             "any4" | "any6" => false,
@@ -209,14 +245,22 @@ pub fn parse_listing(json: &str) -> Result<Vec<HostPortRule>, Error> {
 
 /// `[{"elem": {"val": {"concat": [host?, proto, port]}, "comment": uid}}, {"concat": [ip, port]}]`
 fn parse_element(element: &Value, bound: bool) -> Option<HostPortRule> {
-    let [key, value] = element.as_array()?.as_slice() else { return None };
+    let [key, value] = element.as_array()?.as_slice() else {
+        return None;
+    };
     let key = key.get("elem")?;
     let pod_uid = key.get("comment")?.as_str()?.to_owned();
     let mut fields = key.get("val")?.get("concat")?.as_array()?.iter();
-    let host_ip = if bound { Some(fields.next()?.as_str()?.parse().ok()?) } else { None };
+    let host_ip = if bound {
+        Some(fields.next()?.as_str()?.parse().ok()?)
+    } else {
+        None
+    };
     let protocol = fields.next()?.as_str()?.parse().ok()?;
     let host_port = u16::try_from(fields.next()?.as_u64()?).ok()?;
-    let [pod_ip, container_port] = value.get("concat")?.as_array()?.as_slice() else { return None };
+    let [pod_ip, container_port] = value.get("concat")?.as_array()?.as_slice() else {
+        return None;
+    };
     Some(HostPortRule {
         pod_uid,
         pod_ip: pod_ip.as_str()?.parse().ok()?,
@@ -238,7 +282,14 @@ mod tests {
         let mut rules = vec![
             r("pod-a", "10.200.1.2", Protocol::Tcp, None, 8080, 80),
             r("pod-a", "10.200.1.2", Protocol::Udp, None, 5353, 53),
-            r("pod-b", "10.200.1.3", Protocol::Sctp, Some("10.200.0.1"), 9000, 9),
+            r(
+                "pod-b",
+                "10.200.1.3",
+                Protocol::Sctp,
+                Some("10.200.0.1"),
+                9000,
+                9,
+            ),
             r("pod-c", "fd00:200::3", Protocol::Tcp, None, 8080, 80),
         ];
         rules.sort();
@@ -339,6 +390,10 @@ table inet cellet-hostport {
         let json = r#"{"nftables": [{"map": {"name": "any4",
             "elem": [[{"concat": ["tcp", 8080]}, {"concat": ["10.200.1.2", 80]}]]}}]}"#;
         let err = parse_listing(json).unwrap_err();
-        assert!(err.to_string().starts_with("failed to read an element of map `any4`"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("failed to read an element of map `any4`"),
+            "{err}"
+        );
     }
 }

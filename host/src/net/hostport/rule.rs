@@ -41,7 +41,9 @@ impl FromStr for Protocol {
         Protocol::ALL
             .into_iter()
             .find(|p| p.as_str().eq_ignore_ascii_case(s))
-            .ok_or_else(|| RuleError::UnknownProtocol { value: s.to_owned() })
+            .ok_or_else(|| RuleError::UnknownProtocol {
+                value: s.to_owned(),
+            })
     }
 }
 
@@ -73,9 +75,17 @@ pub enum RuleError {
     #[error("pod {uid}: pod IP {pod_ip} cannot receive forwarded traffic")]
     UnusablePodIp { uid: String, pod_ip: IpAddr },
     #[error("pod {uid}: host IP {host_ip} and pod IP {pod_ip} are of different families")]
-    FamilyMismatch { uid: String, host_ip: IpAddr, pod_ip: IpAddr },
+    FamilyMismatch {
+        uid: String,
+        host_ip: IpAddr,
+        pod_ip: IpAddr,
+    },
     #[error("pod {uid}: failed to parse host IP `{value}`: {source}")]
-    InvalidHostIp { uid: String, value: String, source: AddrParseError },
+    InvalidHostIp {
+        uid: String,
+        value: String,
+        source: AddrParseError,
+    },
     #[error("unknown protocol `{value}` (known: tcp, udp, sctp)")]
     UnknownProtocol { value: String },
 }
@@ -123,7 +133,14 @@ impl HostPortRule {
                 }
             },
         };
-        let rule = HostPortRule { pod_uid, pod_ip, protocol, host_ip, host_port, container_port };
+        let rule = HostPortRule {
+            pod_uid,
+            pod_ip,
+            protocol,
+            host_ip,
+            host_port,
+            container_port,
+        };
         rule.validate()?;
         Ok(rule)
     }
@@ -138,23 +155,35 @@ impl HostPortRule {
         let uid = &self.pod_uid;
         let uid_ok = !uid.is_empty()
             && uid.len() <= MAX_UID_LEN
-            && uid.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            && uid
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
         if !uid_ok {
             return Err(RuleError::InvalidPodUid { uid: uid.clone() });
         }
         for (which, port) in [("host", self.host_port), ("container", self.container_port)] {
             if port == 0 {
-                return Err(RuleError::ZeroPort { uid: uid.clone(), which });
+                return Err(RuleError::ZeroPort {
+                    uid: uid.clone(),
+                    which,
+                });
             }
         }
         let ip = self.pod_ip;
         if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() {
-            return Err(RuleError::UnusablePodIp { uid: uid.clone(), pod_ip: ip });
+            return Err(RuleError::UnusablePodIp {
+                uid: uid.clone(),
+                pod_ip: ip,
+            });
         }
         if let Some(host_ip) = self.host_ip
             && Family::of(host_ip) != self.family()
         {
-            return Err(RuleError::FamilyMismatch { uid: uid.clone(), host_ip, pod_ip: ip });
+            return Err(RuleError::FamilyMismatch {
+                uid: uid.clone(),
+                host_ip,
+                pod_ip: ip,
+            });
         }
         Ok(())
     }
@@ -239,13 +268,19 @@ pub fn select(desired: &[HostPortRule], installed: &[HostPortRule]) -> Selection
     let mut by_port: BTreeMap<(Family, Protocol, u16), Vec<&HostPortRule>> = BTreeMap::new();
     for rule in incumbents.into_iter().chain(newcomers) {
         if let Err(e) = rule.validate() {
-            selection.rejected.push(Rejected { rule: rule.clone(), reason: RejectReason::Invalid(e) });
+            selection.rejected.push(Rejected {
+                rule: rule.clone(),
+                reason: RejectReason::Invalid(e),
+            });
             continue;
         }
         let holders = by_port.entry(rule.port_key()).or_default();
         if let Some(holder) = holders.iter().find(|h| h.conflicts_with(rule)) {
             let holder = holder.pod_uid.clone();
-            selection.rejected.push(Rejected { rule: rule.clone(), reason: RejectReason::Conflict { holder } });
+            selection.rejected.push(Rejected {
+                rule: rule.clone(),
+                reason: RejectReason::Conflict { holder },
+            });
             continue;
         }
         holders.push(rule);
@@ -260,14 +295,25 @@ mod tests {
     use super::*;
 
     fn rule(uid: &str, pod_ip: &str, host_ip: Option<&str>, port: u16) -> HostPortRule {
-        HostPortRule::try_new(uid, pod_ip.parse().unwrap(), Protocol::Tcp, host_ip, port, 80)
-            .unwrap()
+        HostPortRule::try_new(
+            uid,
+            pod_ip.parse().unwrap(),
+            Protocol::Tcp,
+            host_ip,
+            port,
+            80,
+        )
+        .unwrap()
     }
 
     #[test]
     fn unspecified_host_ip_means_every_address() {
         for host_ip in [None, Some(""), Some("0.0.0.0"), Some("::")] {
-            assert_eq!(rule("a", "10.200.0.2", host_ip, 8080).host_ip, None, "{host_ip:?}");
+            assert_eq!(
+                rule("a", "10.200.0.2", host_ip, 8080).host_ip,
+                None,
+                "{host_ip:?}"
+            );
         }
     }
 
@@ -281,7 +327,11 @@ mod tests {
         let err = HostPortRule::try_new("a", ip, Protocol::Tcp, Some("fd00::1"), 1, 1).unwrap_err();
         assert!(matches!(err, RuleError::FamilyMismatch { .. }), "{err}");
         let err = HostPortRule::try_new("a", ip, Protocol::Tcp, Some("nope"), 1, 1).unwrap_err();
-        assert!(err.to_string().starts_with("pod a: failed to parse host IP `nope`"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("pod a: failed to parse host IP `nope`"),
+            "{err}"
+        );
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
         let err = HostPortRule::try_new("a", lo, Protocol::Tcp, None, 1, 1).unwrap_err();
         assert!(matches!(err, RuleError::UnusablePodIp { .. }), "{err}");
@@ -300,7 +350,12 @@ mod tests {
         assert_eq!(s.accepted, vec![other_port.clone(), incumbent.clone()]);
         assert_eq!(
             s.rejected,
-            vec![Rejected { rule: newcomer.clone(), reason: RejectReason::Conflict { holder: "zzz".into() } }]
+            vec![Rejected {
+                rule: newcomer.clone(),
+                reason: RejectReason::Conflict {
+                    holder: "zzz".into()
+                }
+            }]
         );
 
         // With nothing installed, the order of the input does not decide: the smaller wins.
@@ -314,7 +369,11 @@ mod tests {
         let b = rule("b", "10.200.0.3", Some("10.200.9.2"), 8080);
         let c = rule("c", "fd00:200::2", None, 8080);
         let s = select(&[a.clone(), b.clone(), c.clone(), a.clone()], &[]);
-        assert_eq!(s.accepted, vec![a, b, c], "duplicates collapse, nothing conflicts");
+        assert_eq!(
+            s.accepted,
+            vec![a, b, c],
+            "duplicates collapse, nothing conflicts"
+        );
         assert!(s.rejected.is_empty());
     }
 }

@@ -83,10 +83,14 @@ pub enum Ec2SettingsError {
         source: serde_json::Error,
     },
     /// `region` is empty or not a region name.
-    #[error("failed to read the `ec2` settings: `region` {region:?} is not a region name (e.g. `us-east-1`)")]
+    #[error(
+        "failed to read the `ec2` settings: `region` {region:?} is not a region name (e.g. `us-east-1`)"
+    )]
     Region { region: String },
     /// `endpoint` is not an absolute http(s) URL.
-    #[error("failed to read the `ec2` settings: `endpoint` {endpoint:?} is not an http:// or https:// URL with a host")]
+    #[error(
+        "failed to read the `ec2` settings: `endpoint` {endpoint:?} is not an http:// or https:// URL with a host"
+    )]
     Endpoint { endpoint: String },
 }
 
@@ -102,9 +106,14 @@ impl Ec2Settings {
     /// Check what serde cannot: the region looks like one and the endpoint is a URL.
     pub fn validate(&self) -> Result<(), Ec2SettingsError> {
         let region_ok = !self.region.is_empty()
-            && self.region.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            && self
+                .region
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
         if !region_ok {
-            return Err(Ec2SettingsError::Region { region: self.region.clone() });
+            return Err(Ec2SettingsError::Region {
+                region: self.region.clone(),
+            });
         }
         if let Some(endpoint) = &self.endpoint {
             let host = endpoint
@@ -112,7 +121,9 @@ impl Ec2Settings {
                 .or_else(|| endpoint.strip_prefix("https://"))
                 .map(|rest| rest.split(['/', '?', '#']).next().unwrap_or_default());
             if !matches!(host, Some(h) if !h.is_empty() && !h.contains(char::is_whitespace)) {
-                return Err(Ec2SettingsError::Endpoint { endpoint: endpoint.clone() });
+                return Err(Ec2SettingsError::Endpoint {
+                    endpoint: endpoint.clone(),
+                });
             }
         }
         Ok(())
@@ -124,7 +135,9 @@ impl Ec2Settings {
 #[derive(Debug, thiserror::Error)]
 pub enum Ec2CallError {
     /// A list or string of the request is over a bound of `ec2.wit`; EC2 was not called.
-    #[error("failed to call EC2 {operation}: `{field}` has {size} {unit}, over the limit of {limit}")]
+    #[error(
+        "failed to call EC2 {operation}: `{field}` has {size} {unit}, over the limit of {limit}"
+    )]
     TooLarge {
         operation: &'static str,
         field: String,
@@ -134,7 +147,10 @@ pub enum Ec2CallError {
     },
     /// The SDK could not build a request from what the plugin sent; EC2 was not called.
     #[error("failed to call EC2 {operation}: the request is invalid: {message}")]
-    Invalid { operation: &'static str, message: String },
+    Invalid {
+        operation: &'static str,
+        message: String,
+    },
     /// EC2 answered with an error code.
     #[error("failed to call EC2 {operation}: EC2 answered {code}: {message}")]
     Service {
@@ -144,7 +160,10 @@ pub enum Ec2CallError {
     },
     /// EC2 could not be reached, did not answer in time, or sent an unreadable answer.
     #[error("failed to call EC2 {operation}: EC2 is unavailable: {message}")]
-    Unavailable { operation: &'static str, message: String },
+    Unavailable {
+        operation: &'static str,
+        message: String,
+    },
 }
 
 impl Ec2CallError {
@@ -301,7 +320,10 @@ impl Ec2Capability {
         result.map_err(Ec2CallError::into_wit)
     }
 
-    pub async fn run_instances(&self, request: RunInstancesRequest) -> Result<Vec<Instance>, Ec2Error> {
+    pub async fn run_instances(
+        &self,
+        request: RunInstancesRequest,
+    ) -> Result<Vec<Instance>, Ec2Error> {
         const OP: &str = "run-instances";
         self.call(OP, async {
             let b = Bounds::new(OP);
@@ -317,7 +339,10 @@ impl Ec2Capability {
             if let Some(data) = &request.user_data {
                 b.string_within("user-data", data, MAX_USER_DATA_BYTES)?;
             }
-            let secondary = b.count("secondary-private-ip-count", request.secondary_private_ip_count)?;
+            let secondary = b.count(
+                "secondary-private-ip-count",
+                request.secondary_private_ip_count,
+            )?;
 
             // Subnet and groups go on the primary interface, since that is where EC2
             // takes the count of secondary addresses from.
@@ -329,15 +354,19 @@ impl Ec2Capability {
                 .build();
             let tags = convert::tags_to_aws(request.tags);
             let tag_specifications = convert::non_empty(tags).map(|tags| {
-                [aws::ResourceType::Instance, aws::ResourceType::Volume, aws::ResourceType::NetworkInterface]
-                    .into_iter()
-                    .map(|resource| {
-                        aws::TagSpecification::builder()
-                            .resource_type(resource)
-                            .set_tags(Some(tags.clone()))
-                            .build()
-                    })
-                    .collect()
+                [
+                    aws::ResourceType::Instance,
+                    aws::ResourceType::Volume,
+                    aws::ResourceType::NetworkInterface,
+                ]
+                .into_iter()
+                .map(|resource| {
+                    aws::TagSpecification::builder()
+                        .resource_type(resource)
+                        .set_tags(Some(tags.clone()))
+                        .build()
+                })
+                .collect()
             });
             let output = self
                 .client
@@ -347,14 +376,18 @@ impl Ec2Capability {
                 .min_count(1)
                 .max_count(1)
                 .network_interfaces(interface)
-                .set_user_data(request.user_data.map(|d| base64::engine::general_purpose::STANDARD.encode(d)))
+                .set_user_data(
+                    request
+                        .user_data
+                        .map(|d| base64::engine::general_purpose::STANDARD.encode(d)),
+                )
                 .set_tag_specifications(tag_specifications)
                 .client_token(request.client_token)
-                .set_iam_instance_profile(
-                    request
-                        .iam_instance_profile_arn
-                        .map(|arn| aws::IamInstanceProfileSpecification::builder().arn(arn).build()),
-                )
+                .set_iam_instance_profile(request.iam_instance_profile_arn.map(|arn| {
+                    aws::IamInstanceProfileSpecification::builder()
+                        .arn(arn)
+                        .build()
+                }))
                 .send()
                 .await
                 .map_err(|e| Ec2CallError::from_sdk(OP, e))?;
@@ -466,7 +499,11 @@ impl Ec2Capability {
         .await
     }
 
-    pub async fn create_tags(&self, resource_ids: Vec<String>, tags: Vec<KeyValue>) -> Result<(), Ec2Error> {
+    pub async fn create_tags(
+        &self,
+        resource_ids: Vec<String>,
+        tags: Vec<KeyValue>,
+    ) -> Result<(), Ec2Error> {
         const OP: &str = "create-tags";
         self.call(OP, async {
             let b = Bounds::new(OP);
@@ -491,16 +528,30 @@ impl Ec2Capability {
         const OP: &str = "describe-instance-types";
         self.call(OP, async {
             Bounds::new(OP).strings("instance-types", &instance_types)?;
-            let request = self.client.describe_instance_types().set_instance_types(convert::non_empty(
-                instance_types.iter().map(|t| aws::InstanceType::from(t.as_str())).collect(),
-            ));
+            let request =
+                self.client
+                    .describe_instance_types()
+                    .set_instance_types(convert::non_empty(
+                        instance_types
+                            .iter()
+                            .map(|t| aws::InstanceType::from(t.as_str()))
+                            .collect(),
+                    ));
             // 100 is the largest page DescribeInstanceTypes allows.
-            let request = if instance_types.is_empty() { request.max_results(100) } else { request };
+            let request = if instance_types.is_empty() {
+                request.max_results(100)
+            } else {
+                request
+            };
             collect_pages(
                 OP,
                 |token| request.clone().set_next_token(token).send(),
                 |output| {
-                    let items = output.instance_types().iter().map(convert::instance_type_info).collect();
+                    let items = output
+                        .instance_types()
+                        .iter()
+                        .map(convert::instance_type_info)
+                        .collect();
                     (items, output.next_token().map(str::to_owned))
                 },
             )
@@ -594,7 +645,11 @@ impl Ec2Capability {
                 OP,
                 |token| request.clone().set_next_token(token).send(),
                 |output| {
-                    let items = output.route_tables().iter().map(convert::route_table).collect();
+                    let items = output
+                        .route_tables()
+                        .iter()
+                        .map(convert::route_table)
+                        .collect();
                     (items, output.next_token().map(str::to_owned))
                 },
             )
@@ -657,7 +712,11 @@ impl Ec2Capability {
         .await
     }
 
-    pub async fn delete_route(&self, route_table_id: String, destination_cidr: String) -> Result<(), Ec2Error> {
+    pub async fn delete_route(
+        &self,
+        route_table_id: String,
+        destination_cidr: String,
+    ) -> Result<(), Ec2Error> {
         const OP: &str = "delete-route";
         self.call(OP, async {
             let route = RouteRequest::new(OP, route_table_id, destination_cidr, None)?;
@@ -693,12 +752,19 @@ impl RouteRequest {
         let b = Bounds::new(operation);
         b.string("route-table-id", &table)?;
         b.string("destination-cidr", &destination)?;
-        if let Some(RouteTarget::InstanceId(id) | RouteTarget::NetworkInterfaceId(id) | RouteTarget::GatewayId(id)) =
-            &target
+        if let Some(
+            RouteTarget::InstanceId(id)
+            | RouteTarget::NetworkInterfaceId(id)
+            | RouteTarget::GatewayId(id),
+        ) = &target
         {
             b.string("target", id)?;
         }
-        Ok(RouteRequest { table, destination, target })
+        Ok(RouteRequest {
+            table,
+            destination,
+            target,
+        })
     }
 
     /// EC2 takes IPv4 and IPv6 destinations in two different parameters.
@@ -736,7 +802,9 @@ where
     let mut items = Vec::new();
     let mut token = None;
     for _ in 0..MAX_PAGES {
-        let output = send(token.take()).await.map_err(|e| Ec2CallError::from_sdk(operation, e))?;
+        let output = send(token.take())
+            .await
+            .map_err(|e| Ec2CallError::from_sdk(operation, e))?;
         let (page, next) = split(output);
         items.extend(page);
         let next = next.filter(|t| !t.is_empty());
@@ -752,13 +820,20 @@ where
             None => return Ok(items),
         }
     }
-    tracing::warn!(operation, pages = MAX_PAGES, "ec2 result truncated: too many pages");
+    tracing::warn!(
+        operation,
+        pages = MAX_PAGES,
+        "ec2 result truncated: too many pages"
+    );
     Ok(items)
 }
 
 /// The guest's view: each import delegates to the method of the same name above.
 impl wit::Host for Ec2Capability {
-    async fn run_instances(&mut self, request: RunInstancesRequest) -> Result<Vec<Instance>, Ec2Error> {
+    async fn run_instances(
+        &mut self,
+        request: RunInstancesRequest,
+    ) -> Result<Vec<Instance>, Ec2Error> {
         Ec2Capability::run_instances(self, request).await
     }
 
@@ -780,7 +855,8 @@ impl wit::Host for Ec2Capability {
         addresses: Vec<String>,
         count: u32,
     ) -> Result<Vec<String>, Ec2Error> {
-        Ec2Capability::assign_private_ip_addresses(self, network_interface_id, addresses, count).await
+        Ec2Capability::assign_private_ip_addresses(self, network_interface_id, addresses, count)
+            .await
     }
 
     async fn unassign_private_ip_addresses(
@@ -791,7 +867,11 @@ impl wit::Host for Ec2Capability {
         Ec2Capability::unassign_private_ip_addresses(self, network_interface_id, addresses).await
     }
 
-    async fn create_tags(&mut self, resource_ids: Vec<String>, tags: Vec<KeyValue>) -> Result<(), Ec2Error> {
+    async fn create_tags(
+        &mut self,
+        resource_ids: Vec<String>,
+        tags: Vec<KeyValue>,
+    ) -> Result<(), Ec2Error> {
         Ec2Capability::create_tags(self, resource_ids, tags).await
     }
 
@@ -845,7 +925,11 @@ impl wit::Host for Ec2Capability {
         Ec2Capability::replace_route(self, route_table_id, destination_cidr, target).await
     }
 
-    async fn delete_route(&mut self, route_table_id: String, destination_cidr: String) -> Result<(), Ec2Error> {
+    async fn delete_route(
+        &mut self,
+        route_table_id: String,
+        destination_cidr: String,
+    ) -> Result<(), Ec2Error> {
         Ec2Capability::delete_route(self, route_table_id, destination_cidr).await
     }
 }
@@ -863,9 +947,10 @@ mod tests {
         .unwrap();
         assert_eq!(settings.endpoint.as_deref(), Some("http://127.0.0.1:5000"));
 
-        let error = Ec2Settings::from_json(serde_json::json!({ "region": "us-east-1", "regoin": "x" }))
-            .unwrap_err()
-            .to_string();
+        let error =
+            Ec2Settings::from_json(serde_json::json!({ "region": "us-east-1", "regoin": "x" }))
+                .unwrap_err()
+                .to_string();
         assert!(error.contains("regoin"), "{error}");
     }
 
@@ -874,9 +959,14 @@ mod tests {
         let error = Ec2Settings::from_json(serde_json::json!({ "region": "US East" })).unwrap_err();
         assert!(matches!(error, Ec2SettingsError::Region { .. }), "{error}");
         for endpoint in ["127.0.0.1:5000", "ftp://host", "http://", "http:///path"] {
-            let error = Ec2Settings::from_json(serde_json::json!({ "region": "us-east-1", "endpoint": endpoint }))
-                .unwrap_err();
-            assert!(matches!(error, Ec2SettingsError::Endpoint { .. }), "{endpoint}: {error}");
+            let error = Ec2Settings::from_json(
+                serde_json::json!({ "region": "us-east-1", "endpoint": endpoint }),
+            )
+            .unwrap_err();
+            assert!(
+                matches!(error, Ec2SettingsError::Endpoint { .. }),
+                "{endpoint}: {error}"
+            );
         }
     }
 
@@ -891,9 +981,16 @@ mod tests {
         assert_eq!(service.code, "InvalidInstanceID.NotFound");
         assert_eq!(service.message, "The instance ID 'i-1' does not exist");
 
-        let unavailable = Ec2CallError::Unavailable { operation: "describe-instances", message: "timeout".into() }
-            .into_wit();
+        let unavailable = Ec2CallError::Unavailable {
+            operation: "describe-instances",
+            message: "timeout".into(),
+        }
+        .into_wit();
         assert_eq!(unavailable.code, "CelletUnavailable");
-        assert!(unavailable.message.contains("describe-instances"), "{}", unavailable.message);
+        assert!(
+            unavailable.message.contains("describe-instances"),
+            "{}",
+            unavailable.message
+        );
     }
 }

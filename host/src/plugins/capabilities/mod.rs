@@ -104,7 +104,10 @@ impl Grants {
         let mut granted = Vec::with_capacity(spec.grants.len());
         let mut ec2 = None;
         let mut local_cells = None;
-        let not_provided = |capability| CapabilityError::NotProvided { plugin: spec.name.clone(), capability };
+        let not_provided = |capability| CapabilityError::NotProvided {
+            plugin: spec.name.clone(),
+            capability,
+        };
         for &capability in &spec.grants {
             if !spec.slot.grantable().contains(&capability) {
                 return Err(CapabilityError::NotGrantable {
@@ -122,9 +125,21 @@ impl Grants {
             }
             match capability {
                 Capability::Log => {}
-                Capability::Ec2 => ec2 = Some(providers.ec2.clone().ok_or_else(|| not_provided(capability))?),
+                Capability::Ec2 => {
+                    ec2 = Some(
+                        providers
+                            .ec2
+                            .clone()
+                            .ok_or_else(|| not_provided(capability))?,
+                    )
+                }
                 Capability::LocalCells => {
-                    local_cells = Some(providers.local_cells.clone().ok_or_else(|| not_provided(capability))?);
+                    local_cells = Some(
+                        providers
+                            .local_cells
+                            .clone()
+                            .ok_or_else(|| not_provided(capability))?,
+                    );
                 }
             }
             if !granted.contains(&capability) {
@@ -215,10 +230,20 @@ mod tests {
 
     #[test]
     fn refuses_capabilities_the_slot_cannot_have() {
-        let err = Grants::configure(&spec(Slot::Network, &[Capability::Log, Capability::Ec2]), Providers::default())
-            .unwrap_err();
+        let err = Grants::configure(
+            &spec(Slot::Network, &[Capability::Log, Capability::Ec2]),
+            Providers::default(),
+        )
+        .unwrap_err();
         assert!(
-            matches!(err, CapabilityError::NotGrantable { capability: Capability::Ec2, slot: Slot::Network, .. }),
+            matches!(
+                err,
+                CapabilityError::NotGrantable {
+                    capability: Capability::Ec2,
+                    slot: Slot::Network,
+                    ..
+                }
+            ),
             "{err}"
         );
         assert_eq!(
@@ -229,27 +254,49 @@ mod tests {
 
     #[test]
     fn refuses_local_cells_without_its_settings() {
-        let err = Grants::configure(&spec(Slot::Cloud, &[Capability::Log, Capability::LocalCells]), Providers::default())
-            .unwrap_err();
+        let err = Grants::configure(
+            &spec(Slot::Cloud, &[Capability::Log, Capability::LocalCells]),
+            Providers::default(),
+        )
+        .unwrap_err();
         assert!(
-            matches!(err, CapabilityError::NotProvided { capability: Capability::LocalCells, .. }),
+            matches!(
+                err,
+                CapabilityError::NotProvided {
+                    capability: Capability::LocalCells,
+                    ..
+                }
+            ),
             "{err}"
         );
     }
 
     #[test]
     fn refuses_ec2_without_a_client() {
-        let err = Grants::configure(&spec(Slot::Cloud, &[Capability::Log, Capability::Ec2]), Providers::default())
-            .unwrap_err();
+        let err = Grants::configure(
+            &spec(Slot::Cloud, &[Capability::Log, Capability::Ec2]),
+            Providers::default(),
+        )
+        .unwrap_err();
         assert!(
-            matches!(err, CapabilityError::NotProvided { capability: Capability::Ec2, .. }),
+            matches!(
+                err,
+                CapabilityError::NotProvided {
+                    capability: Capability::Ec2,
+                    ..
+                }
+            ),
             "{err}"
         );
     }
 
     #[test]
     fn log_alone_is_granted() {
-        let grants = Grants::configure(&spec(Slot::Hostport, &[Capability::Log]), Providers::default()).unwrap();
+        let grants = Grants::configure(
+            &spec(Slot::Hostport, &[Capability::Log]),
+            Providers::default(),
+        )
+        .unwrap();
         assert!(grants.grants(Capability::Log));
         assert!(!grants.grants(Capability::Ec2));
     }

@@ -24,11 +24,15 @@ impl Guest for FutureContract {
     }
 
     fn plan_pod(_pod: Pod) -> Result<PodNetworkPlan, PluginError> {
-        Err(PluginError::Unsupported("test plugin: plans nothing".into()))
+        Err(PluginError::Unsupported(
+            "test plugin: plans nothing".into(),
+        ))
     }
 
     fn plan_cluster(_nodes: Vec<ClusterNode>) -> Result<ClusterNetworkPlan, PluginError> {
-        Err(PluginError::Unsupported("test plugin: plans nothing".into()))
+        Err(PluginError::Unsupported(
+            "test plugin: plans nothing".into(),
+        ))
     }
 }
 

@@ -52,11 +52,16 @@ pub struct Misbehaving {
 impl NetworkStrategy for Misbehaving {
     fn init(ctx: InitContext) -> Result<Self, PluginError> {
         let config: Config = cellet_sdk::config(&ctx)?;
-        Ok(Misbehaving { mode: config.misbehave })
+        Ok(Misbehaving {
+            mode: config.misbehave,
+        })
     }
 
     fn plan_pod(&self, pod: Pod) -> Result<PodNetworkPlan, PluginError> {
-        log::warn("misbehaving on purpose", &[("mode", &format!("{:?}", self.mode)), ("pod", &pod.key())]);
+        log::warn(
+            "misbehaving on purpose",
+            &[("mode", &format!("{:?}", self.mode)), ("pod", &pod.key())],
+        );
         let mut plan = PodNetworkPlan {
             address_source: PodAddressSource::VpcSecondary,
             prefix_length: None,
@@ -79,7 +84,11 @@ impl NetworkStrategy for Misbehaving {
     }
 
     fn plan_cluster(&self, _nodes: Vec<ClusterNode>) -> Result<ClusterNetworkPlan, PluginError> {
-        Ok(ClusterNetworkPlan { routes: vec![], manage_routes: false, warnings: vec![] })
+        Ok(ClusterNetworkPlan {
+            routes: vec![],
+            manage_routes: false,
+            warnings: vec![],
+        })
     }
 }
 
@@ -113,19 +122,29 @@ mod tests {
     #[test]
     fn none_returns_a_valid_plan_and_bad_output_an_invalid_route() {
         let pod = PodBuilder::new("default", "victim").build();
-        let good = Misbehaving::init(context(json!({}))).unwrap().plan_pod(pod.clone()).unwrap();
+        let good = Misbehaving::init(context(json!({})))
+            .unwrap()
+            .plan_pod(pod.clone())
+            .unwrap();
         assert_eq!(good.routes, vec![default_route()]);
         let bad = Misbehaving::init(context(json!({ "misbehave": "bad-output" })))
             .unwrap()
             .plan_pod(pod)
             .unwrap();
-        assert!(bad.routes.iter().any(|route| route.destination == "not-a-cidr"));
+        assert!(
+            bad.routes
+                .iter()
+                .any(|route| route.destination == "not-a-cidr")
+        );
     }
 
     #[test]
     fn unknown_mode_is_a_config_error_naming_the_field() {
         let err = Misbehaving::init(context(json!({ "misbehave": "explode" }))).unwrap_err();
-        assert!(matches!(&err, PluginError::InvalidConfig(m) if m.contains("misbehave")), "{err:?}");
+        assert!(
+            matches!(&err, PluginError::InvalidConfig(m) if m.contains("misbehave")),
+            "{err:?}"
+        );
     }
 
     #[test]

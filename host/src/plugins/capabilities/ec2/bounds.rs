@@ -29,8 +29,20 @@ impl Bounds {
         Bounds { operation }
     }
 
-    fn too_large(&self, field: String, size: usize, limit: usize, unit: &'static str) -> Ec2CallError {
-        Ec2CallError::TooLarge { operation: self.operation, field, size, limit, unit }
+    fn too_large(
+        &self,
+        field: String,
+        size: usize,
+        limit: usize,
+        unit: &'static str,
+    ) -> Ec2CallError {
+        Ec2CallError::TooLarge {
+            operation: self.operation,
+            field,
+            size,
+            limit,
+            unit,
+        }
     }
 
     /// A string of at most [`MAX_STRING_BYTES`].
@@ -39,7 +51,12 @@ impl Bounds {
     }
 
     /// A string of at most `limit` bytes.
-    pub(super) fn string_within(&self, field: &str, value: &str, limit: usize) -> Result<(), Ec2CallError> {
+    pub(super) fn string_within(
+        &self,
+        field: &str,
+        value: &str,
+        limit: usize,
+    ) -> Result<(), Ec2CallError> {
         if value.len() > limit {
             return Err(self.too_large(field.to_owned(), value.len(), limit, "bytes"));
         }
@@ -60,13 +77,23 @@ impl Bounds {
         i32::try_from(count)
             .ok()
             .filter(|n| *n as usize <= MAX_LIST_ITEMS)
-            .ok_or_else(|| self.too_large(field.to_owned(), count as usize, MAX_LIST_ITEMS, "addresses"))
+            .ok_or_else(|| {
+                self.too_large(
+                    field.to_owned(),
+                    count as usize,
+                    MAX_LIST_ITEMS,
+                    "addresses",
+                )
+            })
     }
 
     /// A list of strings, each bounded.
     pub(super) fn strings(&self, field: &str, items: &[String]) -> Result<(), Ec2CallError> {
         self.list(field, items)?;
-        items.iter().enumerate().try_for_each(|(i, s)| self.string(&format!("{field}[{i}]"), s))
+        items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, s)| self.string(&format!("{field}[{i}]"), s))
     }
 
     /// Tags: the list and every key and value.
@@ -115,8 +142,14 @@ mod tests {
     fn a_long_filter_value_is_named_by_its_path() {
         let bounds = Bounds::new("describe-subnets");
         let filters = vec![
-            Filter { name: "vpc-id".into(), values: vec!["vpc-1".into()] },
-            Filter { name: "tag:x".into(), values: vec!["ok".into(), "v".repeat(MAX_STRING_BYTES + 1)] },
+            Filter {
+                name: "vpc-id".into(),
+                values: vec!["vpc-1".into()],
+            },
+            Filter {
+                name: "tag:x".into(),
+                values: vec!["ok".into(), "v".repeat(MAX_STRING_BYTES + 1)],
+            },
         ];
         let (_, message) = code_and_message(bounds.filters("filters", &filters));
         assert!(message.contains("filters[1].values[1]"), "{message}");
@@ -125,7 +158,10 @@ mod tests {
     #[test]
     fn tag_keys_and_values_are_bounded() {
         let bounds = Bounds::new("create-tags");
-        let tags = vec![KeyValue { key: "k".repeat(MAX_STRING_BYTES + 1), value: String::new() }];
+        let tags = vec![KeyValue {
+            key: "k".repeat(MAX_STRING_BYTES + 1),
+            value: String::new(),
+        }];
         let (_, message) = code_and_message(bounds.tags("tags", &tags));
         assert!(message.contains("tags[0].key"), "{message}");
     }
@@ -142,9 +178,12 @@ mod tests {
     fn user_data_has_its_own_smaller_limit() {
         let bounds = Bounds::new("run-instances");
         let data = "x".repeat(MAX_USER_DATA_BYTES);
-        bounds.string_within("user-data", &data, MAX_USER_DATA_BYTES).unwrap();
+        bounds
+            .string_within("user-data", &data, MAX_USER_DATA_BYTES)
+            .unwrap();
         let data = "x".repeat(MAX_USER_DATA_BYTES + 1);
-        let (_, message) = code_and_message(bounds.string_within("user-data", &data, MAX_USER_DATA_BYTES));
+        let (_, message) =
+            code_and_message(bounds.string_within("user-data", &data, MAX_USER_DATA_BYTES));
         assert!(message.contains("16384"), "{message}");
     }
 }

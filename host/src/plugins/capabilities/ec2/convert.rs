@@ -16,7 +16,12 @@ pub(super) fn filters(filters: Vec<Filter>) -> Option<Vec<aws::Filter>> {
     non_empty(
         filters
             .into_iter()
-            .map(|f| aws::Filter::builder().name(f.name).set_values(Some(f.values)).build())
+            .map(|f| {
+                aws::Filter::builder()
+                    .name(f.name)
+                    .set_values(Some(f.values))
+                    .build()
+            })
             .collect(),
     )
 }
@@ -54,9 +59,10 @@ fn count<T: TryInto<U>, U: Default>(value: Option<T>) -> U {
 pub(super) fn instance(instance: &aws::Instance) -> Instance {
     // The primary interface (device index 0) carries the management address as its
     // primary address and the pod address as a secondary one.
-    let primary_interface = instance.network_interfaces().iter().find(|nic| {
-        nic.attachment().and_then(|a| a.device_index()) == Some(0)
-    });
+    let primary_interface = instance
+        .network_interfaces()
+        .iter()
+        .find(|nic| nic.attachment().and_then(|a| a.device_index()) == Some(0));
     let secondary_private_ips = primary_interface
         .map(|nic| {
             nic.private_ip_addresses()
@@ -97,8 +103,14 @@ pub(super) fn instance_type_info(info: &aws::InstanceTypeInfo) -> InstanceTypeIn
             .unwrap_or_default(),
         vcpus: count(info.v_cpu_info().and_then(|v| v.default_v_cpus())),
         memory_mib: count(info.memory_info().and_then(|m| m.size_in_mib())),
-        max_network_interfaces: count(info.network_info().and_then(|n| n.maximum_network_interfaces())),
-        ipv4_addresses_per_interface: count(info.network_info().and_then(|n| n.ipv4_addresses_per_interface())),
+        max_network_interfaces: count(
+            info.network_info()
+                .and_then(|n| n.maximum_network_interfaces()),
+        ),
+        ipv4_addresses_per_interface: count(
+            info.network_info()
+                .and_then(|n| n.ipv4_addresses_per_interface()),
+        ),
     }
 }
 
@@ -117,7 +129,10 @@ pub(super) fn image(image: &aws::Image) -> Image {
     Image {
         image_id: owned(image.image_id()),
         name: image.name().map(str::to_owned),
-        state: image.state().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+        state: image
+            .state()
+            .map(|s| s.as_str().to_owned())
+            .unwrap_or_default(),
         architecture: image
             .architecture()
             .map(|a| a.as_str().to_owned())
@@ -148,7 +163,9 @@ fn route(route: &aws::Route) -> Option<Route> {
     } else if let Some(id) = route.network_interface_id() {
         Some(RouteTarget::NetworkInterfaceId(id.to_owned()))
     } else {
-        route.gateway_id().map(|id| RouteTarget::GatewayId(id.to_owned()))
+        route
+            .gateway_id()
+            .map(|id| RouteTarget::GatewayId(id.to_owned()))
     };
     Some(Route {
         destination_cidr,
@@ -168,24 +185,45 @@ mod tests {
     fn the_pod_address_is_a_secondary_address_of_the_primary_interface() {
         let primary = aws::InstanceNetworkInterface::builder()
             .network_interface_id("eni-primary")
-            .attachment(aws::InstanceNetworkInterfaceAttachment::builder().device_index(0).build())
-            .private_ip_addresses(
-                aws::InstancePrivateIpAddress::builder().private_ip_address("10.0.0.5").primary(true).build(),
+            .attachment(
+                aws::InstanceNetworkInterfaceAttachment::builder()
+                    .device_index(0)
+                    .build(),
             )
             .private_ip_addresses(
-                aws::InstancePrivateIpAddress::builder().private_ip_address("10.0.0.6").primary(false).build(),
+                aws::InstancePrivateIpAddress::builder()
+                    .private_ip_address("10.0.0.5")
+                    .primary(true)
+                    .build(),
+            )
+            .private_ip_addresses(
+                aws::InstancePrivateIpAddress::builder()
+                    .private_ip_address("10.0.0.6")
+                    .primary(false)
+                    .build(),
             )
             .build();
         let other = aws::InstanceNetworkInterface::builder()
             .network_interface_id("eni-other")
-            .attachment(aws::InstanceNetworkInterfaceAttachment::builder().device_index(1).build())
+            .attachment(
+                aws::InstanceNetworkInterfaceAttachment::builder()
+                    .device_index(1)
+                    .build(),
+            )
             .private_ip_addresses(
-                aws::InstancePrivateIpAddress::builder().private_ip_address("10.0.9.9").primary(false).build(),
+                aws::InstancePrivateIpAddress::builder()
+                    .private_ip_address("10.0.9.9")
+                    .primary(false)
+                    .build(),
             )
             .build();
         let instance = aws::Instance::builder()
             .instance_id("i-1")
-            .state(aws::InstanceState::builder().name(aws::InstanceStateName::Running).build())
+            .state(
+                aws::InstanceState::builder()
+                    .name(aws::InstanceStateName::Running)
+                    .build(),
+            )
             .instance_type(aws::InstanceType::T3Micro)
             .private_ip_address("10.0.0.5")
             .network_interfaces(other)
@@ -198,8 +236,17 @@ mod tests {
         assert_eq!(converted.instance_type, "t3.micro");
         assert_eq!(converted.private_ip.as_deref(), Some("10.0.0.5"));
         assert_eq!(converted.secondary_private_ips, vec!["10.0.0.6".to_owned()]);
-        assert_eq!(converted.network_interface_id.as_deref(), Some("eni-primary"));
-        assert_eq!(converted.tags, vec![KeyValue { key: "k".into(), value: "v".into() }]);
+        assert_eq!(
+            converted.network_interface_id.as_deref(),
+            Some("eni-primary")
+        );
+        assert_eq!(
+            converted.tags,
+            vec![KeyValue {
+                key: "k".into(),
+                value: "v".into()
+            }]
+        );
     }
 
     #[test]
@@ -214,13 +261,29 @@ mod tests {
                     .state(aws::RouteState::Active)
                     .build(),
             )
-            .routes(aws::Route::builder().destination_cidr_block("10.0.0.0/16").gateway_id("local").build())
-            .routes(aws::Route::builder().destination_prefix_list_id("pl-1").gateway_id("vpce-1").build())
+            .routes(
+                aws::Route::builder()
+                    .destination_cidr_block("10.0.0.0/16")
+                    .gateway_id("local")
+                    .build(),
+            )
+            .routes(
+                aws::Route::builder()
+                    .destination_prefix_list_id("pl-1")
+                    .gateway_id("vpce-1")
+                    .build(),
+            )
             .build();
         let converted = route_table(&table);
         assert_eq!(converted.routes.len(), 2);
-        assert_eq!(converted.routes[0].target, Some(RouteTarget::InstanceId("i-1".into())));
-        assert_eq!(converted.routes[1].target, Some(RouteTarget::GatewayId("local".into())));
+        assert_eq!(
+            converted.routes[0].target,
+            Some(RouteTarget::InstanceId("i-1".into()))
+        );
+        assert_eq!(
+            converted.routes[1].target,
+            Some(RouteTarget::GatewayId("local".into()))
+        );
         assert_eq!(converted.routes[1].state, "active");
     }
 

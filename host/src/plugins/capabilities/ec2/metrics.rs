@@ -59,10 +59,17 @@ impl Ec2Metrics {
         );
     }
 
-    pub(super) fn observe(&self, operation: &'static str, outcome: &'static str, elapsed: Duration) {
+    pub(super) fn observe(
+        &self,
+        operation: &'static str,
+        outcome: &'static str,
+        elapsed: Duration,
+    ) {
         let labels = CallLabels { operation, outcome };
         self.calls.get_or_create(&labels).inc();
-        self.duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
+        self.duration
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
     }
 }
 
@@ -78,7 +85,11 @@ mod tests {
         metrics.register(&mut registry);
         metrics.observe("run-instances", "ok", Duration::from_millis(20));
         metrics.observe("run-instances", "ok", Duration::from_millis(30));
-        metrics.observe("terminate-instances", "ec2-error", Duration::from_millis(10));
+        metrics.observe(
+            "terminate-instances",
+            "ec2-error",
+            Duration::from_millis(10),
+        );
 
         let mut text = String::new();
         encode(&mut text, &registry).unwrap();

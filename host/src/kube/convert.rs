@@ -1,12 +1,16 @@
-//! A Kubernetes `Pod` as the plugins see it: the WIT `pod` record.
+//! Kubernetes objects as the plugins see them: a `Pod` as the WIT `pod` record, a `Node`
+//! as the WIT `cluster-node` record.
 //!
 //! Only the fields that decide where and how a pod runs cross into WebAssembly; resource
 //! quantities are parsed here, once, so every plugin sees plain millicores and bytes.
 
-use k8s_openapi::api::core::v1::{Container as K8sContainer, Pod as K8sPod};
+use k8s_openapi::api::core::v1::{Container as K8sContainer, Node as K8sNode, Pod as K8sPod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
-use crate::plugins::bindings::{Container, ContainerPort, KeyValue, Pod, Protocol};
+use crate::plugins::bindings::{ClusterNode, Container, ContainerPort, KeyValue, Pod, Protocol};
+
+/// The label virtual kubelets (cellet, virtual-kubelet's providers) put on their Node.
+pub const VIRTUAL_NODE_LABEL: (&str, &str) = ("type", "virtual-kubelet");
 
 /// Errors of converting a pod for the plugins.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +64,42 @@ pub fn plugin_pod(pod: &K8sPod) -> Result<Pod, ConvertError> {
         owner_kind: controller_kind(pod).map(str::to_string),
         runtime_class: spec.runtime_class_name.clone(),
     })
+}
+
+/// Build the WIT `cluster-node` record of a Kubernetes node, for a network strategy's
+/// `plan-cluster`: its PodCIDRs (`spec.podCIDRs`, or the older single `spec.podCIDR`),
+/// its InternalIP addresses, its provider ID, and whether it is a virtual node (by the
+/// `type=virtual-kubelet` label), whose pods live in cells rather than behind the node.
+pub fn cluster_node(node: &K8sNode) -> ClusterNode {
+    let spec = node.spec.as_ref();
+    let mut pod_cidrs = spec.and_then(|s| s.pod_cidrs.clone()).unwrap_or_default();
+    if pod_cidrs.is_empty() {
+        pod_cidrs.extend(spec.and_then(|s| s.pod_cidr.clone()));
+    }
+    let internal_ips = node
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_deref())
+        .unwrap_or_default()
+        .iter()
+        .filter(|a| a.type_ == "InternalIP")
+        .map(|a| a.address.clone())
+        .collect();
+    let (label, value) = VIRTUAL_NODE_LABEL;
+    ClusterNode {
+        name: node.metadata.name.clone().unwrap_or_default(),
+        pod_cidrs,
+        internal_ips,
+        provider_id: spec
+            .and_then(|s| s.provider_id.clone())
+            .filter(|id| !id.is_empty()),
+        virtual_: node
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(label))
+            .is_some_and(|v| v == value),
+    }
 }
 
 /// Kind of the pod's controlling owner (`ReplicaSet`, `DaemonSet`...).
@@ -208,6 +248,70 @@ mod tests {
 
     fn q(s: &str) -> Quantity {
         Quantity(s.to_string())
+    }
+
+    #[test]
+    fn nodes_convert_with_their_pod_cidrs_internal_ips_and_virtual_label() {
+        use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeSpec, NodeStatus};
+        let address = |type_: &str, address: &str| NodeAddress {
+            type_: type_.into(),
+            address: address.into(),
+        };
+        let regular = Node {
+            metadata: ObjectMeta {
+                name: Some("worker-1".into()),
+                ..Default::default()
+            },
+            spec: Some(NodeSpec {
+                pod_cidr: Some("10.244.1.0/24".into()),
+                provider_id: Some("aws:///us-east-1a/i-0abc".into()),
+                ..Default::default()
+            }),
+            status: Some(NodeStatus {
+                addresses: Some(vec![
+                    address("Hostname", "worker-1"),
+                    address("InternalIP", "10.0.1.7"),
+                ]),
+                ..Default::default()
+            }),
+        };
+        let node = cluster_node(&regular);
+        assert_eq!(node.name, "worker-1");
+        assert_eq!(
+            node.pod_cidrs,
+            ["10.244.1.0/24"],
+            "the single podCIDR field counts"
+        );
+        assert_eq!(node.internal_ips, ["10.0.1.7"], "only InternalIP addresses");
+        assert_eq!(
+            node.provider_id.as_deref(),
+            Some("aws:///us-east-1a/i-0abc")
+        );
+        assert!(!node.virtual_);
+
+        let cells = Node {
+            metadata: ObjectMeta {
+                name: Some("cellet-1".into()),
+                labels: Some([("type".to_string(), "virtual-kubelet".to_string())].into()),
+                ..Default::default()
+            },
+            spec: Some(NodeSpec {
+                pod_cidr: Some("10.244.2.0/24".into()),
+                pod_cidrs: Some(vec!["10.244.2.0/24".into(), "fd00:2::/64".into()]),
+                provider_id: Some(String::new()),
+                ..Default::default()
+            }),
+            status: None,
+        };
+        let node = cluster_node(&cells);
+        assert_eq!(
+            node.pod_cidrs,
+            ["10.244.2.0/24", "fd00:2::/64"],
+            "podCIDRs wins"
+        );
+        assert!(node.internal_ips.is_empty());
+        assert_eq!(node.provider_id, None, "an empty provider ID is none");
+        assert!(node.virtual_);
     }
 
     #[test]

@@ -132,7 +132,10 @@ pub async fn adopt(
         let Ok(wit_pod) = convert::plugin_pod(pod) else {
             continue;
         };
-        match hostports.admit(plugins, &wit_pod, || live.clone()).await {
+        match hostports
+            .admit(&plugins.hostport, &wit_pod, || live.clone())
+            .await
+        {
             Ok(Decision::Admitted) => {
                 let address =
                     status::pod_address(wit_pod.host_network, cell).and_then(|a| a.parse().ok());

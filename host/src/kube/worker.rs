@@ -29,10 +29,11 @@ use super::status::{self, Progress, StatusError};
 use super::{DaemonSetPolicy, KubeSettings, Shared};
 use crate::cells::ClientError;
 use crate::config::NodeConfig;
-use crate::plugins::CallError;
 use crate::plugins::bindings::{
-    Admission, Cell, CellRequest, CellState, KeyValue, Pod as WitPod, PodAddressSource, PortMapping,
+    Admission, Cell, CellRequest, CellState, KeyValue, Pod as WitPod, PodAddressSource,
+    PodNetworkPlan, PortMapping,
 };
+use crate::plugins::{CallError, HostportPlugin};
 use cellet_agent::protocol::PodPhase;
 
 /// Tag keys the host puts on every cell, besides the plugin's own.
@@ -124,7 +125,7 @@ impl HostportTable {
     /// call; an admitted pod keeps its mappings without asking again.
     pub async fn admit(
         &self,
-        plugins: &Plugins,
+        policy: &HostportPlugin,
         pod: &WitPod,
         live: impl FnOnce() -> HashSet<String>,
     ) -> Result<Decision, CallError> {
@@ -143,7 +144,7 @@ impl HostportTable {
         let live = live();
         admitted.retain(|uid, _| live.contains(uid));
         let existing: Vec<PortMapping> = admitted.values().flatten().cloned().collect();
-        match plugins.hostport.admit(pod, &existing).await? {
+        match policy.admit(pod, &existing).await? {
             Admission::Admit(mappings) => {
                 admitted.insert(pod.uid.clone(), mappings);
                 Ok(Decision::Admitted)
@@ -397,7 +398,7 @@ async fn run(pod: &Pod, ctx: &Context) -> Result<Action, WorkerError> {
 
     let decision = ctx
         .hostports
-        .admit(&ctx.plugins, &wit_pod, || ctx.live_uids())
+        .admit(&ctx.plugins.hostport, &wit_pod, || ctx.live_uids())
         .await;
     match decision {
         Ok(Decision::Admitted) => {}
@@ -592,20 +593,6 @@ async fn create(pod: &Pod, wit_pod: WitPod, ctx: &Context) -> Result<Cell, Worke
             return Err(plugin_error("plan the network", pod)(source));
         }
     };
-    let needs_pod_ip =
-        !wit_pod.host_network && matches!(plan.address_source, PodAddressSource::VpcSecondary);
-    let tags = [
-        (TAG_CONTROLLER, ctx.node.controller_id.clone()),
-        (TAG_POD_UID, wit_pod.uid.clone()),
-        (TAG_POD_NAMESPACE, wit_pod.namespace.clone()),
-        (TAG_POD_NAME, wit_pod.name.clone()),
-    ]
-    .into_iter()
-    .map(|(key, value)| KeyValue {
-        key: key.into(),
-        value,
-    })
-    .collect();
     let user_data = match &ctx.agents {
         Some(agents) => agents
             .user_data(&wit_pod.uid)
@@ -616,12 +603,7 @@ async fn create(pod: &Pod, wit_pod: WitPod, ctx: &Context) -> Result<Cell, Worke
             })?,
         None => String::new(),
     };
-    let request = CellRequest {
-        pod: wit_pod,
-        needs_pod_ip,
-        user_data,
-        tags,
-    };
+    let request = cell_request(wit_pod, &plan, &ctx.node.controller_id, user_data);
     match ctx.plugins.cloud.create_cell(&request).await {
         Ok(cell) => {
             tracing::info!(pod = %key(pod), cell = %cell.id, "cell created");
@@ -642,6 +624,37 @@ async fn create(pod: &Pod, wit_pod: WitPod, ctx: &Context) -> Result<Cell, Worke
             ctx.events.publish(pod, reason, source.to_string()).await;
             Err(plugin_error("create the cell", pod)(source))
         }
+    }
+}
+
+/// What the cloud plugin is asked for a pod: a second VPC address unless the pod shares
+/// the cell's (`hostNetwork`, or a strategy that says so), and the tags by which this
+/// controller finds the cell again (its identity, the pod's UID and names).
+pub fn cell_request(
+    pod: WitPod,
+    plan: &PodNetworkPlan,
+    controller_id: &str,
+    user_data: String,
+) -> CellRequest {
+    let needs_pod_ip =
+        !pod.host_network && matches!(plan.address_source, PodAddressSource::VpcSecondary);
+    let tags = [
+        (TAG_CONTROLLER, controller_id.to_string()),
+        (TAG_POD_UID, pod.uid.clone()),
+        (TAG_POD_NAMESPACE, pod.namespace.clone()),
+        (TAG_POD_NAME, pod.name.clone()),
+    ]
+    .into_iter()
+    .map(|(key, value)| KeyValue {
+        key: key.into(),
+        value,
+    })
+    .collect();
+    CellRequest {
+        pod,
+        needs_pod_ip,
+        user_data,
+        tags,
     }
 }
 

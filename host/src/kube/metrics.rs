@@ -6,6 +6,8 @@
 //! | `cellet_pod_reconciles_total` | counter | outcome (`ok`, `error`) |
 //! | `cellet_hostport_reconciles_total` | counter | outcome (`ok`, `error`) |
 //! | `cellet_hostport_rules` | gauge | — (mappings installed after the last reconcile) |
+//! | `cellet_cloud_routes_missing` | gauge | — (planned cloud routes not in place after the last route reconcile) |
+//! | `cellet_network_strategy_warnings` | gauge | — (warnings of the last `plan-cluster`) |
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -25,6 +27,8 @@ pub struct KubeMetrics {
     pod_reconciles: Family<OutcomeLabels, Counter>,
     hostport_reconciles: Family<OutcomeLabels, Counter>,
     hostport_rules: Gauge,
+    cloud_routes_missing: Gauge,
+    network_warnings: Gauge,
 }
 
 fn outcome(ok: bool) -> OutcomeLabels {
@@ -55,6 +59,16 @@ impl KubeMetrics {
             "hostPort mappings installed on the node after the last reconcile",
             self.hostport_rules.clone(),
         );
+        registry.register(
+            "cellet_cloud_routes_missing",
+            "Cloud routes the network strategy plans that were not in place after the last route reconcile",
+            self.cloud_routes_missing.clone(),
+        );
+        registry.register(
+            "cellet_network_strategy_warnings",
+            "Warnings of the network strategy's last cluster plan (each is logged)",
+            self.network_warnings.clone(),
+        );
     }
 
     pub fn set_leader(&self, leading: bool) {
@@ -73,5 +87,13 @@ impl KubeMetrics {
         if let Some(n) = installed {
             self.hostport_rules.set(n as i64);
         }
+    }
+
+    pub fn set_cloud_routes_missing(&self, missing: usize) {
+        self.cloud_routes_missing.set(missing as i64);
+    }
+
+    pub fn set_network_warnings(&self, warnings: usize) {
+        self.network_warnings.set(warnings as i64);
     }
 }

@@ -9,6 +9,8 @@
 //! - [`pods`] → [`worker`] → [`status`]: the pod watch hands each pod to a worker, which
 //!   calls the plugins ([`provider`]), installs the pod's hostPort rules ([`node_rules`])
 //!   and writes the pod's status; [`events`] tells users what failed or waits.
+//! - [`routes`]: watches the cluster's Nodes and keeps the cloud's routes as the network
+//!   strategy plans them (`plan-cluster`).
 //!
 //! What outlives a leader term is built once by [`NodeLoop::new`] and shared: the pod
 //! watch and its store, the cells' management IPs ([`cells`]), the node's rules and the
@@ -28,6 +30,7 @@ pub mod node;
 pub mod node_rules;
 pub mod pods;
 pub mod provider;
+pub mod routes;
 pub mod status;
 pub mod volumes;
 pub mod worker;
@@ -330,5 +333,6 @@ async fn act(shared: &Shared) {
             sweep
         );
     };
-    tokio::join!(heartbeat, status, pods, shared.rules.run());
+    let routes = routes::control(client.clone(), plugins.clone(), shared.metrics.clone());
+    tokio::join!(heartbeat, status, pods, routes, shared.rules.run());
 }

@@ -7,4 +7,5 @@ pub mod cells;
 pub mod config;
 pub mod kube;
 pub mod net;
+pub mod plan;
 pub mod plugins;

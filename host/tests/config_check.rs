@@ -1,6 +1,6 @@
-//! `cellet config check` end to end: the real binary on config files written to temporary
-//! directories, loading the real plugin components the workspace builds
-//! (`scripts/build-plugins`; `CELLET_PLUGIN_DIR` overrides where they are looked for).
+//! `cellet config check` and `cellet plan` end to end: the real binary on config files
+//! written to temporary directories, loading the real plugin components the workspace
+//! builds (`scripts/build-plugins`; `CELLET_PLUGIN_DIR` overrides where they are looked for).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -47,6 +47,7 @@ impl Setup {
             ("cellet_plugin_mock", "mock.wasm"),
             ("cellet_plugin_local_cells", "local-cells.wasm"),
             ("cellet_plugin_vpc_native", "vpc-native.wasm"),
+            ("cellet_plugin_cloud_routes", "cloud-routes.wasm"),
             ("cellet_plugin_hostport_nat", "hostport-nat.wasm"),
             ("cellet_plugin_aws_ec2", "aws-ec2.wasm"),
             ("cellet_test_future_contract", "future-contract.wasm"),
@@ -74,6 +75,65 @@ impl Setup {
             yaml: yaml.to_string(),
             output,
         }
+    }
+}
+
+impl Setup {
+    /// Write `cellet.yaml`, `pods.yaml` and `nodes.yaml`, then run
+    /// `cellet plan pods.yaml --config cellet.yaml --nodes nodes.yaml --json`.
+    fn plan(&self, config: &str, pods: &str, nodes: &str) -> Planned {
+        let dir = self.dir.path();
+        std::fs::write(dir.join("cellet.yaml"), config).unwrap();
+        std::fs::write(dir.join("pods.yaml"), pods).unwrap();
+        std::fs::write(dir.join("nodes.yaml"), nodes).unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_cellet"))
+            .args(["plan", "pods.yaml", "--config", "cellet.yaml"])
+            .args(["--nodes", "nodes.yaml", "--json"])
+            .current_dir(dir)
+            .output()
+            .expect("failed to run cellet");
+        let describe = format!(
+            "status {:?}\n--- stdout\n{}--- stderr\n{}",
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let plan = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("plan is not JSON ({e})\n{describe}"));
+        Planned {
+            status: output.status.code(),
+            plan,
+            describe,
+        }
+    }
+}
+
+struct Planned {
+    status: Option<i32>,
+    plan: serde_json::Value,
+    describe: String,
+}
+
+impl Planned {
+    fn pod(&self, name: &str) -> &serde_json::Value {
+        self.plan["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pod"] == name)
+            .unwrap_or_else(|| panic!("no pod {name} in the plan\n{}", self.describe))
+    }
+
+    fn cloud_routes(&self) -> Vec<(String, String)> {
+        self.plan["cluster"]["routes"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no cluster routes\n{}", self.describe))
+            .iter()
+            .map(|r| {
+                let field = |k: &str| r[k].as_str().unwrap().to_string();
+                (field("destination"), field("via"))
+            })
+            .collect()
     }
 }
 
@@ -441,4 +501,163 @@ fn the_examples_are_valid_and_differ_by_the_network_source() {
             ]
         );
     }
+}
+
+/// Two replicas of one hostPort, a plain pod and a DaemonSet, as an operator would preview.
+const PLANNED_PODS: &str = "\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: httpd
+        image: registry.example/httpd:1
+        ports: [{containerPort: 80, hostPort: 8080}]
+        resources: {requests: {cpu: 250m, memory: 64Mi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: batch}
+spec: {containers: [{name: job, image: registry.example/job:1}]}
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: logs}
+spec:
+  selector: {matchLabels: {app: logs}}
+  template: {spec: {containers: [{name: shipper, image: registry.example/shipper:1}]}}
+";
+
+/// A regular node with a PodCIDR behind a VPC address, and the virtual node.
+const PLANNED_NODES: &str = "\
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Node
+  metadata: {name: worker-1}
+  spec: {podCIDR: 10.244.1.0/24}
+  status: {addresses: [{type: InternalIP, address: 10.77.0.50}]}
+- apiVersion: v1
+  kind: Node
+  metadata: {name: cellet-0, labels: {type: virtual-kubelet}}
+  spec: {podCIDR: 10.244.2.0/24}
+  status: {addresses: [{type: InternalIP, address: 127.0.0.1}]}
+";
+
+#[test]
+fn plan_previews_each_pod_without_loading_the_cloud_plugin() {
+    let setup = Setup::new();
+    // The cloud plugin does not exist: a dry run never loads it (its init may reach a cloud).
+    let config = good_config().replace("plugins/mock.wasm", "plugins/no-such-cloud.wasm");
+    let planned = setup.plan(&config, PLANNED_PODS, PLANNED_NODES);
+    assert_eq!(
+        planned.status,
+        Some(1),
+        "a refused pod fails the plan\n{}",
+        planned.describe
+    );
+
+    let web0 = planned.pod("shop/web-0");
+    assert_eq!(web0["outcome"], "planned", "{}", planned.describe);
+    assert_eq!(web0["host_ports"][0]["host_port"], 8080);
+    assert_eq!(web0["host_ports"][0]["container_port"], 80);
+    assert_eq!(web0["network"]["address"], "vpc-secondary");
+    assert_eq!(web0["cell"]["needs_pod_ip"], true);
+    assert_eq!(web0["cell"]["cpu_millis"], 250);
+    assert_eq!(web0["cell"]["memory_bytes"], 64 << 20);
+    assert_eq!(
+        web0["cell"]["tags"]["cellet.io/controller"],
+        "test-controller"
+    );
+    assert_eq!(web0["cell"]["tags"]["cellet.io/pod-name"], "web-0");
+
+    let web1 = planned.pod("shop/web-1");
+    assert_eq!(web1["outcome"], "refused", "{}", planned.describe);
+    let reason = web1["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("8080") && reason.contains("shop/web-0"),
+        "the denial names the port and its holder: {reason}"
+    );
+
+    let batch = planned.pod("default/batch");
+    assert_eq!(batch["outcome"], "planned", "{}", planned.describe);
+    assert_eq!(batch["host_ports"].as_array().unwrap().len(), 0);
+
+    let logs = planned.pod("default/logs-0");
+    assert_eq!(logs["outcome"], "refused", "{}", planned.describe);
+    assert!(
+        logs["by"].as_str().unwrap().contains("DaemonSet policy"),
+        "{}",
+        planned.describe
+    );
+}
+
+#[test]
+fn plan_shows_the_cloud_routes_change_when_the_strategy_is_swapped() {
+    let setup = Setup::new();
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: c, image: i}]}\n";
+    // Both strategies take the same config: the VPC and the cluster's pod CIDRs.
+    let config = good_config().replace(
+        "    vpc-cidrs: [10.77.0.0/16]\n",
+        "    vpc-cidrs: [10.77.0.0/16]\n    cluster-cidrs: [10.244.0.0/16]\n",
+    );
+    let vpc_native = setup.plan(&config, pod, PLANNED_NODES);
+    assert_eq!(vpc_native.status, Some(0), "{}", vpc_native.describe);
+    assert!(
+        vpc_native.cloud_routes().is_empty(),
+        "{}",
+        vpc_native.describe
+    );
+    assert!(
+        vpc_native.plan["cluster"]["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("worker-1")),
+        "vpc-native warns that worker-1's PodCIDR is outside the VPC\n{}",
+        vpc_native.describe
+    );
+
+    // The one-line swap.
+    let swapped = config.replace("plugins/vpc-native.wasm", "plugins/cloud-routes.wasm");
+    let cloud_routes = setup.plan(&swapped, pod, PLANNED_NODES);
+    assert_eq!(cloud_routes.status, Some(0), "{}", cloud_routes.describe);
+    assert_eq!(
+        cloud_routes.cloud_routes(),
+        [(
+            "10.244.1.0/24".to_string(),
+            "address 10.77.0.50".to_string()
+        )],
+        "only the regular node's PodCIDR is routed, to its address\n{}",
+        cloud_routes.describe
+    );
+}
+
+#[test]
+fn plan_names_the_document_that_is_not_a_pod() {
+    let setup = Setup::new();
+    std::fs::write(setup.dir.path().join("cellet.yaml"), good_config()).unwrap();
+    std::fs::write(
+        setup.dir.path().join("pods.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {containers: []}\n---\n\
+         apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_cellet"))
+        .args(["plan", "pods.yaml", "-c", "cellet.yaml"])
+        .current_dir(setup.dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("pods.yaml: document 2: a ConfigMap is not a Pod"),
+        "{stderr}"
+    );
 }

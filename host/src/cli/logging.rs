@@ -18,15 +18,16 @@ pub enum LogFormat {
     Json,
 }
 
-/// Install the global subscriber. An invalid `CELLET_LOG` falls back to `info` with a
-/// warning rather than silencing the logs.
-pub fn init(format: LogFormat) {
+/// Install the global subscriber. Without `CELLET_LOG` the filter is `default` (each
+/// command chooses: a server logs at `info`, a one-shot report only warns); an invalid
+/// `CELLET_LOG` falls back to `default` with a warning rather than silencing the logs.
+pub fn init(format: LogFormat, default: &str) {
     let (filter, bad_filter) = match std::env::var(FILTER_VAR) {
         Ok(text) => match EnvFilter::try_new(&text) {
             Ok(filter) => (filter, None),
-            Err(error) => (EnvFilter::new("info"), Some((text, error))),
+            Err(error) => (EnvFilter::new(default), Some((text, error))),
         },
-        Err(_) => (EnvFilter::new("info"), None),
+        Err(_) => (EnvFilter::new(default), None),
     };
     // Colours only for a terminal: a log file or collector gets plain text.
     let ansi = std::io::stderr().is_terminal();
@@ -43,6 +44,6 @@ pub fn init(format: LogFormat) {
             .init(),
     }
     if let Some((text, error)) = bad_filter {
-        tracing::warn!(filter = %text, %error, "invalid {FILTER_VAR}, logging at info");
+        tracing::warn!(filter = %text, %error, "invalid {FILTER_VAR}, logging at {default}");
     }
 }

@@ -2,6 +2,7 @@
 
 mod local_cells;
 pub mod logging;
+mod plan;
 mod plugin;
 mod run;
 
@@ -37,6 +38,28 @@ pub enum Command {
         /// The config file (see docs/config.md).
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Preview what the config's plugins decide for some pods, touching no cloud, kernel
+    /// or cluster: hostPort mappings or the denial, the pod network, the cell request,
+    /// and (given nodes) the cloud routes.
+    ///
+    /// MANIFESTS holds Pods, Lists, or workloads (Deployment, StatefulSet, DaemonSet, Job,
+    /// CronJob...; each planned as its replicas), in one or more YAML documents; pods are
+    /// admitted in order, each against the hostPorts of those before it, as on one node.
+    /// Exits 1 when any pod would be refused or a plugin call fails.
+    Plan {
+        /// The manifests file.
+        manifests: PathBuf,
+        /// The config file whose network and hostport plugins decide (its cloud plugin is
+        /// not loaded).
+        #[arg(long, short, default_value = "/etc/cellet/cellet.yaml")]
+        config: PathBuf,
+        /// The cluster's nodes (`kubectl get nodes -o yaml`), for the strategy's cloud routes.
+        #[arg(long)]
+        nodes: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Work with config files.
     #[command(subcommand)]
@@ -115,11 +138,31 @@ pub enum PluginCommand {
     },
 }
 
+impl Command {
+    /// The log filter without `CELLET_LOG`: a dry run's report is its output, so it only
+    /// warns; everything else logs what it does.
+    pub fn default_log_filter(&self) -> &'static str {
+        match self {
+            Command::Plan { .. } => "warn",
+            _ => "info",
+        }
+    }
+}
+
 /// Run one command; errors are printed here, once.
 pub async fn run(command: Command) -> ExitCode {
     let outcome: Result<(), Box<dyn std::error::Error>> = match command {
         Command::Run { config } => run::run(&config).await.map_err(Into::into),
         Command::Config(ConfigCommand::Check { file }) => return config_check(&file).await,
+        Command::Plan {
+            manifests,
+            config,
+            nodes,
+            json,
+        } => match plan::run(&manifests, &config, nodes.as_deref(), json).await {
+            Ok(status) => return status,
+            Err(error) => Err(error.into()),
+        },
         Command::Plugin(PluginCommand::Inspect {
             source,
             json,

@@ -29,8 +29,8 @@
 //! then seen by the agent and its containers only, and lives as long as they do.
 //!
 //! Links, addresses and routes are made over netlink (rtnetlink); the nftables table is
-//! loaded with `nft -f -`, one atomic transaction, like the host's hostPort rules — no
-//! maintained Rust crate speaks nftables' netlink batches.
+//! written over netlink too, one atomic nf_tables transaction ([`isolation`]): no process
+//! is started per pod (an `nft` process cost more than all the rest of the setup).
 
 use std::fs::File;
 use std::io;
@@ -43,10 +43,11 @@ use k8s_openapi::api::core::v1::HostAlias;
 use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::route::{RouteProtocol, RouteScope};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
-use tokio::io::AsyncWriteExt;
 
 use crate::protocol::{PodDns, PodNetwork};
 use crate::sandbox::PodSandbox;
+
+mod isolation;
 
 /// The cell side of the veth pair.
 pub const CELL_VETH: &str = "pod-veth";
@@ -75,8 +76,8 @@ pub enum NetError {
     /// A file, sysctl or namespace operation failed.
     #[error("failed to {action}: {source}")]
     Io { action: String, source: io::Error },
-    /// `nft` refused the agent's table.
-    #[error("failed to load the nftables table {NFT_TABLE}: {0}")]
+    /// The kernel refused a step of the agent's nftables table.
+    #[error("failed to write the nftables table {NFT_TABLE}: {0}")]
     Nft(String),
     /// The management interface has no IPv4 address (or does not exist).
     #[error("the management interface {0} has no IPv4 address")]
@@ -303,7 +304,7 @@ impl PodNet {
                         "add the route to {destination}/{prefix} in the pod"
                     )))?;
             }
-            load_nft(&nft_isolation_script()).await
+            isolation::load().map_err(NetError::Nft)
         }
         .await;
         pod_connection.abort();
@@ -321,10 +322,7 @@ impl PodNet {
     /// A namespace still used by processes (containers not yet stopped) lives on, unnamed,
     /// until they exit; stop the runtime first.
     pub async fn teardown(&self) -> Result<(), NetError> {
-        load_nft(&format!(
-            "add table inet {NFT_TABLE}\ndelete table inet {NFT_TABLE}\n"
-        ))
-        .await?;
+        isolation::remove().map_err(NetError::Nft)?;
         let (connection, cell) = connect_here()?;
         let result = async {
             if let Some(index) = link_index(&cell, CELL_VETH).await? {
@@ -734,50 +732,6 @@ fn write_sysctl(key: &str, value: &str) -> Result<(), NetError> {
     std::fs::write(&path, value).map_err(io_error(format!("set {} to {value}", path.display())))
 }
 
-/// The nftables table that keeps the pod off the cell itself.
-fn nft_isolation_script() -> String {
-    // `add` then `delete` then the table: one transaction that replaces whatever version of
-    // the table was there, and fails as a whole.
-    format!(
-        "add table inet {NFT_TABLE}\n\
-         delete table inet {NFT_TABLE}\n\
-         table inet {NFT_TABLE} {{\n\
-         \tchain input {{\n\
-         \t\ttype filter hook input priority filter; policy accept;\n\
-         \t\tiifname \"{CELL_VETH}\" ct state established,related accept\n\
-         \t\tiifname \"{CELL_VETH}\" counter drop comment \"the pod must not reach the cell or its agent\"\n\
-         \t}}\n\
-         }}\n"
-    )
-}
-
-async fn load_nft(script: &str) -> Result<(), NetError> {
-    let mut child = tokio::process::Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(io_error("run nft (package nftables)"))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
-            .await
-            .map_err(io_error("write to nft"))?;
-    }
-    let output = child
-        .wait_with_output()
-        .await
-        .map_err(io_error("wait for nft"))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(NetError::Nft(
-            String::from_utf8_lossy(&output.stderr).trim().to_string(),
-        ))
-    }
-}
-
 async fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), NetError> {
     let temporary = path.with_extension("new");
     tokio::fs::write(&temporary, contents)
@@ -922,13 +876,5 @@ mod tests {
                 "{bad}"
             );
         }
-    }
-
-    #[test]
-    fn the_isolation_table_drops_new_traffic_from_the_pod_only() {
-        let script = nft_isolation_script();
-        assert!(script.contains("type filter hook input priority filter; policy accept;"));
-        assert!(script.contains("iifname \"pod-veth\" ct state established,related accept"));
-        assert!(!script.contains("hook forward"));
     }
 }

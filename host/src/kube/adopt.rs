@@ -19,6 +19,7 @@ use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
 use tokio::time::Instant;
 
+use super::agents;
 use super::cells::CellDirectory;
 use super::node_rules::{self, NodeRules};
 use super::provider::Plugins;
@@ -27,7 +28,7 @@ use super::{convert, status};
 use crate::config::NodeConfig;
 use crate::net::hostport::HostPortRule;
 use crate::plugins::CallError;
-use crate::plugins::bindings::Cell;
+use crate::plugins::bindings::{Cell, CellState};
 
 /// Errors of one adoption or sweep pass.
 #[derive(Debug, thiserror::Error)]
@@ -140,8 +141,7 @@ pub async fn adopt(
                 let address =
                     status::pod_address(wit_pod.host_network, cell).and_then(|a| a.parse().ok());
                 let mappings = hostports.mappings(&wit_pod.uid).await;
-                if let Some(ip) =
-                    address.filter(|_| status::containers_running(cell) && !mappings.is_empty())
+                if let Some(ip) = address.filter(|_| was_running(pod, cell) && !mappings.is_empty())
                 {
                     match node_rules::rules_for(&wit_pod.uid, ip, &mappings) {
                         Ok(r) => {
@@ -175,6 +175,20 @@ pub async fn adopt(
         "adoption done"
     );
     Ok(Adopted { orphans, rules })
+}
+
+/// Whether the pod's containers ran when the previous process last looked, so that its
+/// hostPort rules were installed and must stay through the restart: the cloud says so (a
+/// cloud that simulates containers), or the cell runs an agent and the pod's status,
+/// written from that agent's last report, says Running (the worker installs the rules
+/// before it writes that). Leaving such a pod out would remove its rules at start until
+/// its worker put them back: a gap in a running pod's hostPorts on every restart.
+fn was_running(pod: &Pod, cell: &Cell) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    status::containers_running(cell)
+        || (agents::has_agent(cell)
+            && matches!(cell.state, CellState::Running)
+            && phase == Some("Running"))
 }
 
 /// Delete orphan cells, and the hostPort rules of pods that are gone, every `interval`,
@@ -232,7 +246,7 @@ pub async fn sweep(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plugins::bindings::CellState;
+    use crate::plugins::bindings::KeyValue;
 
     fn cell(id: &str, uid: &str) -> Cell {
         Cell {
@@ -259,6 +273,35 @@ mod tests {
         assert_eq!(
             doomed.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
             vec!["c2"]
+        );
+    }
+
+    #[test]
+    fn a_pod_its_agent_reported_running_keeps_its_rules_through_a_restart() {
+        let pod = |phase: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({"status": {"phase": phase}})).unwrap()
+        };
+        let agent_cell = cell("c1", "u1");
+        assert!(was_running(&pod("Running"), &agent_cell));
+        assert!(
+            !was_running(&pod("Pending"), &agent_cell),
+            "not started yet"
+        );
+        let booting = Cell {
+            state: CellState::Pending,
+            ..agent_cell.clone()
+        };
+        assert!(!was_running(&pod("Running"), &booting));
+        let simulated = Cell {
+            tags: vec![KeyValue {
+                key: status::CONTAINERS_TAG.into(),
+                value: "running".into(),
+            }],
+            ..agent_cell
+        };
+        assert!(
+            was_running(&pod("Pending"), &simulated),
+            "the mock cloud's word"
         );
     }
 

@@ -3,6 +3,7 @@
 //! Addresses travel through the contract as text; plugins parse them here, once, with the
 //! name of the config field or record field, so an error tells the operator where to look.
 
+use std::fmt::Display;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub use ipnet::IpNet;
@@ -65,7 +66,10 @@ impl NetError {
 
 /// Parse a CIDR in its canonical form: `10.0.0.0/16` is accepted, `10.0.0.1/16` is refused
 /// because routes and address ranges are always about whole networks.
-pub fn parse_cidr(field: &str, value: &str) -> Result<IpNet, NetError> {
+///
+/// `field` is any `Display`, rendered only into an error: a name built per item, such as
+/// `format_args!("node {} podCIDRs[{i}]", node.name)`, costs nothing when the value parses.
+pub fn parse_cidr(field: impl Display, value: &str) -> Result<IpNet, NetError> {
     let net: IpNet = value.trim().parse().map_err(|source| NetError::Cidr {
         field: field.to_string(),
         value: value.to_string(),
@@ -86,12 +90,12 @@ pub fn parse_cidrs(field: &str, values: &[String]) -> Result<Vec<IpNet>, NetErro
     values
         .iter()
         .enumerate()
-        .map(|(i, value)| parse_cidr(&format!("{field}[{i}]"), value))
+        .map(|(i, value)| parse_cidr(format_args!("{field}[{i}]"), value))
         .collect()
 }
 
-/// Parse an IP address.
-pub fn parse_ip(field: &str, value: &str) -> Result<IpAddr, NetError> {
+/// Parse an IP address; `field` as for [`parse_cidr`].
+pub fn parse_ip(field: impl Display, value: &str) -> Result<IpAddr, NetError> {
     value.trim().parse().map_err(|source| NetError::Address {
         field: field.to_string(),
         value: value.to_string(),

@@ -127,8 +127,9 @@ impl NetworkStrategy for CloudRoutes {
                 Some(id) => RouteTarget::Instance(id.to_string()),
                 None => match node.internal_ips.first() {
                     Some(ip) => {
-                        let ip = net::parse_ip(&format!("node {} internalIPs[0]", node.name), ip)
-                            .map_err(net::NetError::into_input_error)?;
+                        let ip =
+                            net::parse_ip(format_args!("node {} internalIPs[0]", node.name), ip)
+                                .map_err(net::NetError::into_input_error)?;
                         RouteTarget::Address(ip.to_string())
                     }
                     None => {
@@ -142,7 +143,7 @@ impl NetworkStrategy for CloudRoutes {
                 },
             };
             for (i, text) in node.pod_cidrs.iter().enumerate() {
-                let cidr = net::parse_cidr(&format!("node {} podCIDRs[{i}]", node.name), text)
+                let cidr = net::parse_cidr(format_args!("node {} podCIDRs[{i}]", node.name), text)
                     .map_err(net::NetError::into_input_error)?;
                 if !seen.insert(cidr) {
                     warnings.push(format!(

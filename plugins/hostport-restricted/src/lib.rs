@@ -92,21 +92,26 @@ const FIRST_UNPRIVILEGED_PORT: u16 = 1024;
 impl HostportRestricted {
     /// The rule `mapping` breaks, as a denial reason; `None` when it passes them all.
     fn broken_rule(&self, pod: &Pod, mapping: &PortMapping) -> Option<String> {
-        let port = format!(
-            "{} of container {:?}",
-            ports::describe(mapping),
-            mapping.container_name
-        );
+        // Rendered only for a denial: admitted ports, the common case, allocate nothing.
+        let port = || {
+            format!(
+                "{} of container {:?}",
+                ports::describe(mapping),
+                mapping.container_name
+            )
+        };
         if !self.namespaces.is_empty() && !self.namespaces.contains(&pod.namespace) {
             return Some(format!(
-                "{port}: namespace {:?} may not use hostPorts (rule `namespaces`: {})",
+                "{}: namespace {:?} may not use hostPorts (rule `namespaces`: {})",
+                port(),
                 pod.namespace,
                 self.namespaces.join(", ")
             ));
         }
         if mapping.host_port < FIRST_UNPRIVILEGED_PORT && !self.allow_privileged {
             return Some(format!(
-                "{port}: ports below {FIRST_UNPRIVILEGED_PORT} are privileged (rule `allow-privileged` is false)"
+                "{}: ports below {FIRST_UNPRIVILEGED_PORT} are privileged (rule `allow-privileged` is false)",
+                port()
             ));
         }
         if let Some(ranges) = &self.allowed_ports
@@ -116,7 +121,8 @@ impl HostportRestricted {
         {
             let listed: Vec<String> = ranges.iter().map(PortRange::to_string).collect();
             return Some(format!(
-                "{port}: not in the allowed ranges (rule `allowed-ports`: {})",
+                "{}: not in the allowed ranges (rule `allowed-ports`: {})",
+                port(),
                 if listed.is_empty() {
                     "none".to_string()
                 } else {

@@ -44,6 +44,8 @@ struct Config {
 #[derive(Debug)]
 pub struct VpcNative {
     vpc: Vec<IpNet>,
+    /// `vpc` as the warnings name it (`10.0.0.0/16, 10.1.0.0/16`), rendered once.
+    vpc_listed: String,
     /// VPC CIDRs then cluster CIDRs, without duplicates, as the plan lists them.
     no_masquerade: Vec<String>,
     mtu: Option<u16>,
@@ -68,8 +70,14 @@ impl NetworkStrategy for VpcNative {
                 no_masquerade.push(cidr);
             }
         }
+        let vpc_listed = vpc
+            .iter()
+            .map(IpNet::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
         Ok(VpcNative {
             vpc,
+            vpc_listed,
             no_masquerade,
             mtu: config.mtu,
         })
@@ -83,14 +91,13 @@ impl NetworkStrategy for VpcNative {
         let mut warnings = Vec::new();
         for node in nodes.iter().filter(|node| !node.virtual_) {
             for (i, text) in node.pod_cidrs.iter().enumerate() {
-                let cidr = net::parse_cidr(&format!("node {} podCIDRs[{i}]", node.name), text)
+                let cidr = net::parse_cidr(format_args!("node {} podCIDRs[{i}]", node.name), text)
                     .map_err(net::NetError::into_input_error)?;
                 if !net::covered_by(&cidr, &self.vpc) {
                     warnings.push(format!(
                         "node {} has PodCIDR {cidr} outside the VPC CIDRs ({}): its pods are not \
                          reachable from cells, the cluster is not VPC-native (use the cloud-routes strategy)",
-                        node.name,
-                        self.vpc.iter().map(IpNet::to_string).collect::<Vec<_>>().join(", ")
+                        node.name, self.vpc_listed
                     ));
                 }
             }

@@ -27,22 +27,29 @@ pub fn declared(pod: &Pod) -> Result<Vec<PortMapping>, PluginError> {
             let Some(host_port) = port.host_port else {
                 continue;
             };
-            let field = format!(
-                "pod {} container {:?} port {}/{}",
-                pod.key(),
-                container.name,
-                port.container_port,
-                port.protocol
-            );
+            // Named only in an error: most pods have none, and this runs on every admit.
+            let field = || {
+                format!(
+                    "pod {} container {:?} port {}/{}",
+                    pod.key(),
+                    container.name,
+                    port.container_port,
+                    port.protocol
+                )
+            };
             if host_port == 0 {
-                return Err(PluginError::InvalidInput(format!("{field}: hostPort 0")));
+                return Err(PluginError::InvalidInput(format!(
+                    "{}: hostPort 0",
+                    field()
+                )));
             }
-            let host_ip = port.host_ip.clone().filter(|ip| !ip.is_empty());
-            if let Some(ip) = &host_ip {
+            let host_ip = port.host_ip.as_deref().filter(|ip| !ip.is_empty());
+            if let Some(ip) = host_ip {
                 ip.parse::<IpAddr>().map_err(|err| {
-                    PluginError::InvalidInput(format!("{field}: hostIP {ip:?}: {err}"))
+                    PluginError::InvalidInput(format!("{}: hostIP {ip:?}: {err}", field()))
                 })?;
             }
+            let host_ip = host_ip.map(str::to_string);
             mappings.push(PortMapping {
                 pod_uid: pod.uid.clone(),
                 pod_namespace: pod.namespace.clone(),
@@ -128,7 +135,14 @@ pub fn admit(
         }
     }
     for mapping in &wanted {
-        for held in existing.iter().filter(|held| held.pod_uid != pod.uid) {
+        // Protocol and port first: they rule out nearly every held mapping without
+        // comparing UIDs or parsing addresses.
+        let claims_same_port = |held: &&PortMapping| {
+            held.host_port == mapping.host_port
+                && held.protocol == mapping.protocol
+                && held.pod_uid != pod.uid
+        };
+        for held in existing.iter().filter(claims_same_port) {
             if collide(mapping, held)? {
                 return Ok(Admission::Deny(format!(
                     "{} is taken: {} is mapped on this node for pod {}/{} (container {:?})",

@@ -14,3 +14,5 @@ pub mod runtime;
 pub mod sandbox;
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
+pub mod streams;

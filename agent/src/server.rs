@@ -3,7 +3,7 @@
 //!
 //! Routes (JSON bodies from [`crate::protocol`]):
 //! `GET /v1/healthz`, `PUT /v1/pod`, `GET /v1/pod/status`, `POST /v1/pod/stop`,
-//! `GET /v1/containers/{name}/logs`.
+//! `GET /v1/containers/{name}/logs`; the session routes of [`crate::streams`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -127,6 +127,11 @@ impl Agent {
             pod: tokio::sync::Mutex::new(PodState::default()),
         }
     }
+
+    /// The container runtime (exec and attach sessions reach containers through it).
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
 }
 
 /// The API's routes.
@@ -137,10 +142,11 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/pod/status", get(pod_status))
         .route("/v1/pod/stop", post(stop_pod))
         .route("/v1/containers/{name}/logs", get(container_logs))
+        .merge(crate::streams::routes())
         .with_state(agent)
 }
 
-fn error(status: StatusCode, reason: &str, message: impl ToString) -> Response {
+pub(crate) fn error(status: StatusCode, reason: &str, message: impl ToString) -> Response {
     let body = ApiError {
         reason: reason.to_string(),
         message: message.to_string(),
@@ -148,9 +154,10 @@ fn error(status: StatusCode, reason: &str, message: impl ToString) -> Response {
     (status, Json(body)).into_response()
 }
 
-fn runtime_error(failure: RuntimeError) -> Response {
+pub(crate) fn runtime_error(failure: RuntimeError) -> Response {
     let (status, reason) = match failure {
         RuntimeError::NoSuchContainer(_) => (StatusCode::NOT_FOUND, "NoSuchContainer"),
+        RuntimeError::NotRunning(_) => (StatusCode::BAD_REQUEST, "NotRunning"),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "RuntimeFailed"),
     };
     error(status, reason, failure)

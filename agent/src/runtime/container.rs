@@ -20,11 +20,11 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use tokio::process::Child;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use super::bundle::{self, BundleInput};
 use super::image::{ImageError, PullContext, PullPolicy};
-use super::logs::{self, Progress};
+use super::logs::{self, Live, Progress};
 use super::pod::{ConfigError, PodEnv};
 use super::probe::{self, Action, Target, Timing};
 use super::runc;
@@ -37,6 +37,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(300);
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
 /// Most bytes of a termination message kept (the kubelet's limit).
 const TERMINATION_MESSAGE_MAX: usize = 4096;
+/// Output chunks an attached client may fall behind by before it misses some.
+const LIVE_BACKLOG: usize = 256;
 
 /// The kubelet's restart back-off: the first restart is immediate, then 10 s, doubling to
 /// 5 min; a run of 10 min starts over.
@@ -121,6 +123,8 @@ pub struct ContainerRecord {
     status: Mutex<Status>,
     /// The previous run's log and the current one's, oldest first.
     logs: Mutex<VecDeque<RunLog>>,
+    /// The running container's output as it is read, for attached clients.
+    live: broadcast::Sender<Live>,
 }
 
 impl ContainerRecord {
@@ -141,7 +145,13 @@ impl ContainerRecord {
                 container_id: None,
             }),
             logs: Mutex::new(VecDeque::new()),
+            live: broadcast::channel(LIVE_BACKLOG).0,
         }
+    }
+
+    /// The output of the container's runs from now on (for attach).
+    pub fn attach(&self) -> broadcast::Receiver<Live> {
+        self.live.subscribe()
     }
 
     /// The current run's log (`previous == false`) or the one before.
@@ -184,6 +194,15 @@ impl ContainerRecord {
             },
             State::Waiting { .. } if status.last_state.is_some() => PhaseView::Restarting,
             State::Waiting { .. } => PhaseView::Waiting,
+        }
+    }
+
+    /// The runc ID of the current run while it runs (what exec and attach reach).
+    pub fn running_id(&self) -> Option<String> {
+        let status = self.status.lock().expect("status lock");
+        match status.state {
+            State::Running { .. } => status.container_id.clone(),
+            _ => None,
         }
     }
 
@@ -511,7 +530,7 @@ async fn execute(
         child.stdout.take().expect("piped stdout"),
         child.stderr.take().expect("piped stderr"),
     );
-    let progress = match logs::record(&run.log, stdout, stderr).await {
+    let progress = match logs::record(&run.log, stdout, stderr, record.live.clone()).await {
         Ok(progress) => progress,
         Err(error) => {
             let _ = env.runc.kill(&run.id, "KILL").await;

@@ -19,7 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use k8s_openapi::jiff::Timestamp;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use super::LogStream;
 
@@ -44,12 +44,23 @@ pub fn now() -> Timestamp {
         .expect("the clock is within jiff's range")
 }
 
+/// Output of a running container as attached clients see it: the bytes as read from each
+/// pipe, then `Closed` when both pipes are closed.
+#[derive(Debug, Clone)]
+pub enum Live {
+    Stdout(Bytes),
+    Stderr(Bytes),
+    Closed,
+}
+
 /// Copy a container's stdout and stderr into the log file at `path` (created, appended to)
-/// until both are closed. The returned receiver tells followers what was written.
+/// until both are closed, and to `live` as read (a receiver that lags loses output, never
+/// the log). The returned receiver tells followers what was written.
 pub async fn record<O, E>(
     path: &Path,
     stdout: O,
     stderr: E,
+    live: broadcast::Sender<Live>,
 ) -> io::Result<watch::Receiver<Progress>>
 where
     O: AsyncRead + Unpin + Send + 'static,
@@ -62,8 +73,8 @@ where
         .await?;
     let (progress_tx, progress_rx) = watch::channel(Progress::default());
     let (records_tx, mut records_rx) = mpsc::channel::<Vec<u8>>(64);
-    tokio::spawn(pump(stdout, "stdout", records_tx.clone()));
-    tokio::spawn(pump(stderr, "stderr", records_tx));
+    tokio::spawn(pump(stdout, "stdout", records_tx.clone(), live.clone()));
+    tokio::spawn(pump(stderr, "stderr", records_tx, live.clone()));
     let path = path.to_path_buf();
     tokio::spawn(async move {
         while let Some(record) = records_rx.recv().await {
@@ -76,6 +87,7 @@ where
         // Drain so that the pumps never block on a full channel after a write error.
         while records_rx.recv().await.is_some() {}
         progress_tx.send_modify(|p| p.closed = true);
+        let _ = live.send(Live::Closed);
     });
     Ok(progress_rx)
 }
@@ -85,6 +97,7 @@ async fn pump<R: AsyncRead + Unpin>(
     mut pipe: R,
     stream: &'static str,
     records: mpsc::Sender<Vec<u8>>,
+    live: broadcast::Sender<Live>,
 ) {
     let mut pending = Vec::new();
     let mut chunk = vec![0u8; 8192];
@@ -93,6 +106,11 @@ async fn pump<R: AsyncRead + Unpin>(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        // No receiver (nobody attached) is the usual case, not an error.
+        let _ = live.send(match stream {
+            "stdout" => Live::Stdout(Bytes::copy_from_slice(&chunk[..n])),
+            _ => Live::Stderr(Bytes::copy_from_slice(&chunk[..n])),
+        });
         pending.extend_from_slice(&chunk[..n]);
         while let Some(end) = pending.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = pending.drain(..=end).collect();
@@ -348,7 +366,9 @@ mod tests {
         let path = tmp.path().join("0.log");
         let (mut out_writer, out_reader) = tokio::io::duplex(64);
         let (err_writer, err_reader) = tokio::io::duplex(64);
-        let progress = record(&path, out_reader, err_reader).await.unwrap();
+        let progress = record(&path, out_reader, err_reader, broadcast::channel(1).0)
+            .await
+            .unwrap();
         drop(err_writer);
 
         out_writer.write_all(b"one\ntwo\nthr").await.unwrap();

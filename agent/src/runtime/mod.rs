@@ -33,9 +33,12 @@ use futures_util::Stream;
 
 use crate::protocol::{ApplyPod, LogOptions, PodReport};
 use crate::sandbox::PodSandbox;
+use container::ContainerRecord;
 use image::{Credentials, ImageStore};
+pub use logs::Live;
 use pod::{PodContext, PodEnv, PodRun};
 use runc::Runc;
+pub use runc::exit_code;
 use volumes::Volumes;
 
 /// A container's log, as the server streams it to the host.
@@ -51,6 +54,9 @@ pub enum RuntimeError {
     /// The container has no run (yet, or before the current one) to show the log of.
     #[error("container {container:?} has no {} run to show the log of", if *.previous { "previous" } else { "started" })]
     NoLog { container: String, previous: bool },
+    /// The container exists but does not run now (exec and attach need a running one).
+    #[error("container {0:?} is not running")]
+    NotRunning(String),
     /// `apply` with a pod of another UID than the one this runtime runs.
     #[error("this cell runs pod {running}, not {applied}")]
     OtherPod { running: String, applied: String },
@@ -229,6 +235,46 @@ impl Runtime {
             limit_bytes: opts.limit_bytes,
         };
         Ok(logs::read(log.path, query, log.progress))
+    }
+
+    /// The runc ID of `container`'s current run, for exec.
+    pub async fn running(&self, container: &str) -> Result<String, RuntimeError> {
+        self.record(container)
+            .await?
+            .running_id()
+            .ok_or_else(|| RuntimeError::NotRunning(container.to_string()))
+    }
+
+    /// The output of the running `container` from now on, for attach.
+    pub async fn attach(
+        &self,
+        container: &str,
+    ) -> Result<tokio::sync::broadcast::Receiver<Live>, RuntimeError> {
+        let record = self.record(container).await?;
+        // Subscribed before the check: a run that ends right after still says so.
+        let live = record.attach();
+        record
+            .running_id()
+            .ok_or_else(|| RuntimeError::NotRunning(container.to_string()))?;
+        Ok(live)
+    }
+
+    async fn record(&self, container: &str) -> Result<Arc<ContainerRecord>, RuntimeError> {
+        let run = self.pod.lock().await.clone();
+        run.as_ref()
+            .and_then(|run| {
+                run.init_containers
+                    .iter()
+                    .chain(&run.containers)
+                    .find(|r| r.spec.name == container)
+                    .cloned()
+            })
+            .ok_or_else(|| RuntimeError::NoSuchContainer(container.to_string()))
+    }
+
+    /// `runc exec` of `argv` in the running container `id` (see [`runc::Runc::exec_session`]).
+    pub fn exec_command(&self, id: &str, argv: &[String], tty: bool) -> tokio::process::Command {
+        self.runc.exec_session(id, argv, tty)
     }
 
     /// Delete every container under this runtime's runc root.

@@ -134,6 +134,22 @@ impl Runc {
         }
     }
 
+    /// `runc exec` of `argv` in container `id` for an interactive session (exec from the
+    /// host), stdio left to the caller. With `tty`, runc gives the process a terminal in
+    /// the container and relays it to and from runc's own stdio (which should then be a
+    /// terminal too); without, the process's stdio are pipes runc copies to and from its
+    /// own. The process runs with the container's environment, user and working directory
+    /// (runc takes them from the bundle's `config.json`).
+    pub fn exec_session(&self, id: &str, argv: &[String], tty: bool) -> Command {
+        let mut command = self.command();
+        command.arg("exec");
+        if tty {
+            command.arg("--tty");
+        }
+        command.arg(id).args(argv);
+        command
+    }
+
     /// The containers under this root.
     pub async fn list(&self) -> Result<Vec<ListedContainer>, RuncError> {
         let stdout = self

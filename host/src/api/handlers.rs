@@ -1,15 +1,16 @@
 //! The kubelet API's endpoints, with the kubelet's paths.
 //!
-//! Logs, exec, attach, port-forward and run are served by the agent in the pod's cell;
-//! here each request is checked and routed (pod on this node, container in the pod, pod
-//! in a cell) and, since this release has no cell agent, answered with an honest 501 — never
-//! with made-up output.
+//! Logs, exec, attach and port-forward are served by the agent in the pod's cell; here
+//! each request is checked and routed (pod on this node, container in the pod, pod in a
+//! cell with an agent the host has reached) and passed on. A pod whose cell runs no agent
+//! (the `mock` test cloud), and `run` (which kubectl no longer uses), are answered with an
+//! honest 501 — never with made-up output.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -22,8 +23,8 @@ use cellet_agent::protocol::LogOptions;
 
 use crate::api::metrics::OPENMETRICS_CONTENT_TYPE;
 use crate::api::pods::{CellEndpoints, NodePods, has_container};
-use crate::api::stats;
 use crate::api::status::Failure;
+use crate::api::{stats, streams};
 
 /// What the handlers read: the node's pods, their cells, and the host's metrics.
 #[derive(Clone)]
@@ -140,7 +141,8 @@ struct Target {
 ///
 /// Errors, in order: no such pod on this node (or another UID) → 404; no such container →
 /// 404; the pod has no cell yet → 400, the kubelet's answer for a container waiting to
-/// start; otherwise 501, because the cell agent that serves sessions is not in this release.
+/// start; otherwise 501: no agent serves the pod (its cell runs none, or the host has not
+/// reached it yet), or the session is `run`.
 fn route_to_cell(view: &NodeView, session: Session, target: Target) -> Failure {
     let (namespace, name) = (target.namespace.clone(), target.pod.clone());
     let pod = match find_in_cell(view, &target) {
@@ -152,9 +154,9 @@ fn route_to_cell(view: &NodeView, session: Session, target: Target) -> Failure {
         .management_ip(&pod)
         .map(|ip| ip.to_string())
         .unwrap_or_default();
-    tracing::debug!(session = session.describe(), %namespace, pod = %name, cell = %ip, "session routed to a cell agent that does not serve it");
+    tracing::debug!(session = session.describe(), %namespace, pod = %name, cell = %ip, "no cell agent serves the session");
     Failure::not_implemented(format!(
-        "cell agent streaming not available in this release: {} for pod \"{namespace}/{name}\" needs the agent of its cell at {ip}",
+        "no cell agent serves {} for pod \"{namespace}/{name}\": its cell at {ip} runs none, or the host has not reached it yet",
         session.describe()
     ))
 }
@@ -265,97 +267,107 @@ fn kube_bool<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<bool, 
 async fn exec(
     State(view): State<NodeView>,
     Path((namespace, pod, container)): Path<(String, String, String)>,
-) -> Failure {
-    route_to_cell(
-        &view,
-        Session::Exec,
-        Target {
-            namespace,
-            pod,
-            uid: None,
-            container: Some(container),
-        },
-    )
+    request: Request,
+) -> Result<Response, Failure> {
+    let target = Target {
+        namespace,
+        pod,
+        uid: None,
+        container: Some(container),
+    };
+    open_session(&view, Session::Exec, target, request).await
 }
 
 async fn exec_uid(
     State(view): State<NodeView>,
     Path((namespace, pod, uid, container)): Path<(String, String, String, String)>,
-) -> Failure {
-    route_to_cell(
-        &view,
-        Session::Exec,
-        Target {
-            namespace,
-            pod,
-            uid: Some(uid),
-            container: Some(container),
-        },
-    )
+    request: Request,
+) -> Result<Response, Failure> {
+    let target = Target {
+        namespace,
+        pod,
+        uid: Some(uid),
+        container: Some(container),
+    };
+    open_session(&view, Session::Exec, target, request).await
 }
 
 async fn attach(
     State(view): State<NodeView>,
     Path((namespace, pod, container)): Path<(String, String, String)>,
-) -> Failure {
-    route_to_cell(
-        &view,
-        Session::Attach,
-        Target {
-            namespace,
-            pod,
-            uid: None,
-            container: Some(container),
-        },
-    )
+    request: Request,
+) -> Result<Response, Failure> {
+    let target = Target {
+        namespace,
+        pod,
+        uid: None,
+        container: Some(container),
+    };
+    open_session(&view, Session::Attach, target, request).await
 }
 
 async fn attach_uid(
     State(view): State<NodeView>,
     Path((namespace, pod, uid, container)): Path<(String, String, String, String)>,
-) -> Failure {
-    route_to_cell(
-        &view,
-        Session::Attach,
-        Target {
-            namespace,
-            pod,
-            uid: Some(uid),
-            container: Some(container),
-        },
-    )
+    request: Request,
+) -> Result<Response, Failure> {
+    let target = Target {
+        namespace,
+        pod,
+        uid: Some(uid),
+        container: Some(container),
+    };
+    open_session(&view, Session::Attach, target, request).await
 }
 
 async fn port_forward(
     State(view): State<NodeView>,
     Path((namespace, pod)): Path<(String, String)>,
-) -> Failure {
-    route_to_cell(
-        &view,
-        Session::PortForward,
-        Target {
-            namespace,
-            pod,
-            uid: None,
-            container: None,
-        },
-    )
+    request: Request,
+) -> Result<Response, Failure> {
+    let target = Target {
+        namespace,
+        pod,
+        uid: None,
+        container: None,
+    };
+    open_session(&view, Session::PortForward, target, request).await
 }
 
 async fn port_forward_uid(
     State(view): State<NodeView>,
     Path((namespace, pod, uid)): Path<(String, String, String)>,
-) -> Failure {
-    route_to_cell(
-        &view,
-        Session::PortForward,
-        Target {
-            namespace,
-            pod,
-            uid: Some(uid),
-            container: None,
-        },
-    )
+    request: Request,
+) -> Result<Response, Failure> {
+    let target = Target {
+        namespace,
+        pod,
+        uid: Some(uid),
+        container: None,
+    };
+    open_session(&view, Session::PortForward, target, request).await
+}
+
+/// Exec, attach or port-forward: checked and routed here, then passed through to the
+/// agent of the pod's cell, which serves the session ([`streams`]).
+async fn open_session(
+    view: &NodeView,
+    session: Session,
+    target: Target,
+    request: Request,
+) -> Result<Response, Failure> {
+    let pod = find_in_cell(view, &target)?;
+    let Some(agent) = view.cells.agent(&pod) else {
+        return Err(route_to_cell(view, session, target));
+    };
+    let container = target.container.as_deref().unwrap_or_default();
+    let path = match session {
+        Session::Exec => format!("/v1/containers/{container}/exec"),
+        Session::Attach => format!("/v1/containers/{container}/attach"),
+        _ => "/v1/portforward".to_string(),
+    };
+    tracing::debug!(session = session.describe(), namespace = %target.namespace, pod = %target.pod, "session passed to the cell agent");
+    streams::pass_through(&agent, &path, request).await
 }
 
 async fn run(
@@ -518,10 +530,7 @@ mod tests {
         ] {
             let (code, body) = call(method, uri).await;
             assert_eq!(code, StatusCode::NOT_IMPLEMENTED, "{uri}: {body}");
-            assert!(
-                body.starts_with("cell agent streaming not available in this release"),
-                "{uri}: {body}"
-            );
+            assert!(body.starts_with("no cell agent serves"), "{uri}: {body}");
             assert!(body.contains("10.0.0.5"), "{uri}: {body}");
         }
     }

@@ -21,6 +21,7 @@ pub mod pods;
 pub mod server;
 pub mod stats;
 pub mod status;
+pub mod streams;
 pub mod tls;
 
 use std::future::Future;

@@ -69,6 +69,17 @@ impl Failure {
         Failure::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", message)
     }
 
+    /// An error the cell agent answered, passed on with its code.
+    pub fn from_agent(code: u16, message: impl Into<String>) -> Self {
+        let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let reason = match code {
+            StatusCode::BAD_REQUEST => "BadRequest",
+            StatusCode::NOT_FOUND => "NotFound",
+            _ => "InternalError",
+        };
+        Failure::new(code, reason, message)
+    }
+
     /// The `Status` object of this failure.
     pub fn status(&self) -> Status {
         Status {

@@ -38,6 +38,15 @@ pub enum ClientError {
         address: SocketAddr,
         source: reqwest::Error,
     },
+    /// The agent did not answer in time.
+    #[error(
+        "failed to {action} of pod {pod_uid} on the agent at {address}: no answer within the timeout"
+    )]
+    TimedOut {
+        action: &'static str,
+        pod_uid: String,
+        address: SocketAddr,
+    },
     /// The agent answered with an error.
     #[error("the agent of pod {pod_uid} refused to {action}: {status} {reason}: {message}")]
     Refused {
@@ -101,6 +110,8 @@ impl AgentTls {
 #[derive(Debug, Clone)]
 pub struct AgentClient {
     http: reqwest::Client,
+    /// HTTP/1.1 only, for sessions: a connection upgrade (WebSocket) needs HTTP/1.1.
+    sessions: reqwest::Client,
     pod_uid: String,
     address: SocketAddr,
     base: String,
@@ -123,8 +134,19 @@ impl AgentClient {
             .no_proxy()
             .build()
             .map_err(|error| ClientError::Tls(error.to_string()))?;
+        let mut http1 = rustls::ClientConfig::clone(&tls.config);
+        http1.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let sessions = reqwest::Client::builder()
+            .tls_backend_preconfigured(http1)
+            .http1_only()
+            .resolve(&name, address)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .no_proxy()
+            .build()
+            .map_err(|error| ClientError::Tls(error.to_string()))?;
         Ok(AgentClient {
             http,
+            sessions,
             pod_uid: pod_uid.to_string(),
             address,
             base: format!("https://{name}:{port}"),
@@ -206,6 +228,37 @@ impl AgentClient {
         ))
     }
 
+    /// Open a session (exec, attach, port-forward) on the agent: `GET path_and_query` with
+    /// the client's upgrade `headers` (WebSocket key, version, protocols). The agent's
+    /// `101 Switching Protocols` headers and the upgraded connection, which then carries
+    /// the client's protocol end to end.
+    pub async fn upgrade(
+        &self,
+        path_and_query: &str,
+        headers: reqwest::header::HeaderMap,
+    ) -> Result<(reqwest::header::HeaderMap, reqwest::Upgraded), ClientError> {
+        let action = "open a session";
+        // No request timeout: reqwest's would end the session; only the answer is bounded.
+        let request = self.sessions.get(self.url(path_and_query)).headers(headers);
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, request.send())
+            .await
+            .map_err(|_| ClientError::TimedOut {
+                action,
+                pod_uid: self.pod_uid.clone(),
+                address: self.address,
+            })?
+            .map_err(|source| self.request_error(action, source))?;
+        if response.status() != reqwest::StatusCode::SWITCHING_PROTOCOLS {
+            return Err(self.refused(action, response).await);
+        }
+        let headers = response.headers().clone();
+        let upgraded = response
+            .upgrade()
+            .await
+            .map_err(|source| self.request_error(action, source))?;
+        Ok((headers, upgraded))
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -228,22 +281,27 @@ impl AgentClient {
             .send()
             .await
             .map_err(|source| self.request_error(action, source))?;
-        let status = response.status();
-        if status.is_success() {
+        if response.status().is_success() {
             return Ok(response);
         }
+        Err(self.refused(action, response).await)
+    }
+
+    /// The agent's error answer (an [`ApiError`] body, or text).
+    async fn refused(&self, action: &'static str, response: reqwest::Response) -> ClientError {
+        let status = response.status();
         let body = response.text().await.unwrap_or_default();
         let (reason, message) = match serde_json::from_str::<ApiError>(&body) {
             Ok(error) => (error.reason, error.message),
             Err(_) => (String::new(), body),
         };
-        Err(ClientError::Refused {
+        ClientError::Refused {
             action,
             pod_uid: self.pod_uid.clone(),
             status: status.as_u16(),
             reason,
             message,
-        })
+        }
     }
 
     async fn json<T: DeserializeOwned>(

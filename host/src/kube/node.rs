@@ -247,9 +247,16 @@ pub fn desired_status(
             swap: None,
             running_in_user_namespace: None,
         }),
+        // The API server then proxies kubectl's WebSocket exec, attach and port-forward to
+        // the kubelet API as they are, and the cell agents speak them (api::streams).
+        declared_features: Some(vec![WEBSOCKETS_FEATURE.into()]),
         ..Default::default()
     }
 }
+
+/// The node feature (`status.declaredFeatures`) that makes the API server pass WebSocket
+/// streaming requests through to the node instead of translating them to SPDY.
+pub const WEBSOCKETS_FEATURE: &str = "ExtendWebSocketsToKubelet";
 
 /// Whether two reports say the same thing, heartbeat times aside.
 pub fn same_report(a: &NodeStatus, b: &NodeStatus) -> bool {

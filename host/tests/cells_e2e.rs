@@ -10,183 +10,29 @@
 
 mod kube_support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use kube_support::{Host, HostOptions, cluster, eventually, pods, running, workspace};
+use kube_support::cells::{CellsFixture, LocalVpc, http_get, run};
+use kube_support::{cluster, eventually, pods, running};
 
 /// The test's VPC: a subnet and names no other test uses.
-const SUBNET: &str = "10.214.7.0/24";
-const HOST_ADDRESS: &str = "10.214.7.2";
-const VPC_NAMESPACE: &str = "cellet-e2e-vpc";
-const UPLINK: &str = "cle2e0";
+const VPC: LocalVpc = LocalVpc {
+    subnet: "10.214.7.0/24",
+    host_address: "10.214.7.2",
+    namespace: "cellet-e2e-vpc",
+    uplink: "cle2e0",
+};
 const HOST_PORT: u16 = 18080;
-
-/// What the test started besides cellet, stopped in reverse order whatever happens.
-struct Fixture {
-    dir: tempfile::TempDir,
-    registry: PathBuf,
-    forward: Option<Child>,
-    config: Option<PathBuf>,
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        if let Some(mut forward) = self.forward.take() {
-            let _ = forward.kill();
-            let _ = forward.wait();
-        }
-        if let Some(config) = &self.config {
-            let _ = Command::new(env!("CARGO_BIN_EXE_cellet"))
-                .args(["local-cells", "down", "--config"])
-                .arg(config)
-                .status();
-        }
-        let _ = Command::new(workspace().join("tests/registry/registry.sh"))
-            .arg("down")
-            .arg(&self.registry)
-            .status();
-    }
-}
-
-fn run(program: &str, args: &[&str]) -> String {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("failed to run {program}: {e}"));
-    assert!(
-        output.status.success(),
-        "{program} {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// `GET /` over plain HTTP/1.0; the body.
-fn http_get(address: &str) -> Option<String> {
-    let mut stream =
-        TcpStream::connect_timeout(&address.parse().ok()?, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    stream
-        .write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n")
-        .ok()?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).ok()?;
-    answer
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pod_with_a_host_port_runs_in_a_cell_and_leaves_nothing_behind() {
-    let agent = PathBuf::from(env!("CARGO_BIN_EXE_cellet")).with_file_name("cellet-agent");
-    assert!(
-        agent.is_file(),
-        "{} is missing: build it with `cargo build -p cellet-agent` (cargo test --workspace does)",
-        agent.display()
-    );
     let cluster = cluster();
     let _shared = cluster.exclusive.read().await;
     let client = cluster.client().await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut fixture = Fixture {
-        registry: dir.path().join("registry"),
-        dir,
-        forward: None,
-        config: None,
-    };
-
-    run(
-        workspace()
-            .join("tests/registry/registry.sh")
-            .to_str()
-            .unwrap(),
-        &["up", fixture.registry.to_str().unwrap()],
-    );
-    let port = std::fs::read_to_string(fixture.registry.join("port")).expect("registry port");
+    let mut fixture = CellsFixture::new(VPC);
     let page = "hello from the e2e cell";
-    run(
-        "python3",
-        &[
-            workspace()
-                .join("tests/images/busybox-httpd.py")
-                .to_str()
-                .unwrap(),
-            &format!("127.0.0.1:{}", port.trim()),
-            "e2e/httpd:1",
-            "--page",
-            page,
-        ],
-    );
-
-    let state = fixture.dir.path();
-    let cloud = format!(
-        "  source: {plugin}
-  capabilities: [local-cells]
-  local-cells:
-    subnet: {SUBNET}
-    host-address: {HOST_ADDRESS}
-    vpc-namespace: {VPC_NAMESPACE}
-    uplink: {UPLINK}
-    agent: {agent}
-    state-dir: {cells}",
-        plugin = kube_support::plugin("cellet_plugin_local_cells.wasm").display(),
-        agent = agent.display(),
-        cells = state.join("cells").display(),
-    );
-    let extra = format!(
-        "cells:
-  ca-dir: {ca}
-  agent-state-dir: {agents}
-  insecure-registries: [\"{HOST_ADDRESS}:5000\"]
-",
-        ca = state.join("ca").display(),
-        agents = state.join("agents").display(),
-    );
-    let host = Host::start(
-        cluster,
-        "node-cells",
-        HostOptions {
-            cloud: Some(cloud),
-            extra,
-            ..Default::default()
-        },
-    );
-    // `local-cells down` at the end needs the config after the host's directory is gone.
-    let config = fixture.dir.path().join("cellet.yaml");
-    std::fs::copy(&host.config, &config).expect("copy the host's config");
-    fixture.config = Some(config);
-
-    // Cells reach the registry on the host's VPC address, once cellet has made the VPC.
-    eventually(
-        Duration::from_secs(60),
-        "the local VPC's host address",
-        Some(&host),
-        || async {
-            let output = Command::new("ip")
-                .args(["-4", "-o", "addr", "show", "dev", UPLINK])
-                .output()
-                .ok()?;
-            String::from_utf8_lossy(&output.stdout)
-                .contains(HOST_ADDRESS)
-                .then_some(())
-        },
-    )
-    .await;
-    fixture.forward = Some(
-        Command::new("socat")
-            .args([
-                &format!("TCP-LISTEN:5000,bind={HOST_ADDRESS},fork,reuseaddr"),
-                &format!("TCP:127.0.0.1:{}", port.trim()),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("socat (scripts/install-deps installs it)"),
-    );
+    fixture.push_httpd("e2e/httpd:1", page);
+    let host = fixture.start_host(cluster, "node-cells", None).await;
 
     cluster.kubectl(&["create", "namespace", "cells-e2e"]);
     cluster.apply(&format!(
@@ -203,9 +49,10 @@ spec:
       tolerations: [{{key: virtual-kubelet.io/provider, operator: Exists}}]
       containers:
       - name: httpd
-        image: {HOST_ADDRESS}:5000/e2e/httpd:1
+        image: {image}
         ports: [{{containerPort: 80, hostPort: {HOST_PORT}}}]
-"
+",
+        image = fixture.image("e2e/httpd:1"),
     ));
     let pod = eventually(
         Duration::from_secs(180),
@@ -218,7 +65,8 @@ spec:
     let pod_ip = status.pod_ip.clone().unwrap();
     assert!(
         pod_ip.starts_with("10.214.7."),
-        "pod IP {pod_ip} is not from the VPC {SUBNET}"
+        "pod IP {pod_ip} is not from the VPC {}",
+        VPC.subnet
     );
     let container = &status.container_statuses.as_ref().unwrap()[0];
     assert!(
@@ -278,7 +126,7 @@ spec:
     )
     .await;
     assert!(
-        logs.contains(HOST_ADDRESS),
+        logs.contains(VPC.host_address),
         "the request came from the host's VPC address: {logs}"
     );
 
@@ -296,15 +144,13 @@ spec:
         !netns.contains("cell-") && !netns.contains("cellet-pod-"),
         "namespaces left: {netns}"
     );
-    let links = run("ip", &["netns", "exec", VPC_NAMESPACE, "ip", "-o", "link"]);
+    let links = run("ip", &["netns", "exec", VPC.namespace, "ip", "-o", "link"]);
     assert_eq!(
         links.lines().count(),
         3,
         "only lo, the bridge and the uplink's peer stay: {links}"
     );
-    let records: Vec<_> = std::fs::read_dir(state.join("cells/cells"))
-        .map(|d| d.flatten().collect())
-        .unwrap_or_default();
+    let records = fixture.cell_records();
     assert!(records.is_empty(), "cell records left: {records:?}");
     let rules = run(
         "ip",

@@ -10,6 +10,8 @@
 
 #![allow(dead_code)] // Each test binary uses its own subset.
 
+pub mod cells;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -183,6 +185,9 @@ pub struct HostOptions {
     /// The whole `cloud:` section (YAML, keys indented by two spaces); the `mock` plugin
     /// when `None`.
     pub cloud: Option<String>,
+    /// The whole `network:` section (YAML, keys indented by two spaces); `vpc-native`
+    /// without config when `None`.
+    pub network: Option<String>,
     /// More top-level sections, appended to the config as they are.
     pub extra: String,
 }
@@ -194,6 +199,7 @@ impl Default for HostOptions {
             max_pods: 110,
             kubeconfig: None,
             cloud: None,
+            network: None,
             extra: String::new(),
         }
     }
@@ -261,7 +267,7 @@ plugins:
 cloud:
 {cloud}
 network:
-  source: {network}
+{network}
 hostport:
   source: {hostport}
 ",
@@ -274,7 +280,10 @@ hostport:
                 mock = plugin("cellet_plugin_mock.wasm").display(),
                 pods = options.max_pods,
             )),
-            network = plugin("cellet_plugin_vpc_native.wasm").display(),
+            network = options.network.clone().unwrap_or_else(|| format!(
+                "  source: {}",
+                plugin("cellet_plugin_vpc_native.wasm").display()
+            )),
             hostport = plugin("cellet_plugin_hostport_nat.wasm").display(),
         );
         std::fs::write(&config, text + &options.extra).expect("write config");

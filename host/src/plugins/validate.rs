@@ -15,7 +15,11 @@
 //!
 //! Lifting a plugin's result copies it out of the guest before these checks run; that copy
 //! is bounded by the instance's memory cap.
+//!
+//! Field paths are `Display` values (`format_args!`), rendered only into a [`Violation`]:
+//! a valid answer, checked on every call, allocates nothing here.
 
+use std::fmt::Display;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -44,14 +48,14 @@ pub struct Violation {
 
 type Checked = Result<(), Violation>;
 
-fn violation(field: impl Into<String>, reason: impl Into<String>) -> Violation {
+fn violation(field: impl Display, reason: impl Into<String>) -> Violation {
     Violation {
-        field: field.into(),
+        field: field.to_string(),
         reason: reason.into(),
     }
 }
 
-fn list<T>(field: &str, items: &[T]) -> Checked {
+fn list<T>(field: impl Display + Copy, items: &[T]) -> Checked {
     if items.len() > MAX_LIST_ENTRIES {
         return Err(violation(
             field,
@@ -64,7 +68,7 @@ fn list<T>(field: &str, items: &[T]) -> Checked {
     Ok(())
 }
 
-fn bounded(field: &str, value: &str, max: usize) -> Checked {
+fn bounded(field: impl Display + Copy, value: &str, max: usize) -> Checked {
     if value.len() > max {
         return Err(violation(
             field,
@@ -74,20 +78,20 @@ fn bounded(field: &str, value: &str, max: usize) -> Checked {
     Ok(())
 }
 
-fn name(field: &str, value: &str) -> Checked {
+fn name(field: impl Display + Copy, value: &str) -> Checked {
     if value.is_empty() {
         return Err(violation(field, "empty"));
     }
     bounded(field, value, MAX_NAME_BYTES)
 }
 
-fn ip(field: &str, value: &str) -> Result<IpAddr, Violation> {
+fn ip(field: impl Display + Copy, value: &str) -> Result<IpAddr, Violation> {
     value
         .parse::<IpAddr>()
         .map_err(|_| violation(field, format!("`{}` is not an IP address", shown(value))))
 }
 
-fn cidr(field: &str, value: &str) -> Result<IpNet, Violation> {
+fn cidr(field: impl Display + Copy, value: &str) -> Result<IpNet, Violation> {
     let net = value
         .parse::<IpNet>()
         .map_err(|_| violation(field, format!("`{}` is not a CIDR", shown(value))))?;
@@ -108,20 +112,26 @@ fn shown(value: &str) -> &str {
     crate::plugins::capabilities::log::truncate(value, 64)
 }
 
-fn tags(field: &str, tags: &[KeyValue]) -> Checked {
+fn tags(field: impl Display + Copy, tags: &[KeyValue]) -> Checked {
     list(field, tags)?;
     for (i, tag) in tags.iter().enumerate() {
-        name(&format!("{field}[{i}].key"), &tag.key)?;
-        bounded(&format!("{field}[{i}].value"), &tag.value, MAX_STRING_BYTES)?;
+        name(format_args!("{field}[{i}].key"), &tag.key)?;
+        bounded(
+            format_args!("{field}[{i}].value"),
+            &tag.value,
+            MAX_STRING_BYTES,
+        )?;
     }
     Ok(())
 }
 
-fn cloud_route(field: &str, route: &CloudRoute) -> Checked {
-    cidr(&format!("{field}.destination"), &route.destination)?;
+fn cloud_route(field: impl Display + Copy, route: &CloudRoute) -> Checked {
+    cidr(format_args!("{field}.destination"), &route.destination)?;
     match &route.target {
-        RouteTarget::Instance(id) => name(&format!("{field}.target.instance"), id),
-        RouteTarget::Address(address) => ip(&format!("{field}.target.address"), address).map(drop),
+        RouteTarget::Instance(id) => name(format_args!("{field}.target.instance"), id),
+        RouteTarget::Address(address) => {
+            ip(format_args!("{field}.target.address"), address).map(drop)
+        }
     }
 }
 
@@ -138,12 +148,12 @@ pub fn admission(pod: &Pod, admission: &Admission) -> Checked {
     };
     list("admit", mappings)?;
     for (i, m) in mappings.iter().enumerate() {
-        port_mapping(&format!("admit[{i}]"), pod, m)?;
+        port_mapping(format_args!("admit[{i}]"), pod, m)?;
     }
     Ok(())
 }
 
-fn port_mapping(field: &str, pod: &Pod, m: &PortMapping) -> Checked {
+fn port_mapping(field: impl Display + Copy, pod: &Pod, m: &PortMapping) -> Checked {
     if m.pod_uid != pod.uid {
         return Err(violation(
             format!("{field}.pod-uid"),
@@ -176,7 +186,7 @@ fn port_mapping(field: &str, pod: &Pod, m: &PortMapping) -> Checked {
         ));
     }
     if let Some(host_ip) = &m.host_ip {
-        ip(&format!("{field}.host-ip"), host_ip)?;
+        ip(format_args!("{field}.host-ip"), host_ip)?;
     }
     let container = pod
         .containers
@@ -217,7 +227,7 @@ pub fn pod_network_plan(plan: &PodNetworkPlan) -> Checked {
     }
     list("routes", &plan.routes)?;
     for (i, route) in plan.routes.iter().enumerate() {
-        let destination = cidr(&format!("routes[{i}].destination"), &route.destination)?;
+        let destination = cidr(format_args!("routes[{i}].destination"), &route.destination)?;
         if let NextHop::Address(address) = &route.via {
             let field = format!("routes[{i}].via.address");
             let hop = ip(&field, address)?;
@@ -231,7 +241,7 @@ pub fn pod_network_plan(plan: &PodNetworkPlan) -> Checked {
     }
     list("no-masquerade", &plan.no_masquerade)?;
     for (i, net) in plan.no_masquerade.iter().enumerate() {
-        cidr(&format!("no-masquerade[{i}]"), net)?;
+        cidr(format_args!("no-masquerade[{i}]"), net)?;
     }
     if let Some(mtu) = plan.mtu
         && mtu < MIN_MTU
@@ -248,11 +258,11 @@ pub fn pod_network_plan(plan: &PodNetworkPlan) -> Checked {
 pub fn cluster_network_plan(plan: &ClusterNetworkPlan) -> Checked {
     list("routes", &plan.routes)?;
     for (i, route) in plan.routes.iter().enumerate() {
-        cloud_route(&format!("routes[{i}]"), route)?;
+        cloud_route(format_args!("routes[{i}]"), route)?;
     }
     list("warnings", &plan.warnings)?;
     for (i, warning) in plan.warnings.iter().enumerate() {
-        bounded(&format!("warnings[{i}]"), warning, MAX_MESSAGE_BYTES)?;
+        bounded(format_args!("warnings[{i}]"), warning, MAX_MESSAGE_BYTES)?;
     }
     Ok(())
 }
@@ -270,9 +280,9 @@ pub fn node_capacity(capacity: &NodeResources) -> Checked {
 
 /// A cell returned for the pod with uid `pod_uid` (`create-cell`, `get-cell`), or any of
 /// this controller's cells (`list-cells`: `pod_uid` is `None`).
-pub fn cell(field: &str, cell: &Cell, pod_uid: Option<&str>) -> Checked {
-    name(&format!("{field}.id"), &cell.id)?;
-    name(&format!("{field}.pod-uid"), &cell.pod_uid)?;
+pub fn cell(field: impl Display + Copy, cell: &Cell, pod_uid: Option<&str>) -> Checked {
+    name(format_args!("{field}.id"), &cell.id)?;
+    name(format_args!("{field}.pod-uid"), &cell.pod_uid)?;
     if let Some(uid) = pod_uid
         && cell.pod_uid != uid
     {
@@ -285,25 +295,29 @@ pub fn cell(field: &str, cell: &Cell, pod_uid: Option<&str>) -> Checked {
         ));
     }
     bounded(
-        &format!("{field}.pod-namespace"),
+        format_args!("{field}.pod-namespace"),
         &cell.pod_namespace,
         MAX_NAME_BYTES,
     )?;
-    bounded(&format!("{field}.pod-name"), &cell.pod_name, MAX_NAME_BYTES)?;
     bounded(
-        &format!("{field}.instance-type"),
+        format_args!("{field}.pod-name"),
+        &cell.pod_name,
+        MAX_NAME_BYTES,
+    )?;
+    bounded(
+        format_args!("{field}.instance-type"),
         &cell.instance_type,
         MAX_NAME_BYTES,
     )?;
     let management = cell
         .management_ip
         .as_deref()
-        .map(|a| ip(&format!("{field}.management-ip"), a))
+        .map(|a| ip(format_args!("{field}.management-ip"), a))
         .transpose()?;
     let pod_ip = cell
         .pod_ip
         .as_deref()
-        .map(|a| ip(&format!("{field}.pod-ip"), a))
+        .map(|a| ip(format_args!("{field}.pod-ip"), a))
         .transpose()?;
     let max_prefix = match management.or(pod_ip) {
         Some(IpAddr::V4(_)) => 32,
@@ -334,14 +348,14 @@ pub fn cell(field: &str, cell: &Cell, pod_uid: Option<&str>) -> Checked {
             ));
         }
     }
-    tags(&format!("{field}.tags"), &cell.tags)
+    tags(format_args!("{field}.tags"), &cell.tags)
 }
 
 /// `cloud.list-cells`.
 pub fn cells(cells: &[Cell]) -> Checked {
     list("cells", cells)?;
     for (i, c) in cells.iter().enumerate() {
-        cell(&format!("cells[{i}]"), c, None)?;
+        cell(format_args!("cells[{i}]"), c, None)?;
     }
     Ok(())
 }
@@ -350,7 +364,7 @@ pub fn cells(cells: &[Cell]) -> Checked {
 pub fn cloud_routes(routes: &[CloudRoute]) -> Checked {
     list("routes", routes)?;
     for (i, route) in routes.iter().enumerate() {
-        cloud_route(&format!("routes[{i}]"), route)?;
+        cloud_route(format_args!("routes[{i}]"), route)?;
     }
     Ok(())
 }

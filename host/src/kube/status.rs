@@ -6,9 +6,16 @@
 //! containers at all — the `mock` test plugin — says what it simulates with the cell tag
 //! [`CONTAINERS_TAG`]` = running`, and only then are containers reported running.
 //!
-//! Writes are server-side applies (field manager `cellet`) of the fields cellet owns;
-//! [`changed`] compares those fields first, so a reconcile that learns nothing new writes
-//! nothing (and so triggers no watch event of its own).
+//! Writes are strategic merge patches of the `status` subresource, as the kubelet's own
+//! status manager makes them: every field cellet owns is in the patch, with an explicit
+//! `null` where it has no value, so the status says exactly what cellet knows; the pod's
+//! UID is in it too, so a patch never lands on a newer pod of the same name; conditions
+//! are merged by type, so other writers' conditions (readiness gates, disruption targets)
+//! stay. Server-side apply said the same at a higher cost: the API server computes field
+//! ownership on every apply, and a pod's status is written two or three times on its way
+//! to Running (node-bench, BENCHMARKS.md: the node agent section).
+//! [`changed`] compares the owned fields first, so a reconcile that learns nothing new
+//! writes nothing (and so triggers no watch event of its own).
 
 use std::net::IpAddr;
 
@@ -16,10 +23,11 @@ use k8s_openapi::api::core::v1::{
     ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
     ContainerStatus, HostIP, Pod, PodCondition, PodIP, PodStatus,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
+use serde_json::{Value, json};
 
 use super::FIELD_MANAGER;
 use cellet_agent::protocol::PodReport;
@@ -381,6 +389,56 @@ pub fn changed(pod: &Pod, desired: &PodStatus) -> bool {
     owned(&pod.status.clone().unwrap_or_default()) != owned(desired)
 }
 
+/// The strategic merge patch that makes the status of the pod `uid` say `desired` in
+/// every field cellet owns, and leaves the others as they are.
+fn status_patch(uid: &str, desired: &PodStatus) -> Value {
+    let status = owned(desired);
+    let conditions: Vec<Value> = status
+        .conditions
+        .iter()
+        .flatten()
+        .map(|c| {
+            // A field left out of a merged entry would keep its old value: a condition that
+            // turned True keeps no stale reason.
+            json!({
+                "type": c.type_,
+                "status": c.status,
+                "reason": c.reason,
+                "message": c.message,
+                "lastTransitionTime": c.last_transition_time,
+            })
+        })
+        .collect();
+    // Address lists are merged by `ip`, which would keep an old address beside a new one;
+    // `$patch: replace` makes them exactly the ones given.
+    let addresses = |ips: Option<Vec<String>>| match ips {
+        Some(ips) => Value::Array(
+            ips.into_iter()
+                .map(|ip| json!({ "ip": ip }))
+                .chain([json!({ "$patch": "replace" })])
+                .collect(),
+        ),
+        None => Value::Null,
+    };
+    json!({
+        "metadata": { "uid": uid },
+        "status": {
+            "phase": status.phase,
+            "conditions": conditions,
+            "hostIP": status.host_ip,
+            "hostIPs": addresses(status.host_ips.map(|l| l.into_iter().map(|a| a.ip).collect())),
+            "podIP": status.pod_ip,
+            "podIPs": addresses(status.pod_ips.map(|l| l.into_iter().map(|a| a.ip).collect())),
+            "startTime": status.start_time,
+            // Not merged by the API server: a patch replaces these lists whole.
+            "containerStatuses": status.container_statuses,
+            "initContainerStatuses": status.init_container_statuses,
+            "reason": status.reason,
+            "message": status.message,
+        },
+    })
+}
+
 /// Write `desired` to the pod's status when it differs; returns whether it wrote.
 pub async fn write(client: &Client, pod: &Pod, desired: PodStatus) -> Result<bool, StatusError> {
     if !changed(pod, &desired) {
@@ -388,27 +446,19 @@ pub async fn write(client: &Client, pod: &Pod, desired: PodStatus) -> Result<boo
     }
     let namespace = pod.namespace().unwrap_or_default();
     let name = pod.name_any();
-    let body = Pod {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            namespace: Some(namespace.clone()),
-            ..Default::default()
-        },
-        spec: None,
-        status: Some(desired),
+    let patch = status_patch(pod.uid().as_deref().unwrap_or_default(), &desired);
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
     };
     let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-    api.patch_status(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(|source| StatusError::Patch {
-        namespace,
-        name,
-        source,
-    })?;
+    api.patch_status(&name, &params, &Patch::Strategic(&patch))
+        .await
+        .map_err(|source| StatusError::Patch {
+            namespace,
+            name,
+            source,
+        })?;
     Ok(true)
 }
 
@@ -417,6 +467,7 @@ mod tests {
     use super::*;
     use crate::plugins::bindings::KeyValue;
     use k8s_openapi::api::core::v1::{Container, PodSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn pod(init: bool) -> Pod {
         Pod {
@@ -576,5 +627,46 @@ mod tests {
             Timestamp::now(),
         );
         assert!(changed(&written, &refused));
+    }
+
+    #[test]
+    fn the_patch_names_every_owned_field_and_replaces_the_addresses() {
+        let now = Timestamp::from_second(1_700_000_000).unwrap();
+        let c = cell(true);
+        let running = desired(&pod(false), HOST, progress_of(&c), now);
+        let patch = status_patch("u", &running);
+        assert_eq!(patch["metadata"]["uid"], "u");
+        let status = &patch["status"];
+        // Cleared fields are sent as null, so the API server removes them.
+        for field in ["reason", "message", "initContainerStatuses"] {
+            assert_eq!(status.get(field), Some(&Value::Null), "{field}");
+        }
+        let ready = status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .unwrap();
+        assert_eq!(ready["status"], "True");
+        assert_eq!(ready.get("reason"), Some(&Value::Null));
+        assert_eq!(
+            status["podIPs"],
+            json!([{ "ip": "10.250.0.3" }, { "$patch": "replace" }])
+        );
+        assert_eq!(status["containerStatuses"][0]["name"], "app");
+
+        let refused = desired(
+            &pod(false),
+            HOST,
+            Progress::Refused {
+                reason: "HostPortDenied",
+                message: "port 80 taken",
+            },
+            now,
+        );
+        let patch = status_patch("u", &refused);
+        assert_eq!(patch["status"]["podIP"], Value::Null);
+        assert_eq!(patch["status"]["podIPs"], Value::Null);
+        assert_eq!(patch["status"]["reason"], "HostPortDenied");
     }
 }

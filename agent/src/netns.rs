@@ -158,7 +158,7 @@ impl PodNet {
         let (management_index, host_ip) =
             management_address(cell, &self.management_interface).await?;
         let pod_ip = network.pod_ip.unwrap_or(host_ip);
-        let (hosts_file, resolv_conf) = self.write_files(network, pod_ip, host_aliases).await?;
+        let (hosts_file, resolv_conf) = self.write_files(network, pod_ip, host_aliases)?;
         let sandbox = PodSandbox {
             netns: network.pod_ip.map(|_| self.netns_path()),
             pod_ip,
@@ -176,8 +176,7 @@ impl PodNet {
             .map(|route| parse_cidr(&route.destination).map(|dest| (dest, route.via)))
             .collect::<Result<Vec<_>, _>>()?;
 
-        let netns = self.ensure_netns()?;
-        let (pod_connection, pod) = connect_in(&netns)?;
+        let (netns, pod_connection, pod) = self.open_netns()?;
         let result = async {
             let mtu = match network.mtu {
                 Some(mtu) => u32::from(mtu),
@@ -358,13 +357,19 @@ impl PodNet {
         }
     }
 
-    /// Open the pod namespace, making it first if it does not exist.
-    fn ensure_netns(&self) -> Result<File, NetError> {
+    /// Open the pod namespace, making it first if it does not exist, and a netlink
+    /// connection inside it.
+    fn open_netns(&self) -> Result<(File, tokio::task::JoinHandle<()>, Handle), NetError> {
         let path = self.netns_path();
-        if !is_netns(&path) {
-            create_netns(&path)?;
+        let open = || File::open(&path).map_err(io_error(format!("open {}", path.display())));
+        if is_netns(&path) {
+            let netns = open()?;
+            let (connection, handle) = connect_in(&netns)?;
+            return Ok((netns, connection, handle));
         }
-        File::open(&path).map_err(io_error(format!("open {}", path.display())))
+        let (connection, handle) = create_netns(&path)?;
+        let netns = open()?;
+        Ok((netns, connection, handle))
     }
 
     /// Make the veth pair unless both ends are where they belong; returns the index of the
@@ -412,35 +417,32 @@ impl PodNet {
     }
 
     /// Write the pod's `hosts` and `resolv.conf` (atomically: the runtime may be reading
-    /// them for a container that starts now).
-    async fn write_files(
+    /// them for a container that starts now). Plain blocking calls: two small files on a
+    /// local disk take microseconds, less than handing each call to tokio's blocking pool
+    /// and back.
+    fn write_files(
         &self,
         network: &PodNetwork,
         pod_ip: Ipv4Addr,
         host_aliases: &[HostAlias],
     ) -> Result<(PathBuf, PathBuf), NetError> {
-        tokio::fs::create_dir_all(&self.files_dir)
-            .await
+        std::fs::create_dir_all(&self.files_dir)
             .map_err(io_error(format!("create {}", self.files_dir.display())))?;
         let hosts = if network.pod_ip.is_some() {
             hosts_file(network, pod_ip, host_aliases)
         } else {
             // hostNetwork pods see the cell's own names, as the kubelet gives them the node's.
-            let own = tokio::fs::read_to_string("/etc/hosts")
-                .await
-                .unwrap_or_default();
+            let own = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
             own + &host_aliases_lines(host_aliases)
         };
         let resolv = match &network.dns {
             Some(dns) => resolv_conf(dns),
-            None => tokio::fs::read_to_string("/etc/resolv.conf")
-                .await
-                .unwrap_or_default(),
+            None => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
         };
         let hosts_path = self.files_dir.join("hosts");
         let resolv_path = self.files_dir.join("resolv.conf");
-        write_atomically(&hosts_path, hosts.as_bytes()).await?;
-        write_atomically(&resolv_path, resolv.as_bytes()).await?;
+        write_atomically(&hosts_path, hosts.as_bytes())?;
+        write_atomically(&resolv_path, resolv.as_bytes())?;
         Ok((hosts_path, resolv_path))
     }
 }
@@ -584,8 +586,10 @@ fn is_netns(path: &Path) -> bool {
 
 /// Make a network namespace and bind-mount it at `path`, as `ip netns add` does: a thread of
 /// its own unshares its network namespace, the mount keeps the namespace after the thread
-/// exits.
-fn create_netns(path: &Path) -> Result<(), NetError> {
+/// exits. The same thread opens the netlink connection the pod side is configured with
+/// (one thread per pod, not two: under load each thread start and join waits for the
+/// scheduler).
+fn create_netns(path: &Path) -> Result<(tokio::task::JoinHandle<()>, Handle), NetError> {
     let dir = Path::new(NETNS_DIR);
     std::fs::create_dir_all(dir).map_err(io_error(format!("create {NETNS_DIR}")))?;
     if own_mount_namespace() {
@@ -595,8 +599,10 @@ fn create_netns(path: &Path) -> Result<(), NetError> {
     }
     std::fs::write(path, b"").map_err(io_error(format!("create {}", path.display())))?;
     let target = path.to_path_buf();
-    let made = std::thread::spawn(move || -> nix::Result<()> {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
+    let runtime = tokio::runtime::Handle::current();
+    let made = std::thread::spawn(move || {
+        let errno = |errno: nix::errno::Errno| io::Error::from_raw_os_error(errno as i32);
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(errno)?;
         nix::mount::mount(
             Some("/proc/thread-self/ns/net"),
             &target,
@@ -604,16 +610,20 @@ fn create_netns(path: &Path) -> Result<(), NetError> {
             nix::mount::MsFlags::MS_BIND,
             None::<&str>,
         )
+        .map_err(errno)?;
+        // The socket registers with the reactor of the agent's runtime.
+        let _runtime = runtime.enter();
+        let (connection, handle, _) = rtnetlink::new_connection()?;
+        Ok::<_, io::Error>((connection, handle))
     })
     .join()
     .map_err(|_| NetError::Io {
         action: format!("create the namespace {}", path.display()),
         source: io::Error::other("the thread panicked"),
     })?;
-    made.map_err(|errno| NetError::Io {
-        action: format!("create the namespace {}", path.display()),
-        source: io::Error::from_raw_os_error(errno as i32),
-    })
+    let (connection, handle) =
+        made.map_err(io_error(format!("create the namespace {}", path.display())))?;
+    Ok((tokio::spawn(connection), handle))
 }
 
 /// Move the agent into a mount namespace of its own, receiving the instance's mounts
@@ -732,14 +742,11 @@ fn write_sysctl(key: &str, value: &str) -> Result<(), NetError> {
     std::fs::write(&path, value).map_err(io_error(format!("set {} to {value}", path.display())))
 }
 
-async fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), NetError> {
+fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), NetError> {
     let temporary = path.with_extension("new");
-    tokio::fs::write(&temporary, contents)
-        .await
+    std::fs::write(&temporary, contents)
         .map_err(io_error(format!("write {}", temporary.display())))?;
-    tokio::fs::rename(&temporary, path)
-        .await
-        .map_err(io_error(format!("replace {}", path.display())))
+    std::fs::rename(&temporary, path).map_err(io_error(format!("replace {}", path.display())))
 }
 
 /// `a.b.c.d/n` → address and prefix length.

@@ -650,8 +650,8 @@ async fn vpc_native_cells_and_a_regular_pod_with_a_vpc_address_reach_each_other(
 async fn cloud_routes_reach_a_cni_bridge_pod_through_the_route_cellet_makes() {
     let _serial = SERIAL.lock().await;
     let vpc = LocalVpc {
-        subnet: "10.214.9.0/24",
-        host_address: "10.214.9.2",
+        subnet: "10.214.10.0/24",
+        host_address: "10.214.10.2",
         namespace: "cellet-ns-vpc2",
         uplink: "clnsvpc1",
     };

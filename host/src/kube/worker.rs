@@ -425,6 +425,10 @@ async fn run(pod: &Pod, ctx: &Context) -> Result<Action, WorkerError> {
         .await
         .map_err(plugin_error("look up the cell", pod))?
     {
+        Some(cell) if lost_before_running(pod, &cell) => {
+            replace(pod, &cell, ctx).await?;
+            create(pod, wit_pod.clone(), ctx).await?
+        }
         Some(cell) => cell,
         None => create(pod, wit_pod.clone(), ctx).await?,
     };
@@ -466,6 +470,40 @@ async fn run(pod: &Pod, ctx: &Context) -> Result<Action, WorkerError> {
             Action::requeue(WAITING_RECHECK)
         }
     })
+}
+
+/// Whether `cell` terminated before its pod ever ran: a host killed while the cell was
+/// being made (the cloud has the instance, never booted), or an agent that never came up.
+/// Such a cell holds nothing of the pod and is replaced. A cell lost under a pod that ran
+/// is not: a pod never moves to another address; it is reported ([`Reason::CellLost`]).
+fn lost_before_running(pod: &Pod, cell: &Cell) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    matches!(cell.state, CellState::Terminated) && matches!(phase, None | Some("Pending"))
+}
+
+/// Delete a cell that terminated before its pod ran, so that the pod gets a new one and
+/// never has two.
+async fn replace(pod: &Pod, cell: &Cell, ctx: &Context) -> Result<(), WorkerError> {
+    tracing::warn!(pod = %key(pod), cell = %cell.id, "cell terminated before its pod ran; replacing it");
+    ctx.plugins
+        .cloud
+        .delete_cell(&cell.id)
+        .await
+        .map_err(plugin_error("delete the terminated cell", pod))?;
+    if let Some(agents) = &ctx.agents {
+        agents.forget(&cell.pod_uid);
+    }
+    ctx.events
+        .publish(
+            pod,
+            Reason::CellLost,
+            format!(
+                "cell {} terminated before the pod ran; replacing it",
+                cell.id
+            ),
+        )
+        .await;
+    Ok(())
 }
 
 /// Make the node forward the pod's admitted hostPorts to its address in `cell`.
@@ -685,6 +723,34 @@ async fn refuse(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_cell_lost_before_its_pod_ran_is_replaced() {
+        let pod = |phase: Option<&str>| -> Pod {
+            serde_json::from_value(serde_json::json!({"status": {"phase": phase}})).unwrap()
+        };
+        let cell = |state| Cell {
+            id: "cell-1".into(),
+            pod_uid: "uid-1".into(),
+            pod_namespace: "default".into(),
+            pod_name: "web".into(),
+            state,
+            management_ip: None,
+            pod_ip: None,
+            subnet_prefix: 24,
+            instance_type: "local".into(),
+            tags: vec![],
+        };
+        let terminated = cell(CellState::Terminated);
+        assert!(lost_before_running(&pod(None), &terminated));
+        assert!(lost_before_running(&pod(Some("Pending")), &terminated));
+        assert!(
+            !lost_before_running(&pod(Some("Running")), &terminated),
+            "a pod never moves"
+        );
+        assert!(!lost_before_running(&pod(None), &cell(CellState::Pending)));
+        assert!(!lost_before_running(&pod(None), &cell(CellState::Stopping)));
+    }
 
     #[test]
     fn backoff_doubles_to_the_cap() {

@@ -26,6 +26,7 @@
 //! plugin, the operation and the cell.
 
 mod agent;
+mod leftovers;
 mod metrics;
 mod netlink;
 mod records;
@@ -327,8 +328,10 @@ impl LocalCellsCapability {
     ///
     /// # Expected flow
     /// 1. stop the agent (SIGTERM, then SIGKILL), if the record names one that still runs;
-    /// 2. delete the VPC end of the veth (its `eth0` goes with it) and the namespace;
-    /// 3. remove the cell's files, and its record last.
+    /// 2. kill what is left in the cell's namespace, then the agent's runc containers
+    ///    ([`leftovers`]: a dead or unrecorded agent stops nothing itself);
+    /// 3. delete the VPC end of the veth (its `eth0` goes with it) and the namespace;
+    /// 4. remove the cell's files, and its record last.
     ///
     /// # Guarantees
     /// Idempotent: a missing cell, or one that a crash left half-made (a record without
@@ -338,6 +341,19 @@ impl LocalCellsCapability {
         let record = self.store.get(name)?;
         if let Some(agent) = record.as_ref().and_then(|r| r.agent) {
             agent.stop(name).await?;
+        }
+        let killed = leftovers::kill_processes_in(name);
+        if !killed.is_empty() {
+            tracing::warn!(cell = name, pids = ?killed, "local-cells: killed processes left in the cell");
+        }
+        let bootstrap = self.store.cell_dir(name).join("bootstrap");
+        let containers = leftovers::remove_containers(&bootstrap).await?;
+        if !containers.is_empty() {
+            tracing::warn!(
+                cell = name,
+                ?containers,
+                "local-cells: removed containers the cell's agent left"
+            );
         }
         vpc::unplumb_cell(&self.settings, name).await?;
         self.store.remove(name)?;

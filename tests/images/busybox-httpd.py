@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Build a tiny HTTP-server image from Debian's busybox-static and push it to a registry.
 
-    busybox-httpd.py REGISTRY REPOSITORY:TAG [--page TEXT]
+    busybox-httpd.py REGISTRY REPOSITORY:TAG [--page TEXT] [--add IMAGE_PATH=FILE ...]
 
 REGISTRY is `host:port` of a plain-HTTP registry (tests/registry/registry.sh). The image has
 one layer: /bin/busybox with its applet links, /www/index.html holding TEXT, and
-`httpd -f -v -p 80 -h /www` as its command. Standard library only, so the demo needs no
+`httpd -f -v -p 80 -h /www` as its command; `--add` puts more executables in (the hostPort
+tests' UDP server, tests/images/udp-echo.rs, since busybox's `nc` has no UDP mode). Standard library only, so the demo needs no
 image tool: the registry's v2 API is three requests per blob and one for the manifest.
 """
 import argparse
@@ -34,7 +35,7 @@ def busybox() -> bytes:
     sys.exit("busybox-httpd.py: busybox not found; install Debian's busybox-static (scripts/install-deps)")
 
 
-def layer(page: str) -> bytes:
+def layer(page: str, extra: dict) -> bytes:
     """The layer as an uncompressed tar, with fixed times so the digest is reproducible."""
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -57,6 +58,8 @@ def layer(page: str) -> bytes:
             tar.addfile(info)
         add_file("www/index.html", page.encode() + b"\n", 0o644)
         add_file("etc/passwd", b"root:x:0:0:root:/:/bin/sh\n", 0o644)
+        for name, data in sorted(extra.items()):
+            add_file(name, data, 0o755)
     return out.getvalue()
 
 
@@ -89,13 +92,25 @@ def main():
     parser.add_argument("registry")
     parser.add_argument("reference", help="REPOSITORY:TAG")
     parser.add_argument("--page", default="hello from a cellet cell")
+    parser.add_argument("--add", action="append", default=[], metavar="IMAGE_PATH=FILE",
+                        help="an executable to add, e.g. /bin/udp-echo=target/udp-echo (under /bin)")
     args = parser.parse_args()
+    extra = {}
+    for item in args.add:
+        path, sep, file = item.partition("=")
+        if not sep or not path.startswith("/bin/") or "/" in path[5:] or not path[5:]:
+            sys.exit(f"busybox-httpd.py: --add {item!r} is not /bin/NAME=FILE")
+        try:
+            with open(file, "rb") as f:
+                extra[path.lstrip("/")] = f.read()
+        except OSError as e:
+            sys.exit(f"busybox-httpd.py: --add {item!r}: {e}")
     repository, _, tag = args.reference.rpartition(":")
     if not repository or not tag:
         sys.exit(f"busybox-httpd.py: {args.reference!r} is not REPOSITORY:TAG")
     base = f"http://{args.registry}"
 
-    tar = layer(args.page)
+    tar = layer(args.page, extra)
     compressed = gzip.compress(tar, mtime=0)
     config = json.dumps({
         "architecture": "amd64",

@@ -132,6 +132,11 @@ impl Agent {
     pub fn runtime(&self) -> &Runtime {
         &self.runtime
     }
+
+    /// The applied pod's sandbox, once its network is up (port-forward connects in it).
+    pub async fn sandbox(&self) -> Option<PodSandbox> {
+        self.pod.lock().await.sandbox.clone()
+    }
 }
 
 /// The API's routes.

@@ -4,13 +4,16 @@
 //! declares `ExtendWebSocketsToKubelet`), so the agent speaks kubectl's protocol itself.
 //!
 //! Routes: `GET /v1/containers/{name}/exec?command=…&stdin=1&stdout=1&stderr=1&tty=1`,
-//! `GET /v1/containers/{name}/attach?stdout=1&stderr=1`.
+//! `GET /v1/containers/{name}/attach?stdout=1&stderr=1`, and `GET /v1/portforward`
+//! (SPDY tunnelled in the WebSocket, [`portforward`]).
 
 pub mod attach;
 pub mod channel;
 pub mod exec;
+pub mod portforward;
 pub mod pty;
 pub mod session;
+pub mod spdy;
 
 use std::sync::Arc;
 
@@ -29,6 +32,7 @@ pub fn routes() -> Router<Arc<Agent>> {
     Router::new()
         .route("/v1/containers/{name}/exec", get(exec))
         .route("/v1/containers/{name}/attach", get(attach))
+        .route("/v1/portforward", get(port_forward))
 }
 
 /// The upgrade with one of the channel protocols, or the 400 the kubelet answers.
@@ -109,5 +113,30 @@ async fn attach(
     let session = attach::session(live, &options);
     upgrade
         .on_upgrade(move |socket| session::serve(socket, session))
+        .into_response()
+}
+
+async fn port_forward(State(agent): State<Arc<Agent>>, upgrade: WebSocketUpgrade) -> Response {
+    let upgrade = upgrade.protocols([portforward::PROTOCOL]);
+    if upgrade.selected_protocol().is_none() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!(
+                "no supported port-forward protocol requested; this agent speaks {}",
+                portforward::PROTOCOL
+            ),
+        );
+    }
+    let Some(sandbox) = agent.sandbox().await else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "the pod has no network yet",
+        );
+    };
+    tracing::info!("port-forward session");
+    upgrade
+        .on_upgrade(move |socket| portforward::serve(socket, sandbox.netns))
         .into_response()
 }

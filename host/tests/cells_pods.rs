@@ -377,6 +377,21 @@ fn assert_cells_gone(fixture: &CellsFixture, host: &Host, cells: &[Value]) {
             "pod {uid}'s namespace on the host: {namespaces}"
         );
     }
+    // No process of a deleted cell runs: an agent is started with its cell's bootstrap path
+    // (one a crash left unrecorded included).
+    let bootstraps: Vec<String> = cells
+        .iter()
+        .map(|c| format!("cells/cells/{}/bootstrap", c["name"].as_str().unwrap()))
+        .collect();
+    for process in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmdline = std::fs::read(process.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        assert!(
+            !bootstraps.iter().any(|b| cmdline.contains(b.as_str()))
+                || !cmdline.contains(fixture.state().to_str().unwrap()),
+            "a deleted cell's agent runs: {cmdline}"
+        );
+    }
     let left = vpc_cell_namespaces();
     assert!(
         cells
@@ -456,6 +471,7 @@ async fn pods_in_cells_through_denial_restarts_and_host_crashes() {
     let steady_uids: Vec<String> = steady.iter().map(|p| uid(p)).collect();
     let restarting = [&crash, &liveness];
     let before = fixture.cell_records();
+    let namespaces_before = vpc_cell_namespaces();
     let rules_before = hostport_mappings(&host);
     let watching = Arc::new(AtomicBool::new(true));
     let rule_gaps = Arc::new(AtomicU32::new(0));
@@ -561,6 +577,11 @@ async fn pods_in_cells_through_denial_restarts_and_host_crashes() {
     );
     let after = fixture.cell_records();
     assert_eq!(
+        namespaces_before,
+        vpc_cell_namespaces(),
+        "the cells' namespaces changed across the restart"
+    );
+    assert_eq!(
         before, after,
         "the cells (names, addresses, agents) changed across the restart"
     );
@@ -574,10 +595,11 @@ async fn pods_in_cells_through_denial_restarts_and_host_crashes() {
         rules_before, rules_after,
         "the hostPort rules changed across the restart"
     );
-    let ports: Vec<(&str, u64)> = rules_after
+    let mut ports: Vec<(&str, u64)> = rules_after
         .iter()
         .map(|m| (m.protocol.as_str(), m.host_port))
         .collect();
+    ports.sort();
     assert_eq!(
         ports,
         vec![("tcp", u64::from(TCP_PORT)), ("udp", u64::from(UDP_PORT))],
@@ -1020,13 +1042,12 @@ async fn crash_loop(client: &Client, host: &Host) -> Pod {
                 .zip(runs.values().skip(1))
                 .map(|(a, b)| b.0 - a.1)
                 .collect();
-            if c.restart_count >= 2
-                && back_off_message.is_some()
+            if let Some(message) = &back_off_message
+                && c.restart_count >= 2
                 && gaps.iter().any(|g| *g >= 9_000)
             {
                 assert_eq!(phase(&pod), "Running", "a crash-looping pod is Running");
                 assert!(runs.values().all(|r| r.2 == 3), "exit codes: {runs:?}");
-                let message = back_off_message.unwrap();
                 assert!(message.contains("back-off"), "{message}");
                 return pod;
             }

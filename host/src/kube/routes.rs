@@ -147,6 +147,12 @@ pub async fn reconcile(
         tracing::warn!(plugin = plugins.network.name(), %warning, "network strategy warning");
     }
     metrics.set_network_warnings(plan.warnings.len());
+    if !plan.manage_routes && plan.routes.is_empty() {
+        // Nothing to make and nothing to check (`vpc-native`): the cloud is not asked,
+        // so a cloud plugin without routes (`list-routes` unsupported) is no error.
+        metrics.set_cloud_routes_missing(0);
+        return Ok(RouteChanges::default());
+    }
     let present = plugins
         .cloud
         .list_routes()

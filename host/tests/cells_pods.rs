@@ -664,6 +664,15 @@ async fn pods_in_cells_through_denial_restarts_and_host_crashes() {
     )
     .await;
     assert_cells_gone(&fixture, &host, &after);
+    // Their cells' deletion is what ended the containers the dead agents left.
+    let cleaned = host.records_with("local-cells: removed containers the cell's agent left");
+    for pod in [&init, &hostnet] {
+        let name = cells_of(&after, &uid(pod))[0]["name"].clone();
+        assert!(
+            cleaned.iter().any(|r| r["cell"] == name),
+            "the deletion of {name} removed no container: {cleaned:?}"
+        );
+    }
     let rules = hostport_table(&host);
     assert!(
         !rules.contains(&TCP_PORT.to_string()) && !rules.contains(&UDP_PORT.to_string()),
@@ -702,8 +711,10 @@ async fn pods_in_cells_through_denial_restarts_and_host_crashes() {
     )
     .await;
     lap(&format!(
-        "all {FLEET} fleet pods Running {:?} after the rollout began",
-        rollout.elapsed()
+        "all {FLEET} fleet pods Running {:?} after the rollout began ({} half-made cells replaced)",
+        rollout.elapsed(),
+        host.records_with("cell terminated before its pod ran; replacing it")
+            .len()
     ));
     // The orphan sweep needs two passes to delete a cell a crash left without its pod;
     // none must exist here, because every cell's pod is there.

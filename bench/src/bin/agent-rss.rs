@@ -405,9 +405,18 @@ fn bench(args: &Args) -> BenchResult<()> {
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             };
-            let answer = tokio::task::spawn_blocking(move || http_get(POD_IP))
-                .await
-                .map_err(|e| e.to_string())??;
+            // Ready without a probe means started: httpd may not listen yet.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let answer = loop {
+                match tokio::task::spawn_blocking(move || http_get(POD_IP))
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    Ok(answer) => break answer,
+                    Err(e) if Instant::now() > deadline => return Err(e),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            };
             if !answer.contains("hello from the agent-rss cell") {
                 return Err(format!("the pod answered something else: {answer}"));
             }

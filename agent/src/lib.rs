@@ -15,4 +15,6 @@ pub mod sandbox;
 #[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]
+pub mod stats;
+#[cfg(feature = "server")]
 pub mod streams;

@@ -345,6 +345,41 @@ pub struct LogOptions {
     pub limit_bytes: Option<u64>,
 }
 
+/// `GET /v1/stats`: what the pod's running containers use, read from their cgroups when
+/// asked (cumulative CPU time, memory now). A value the cgroup does not give is left out.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodUsage {
+    /// When it was read (RFC 3339).
+    pub time: String,
+    /// The pod's cgroup: every container and runc exec session together.
+    pub pod: Usage,
+    pub containers: Vec<ContainerUsage>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerUsage {
+    pub name: String,
+    #[serde(flatten)]
+    pub usage: Usage,
+}
+
+/// One cgroup's usage, as the kubelet's summary names it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Usage {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_core_nano_seconds: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_usage_bytes: Option<u64>,
+    /// Usage less inactive file pages: what the kubelet evicts and metrics-server reports by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_working_set_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_rss_bytes: Option<u64>,
+}
+
 /// The body of every error answer (4xx, 5xx).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -3,7 +3,7 @@
 //!
 //! Routes (JSON bodies from [`crate::protocol`]):
 //! `GET /v1/healthz`, `PUT /v1/pod`, `GET /v1/pod/status`, `POST /v1/pod/stop`,
-//! `GET /v1/containers/{name}/logs`; the session routes of [`crate::streams`].
+//! `GET /v1/containers/{name}/logs`, `GET /v1/stats`; the session routes of [`crate::streams`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -147,6 +147,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/pod/status", get(pod_status))
         .route("/v1/pod/stop", post(stop_pod))
         .route("/v1/containers/{name}/logs", get(container_logs))
+        .route("/v1/stats", get(stats))
         .merge(crate::streams::routes())
         .with_state(agent)
 }
@@ -267,6 +268,30 @@ async fn container_logs(
         )
             .into_response(),
         Err(failure) => runtime_error(failure),
+    }
+}
+
+async fn stats(State(agent): State<Arc<Agent>>) -> Response {
+    let Some((pod, containers)) = agent.runtime.cgroups().await else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "NoPod",
+            "no pod runs in this cell yet",
+        );
+    };
+    let time = format!("{:.0}", crate::runtime::now());
+    let usage = tokio::task::spawn_blocking(move || {
+        crate::stats::read(
+            std::path::Path::new("/sys/fs/cgroup"),
+            &pod,
+            &containers,
+            time,
+        )
+    })
+    .await;
+    match usage {
+        Ok(usage) => Json(usage).into_response(),
+        Err(failure) => error(StatusCode::INTERNAL_SERVER_ERROR, "StatsFailed", failure),
     }
 }
 

@@ -1,6 +1,6 @@
 //! kubectl's streaming sessions with a pod in a cell, every part real: `kubectl exec`
 //! (output, stderr, exit code; stdin; a terminal), `kubectl attach`, `kubectl port-forward`
-//! and `/stats/summary`, from the real kubectl through the real API server (which proxies
+//! and `/stats/summary` (and `/metrics/resource`), from the real kubectl through the real API server (which proxies
 //! the WebSocket upgrade to the node, since the node declares `ExtendWebSocketsToKubelet`)
 //! to cellet's kubelet API and on to the agent in the cell, which runs `runc exec`.
 //!
@@ -195,6 +195,47 @@ spec:
     attach.wait_for("response:200", Duration::from_secs(30));
     drop(attach);
     drop(forward);
+
+    // /stats/summary and /metrics/resource: the agent's cgroup readings. Asked as the API
+    // server asks (its kubelet client certificate): its node proxy refuses the test node's
+    // loopback address ("address not allowed"), so `kubectl get --raw .../proxy/...` cannot.
+    let pki = cluster.dir.join("pki");
+    let mut pem = std::fs::read(pki.join("apiserver-kubelet-client.crt")).unwrap();
+    pem.extend(std::fs::read(pki.join("apiserver-kubelet-client.key")).unwrap());
+    let kubelet = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(
+            &std::fs::read(pki.join("ca.crt")).unwrap(),
+        )
+        .unwrap()])
+        .identity(reqwest::Identity::from_pem(&pem).unwrap())
+        .build()
+        .unwrap();
+    let get = |path: &str| {
+        let request = kubelet.get(format!("https://127.0.0.1:{}{path}", host.kubelet_port));
+        async move { request.send().await.unwrap().text().await.unwrap() }
+    };
+    let summary: serde_json::Value =
+        serde_json::from_str(&get("/stats/summary").await).expect("the summary is JSON");
+    let web = summary["pods"]
+        .as_array()
+        .and_then(|pods| pods.iter().find(|p| p["podRef"]["name"] == "web"))
+        .unwrap_or_else(|| panic!("no pod web in {summary}"));
+    assert!(web["memory"]["workingSetBytes"].as_u64() > Some(0), "{web}");
+    assert!(
+        web["containers"][0]["memory"]["workingSetBytes"].as_u64() > Some(0),
+        "{web}"
+    );
+    assert!(
+        web["cpu"]["usageCoreNanoSeconds"].as_u64() > Some(0),
+        "{web}"
+    );
+    let resource = get("/metrics/resource").await;
+    assert!(
+        resource.contains(&format!(
+            "container_memory_working_set_bytes{{container=\"httpd\",namespace=\"{NAMESPACE}\",pod=\"web\"}}"
+        )),
+        "{resource}"
+    );
 
     drop(host);
     drop(fixture);

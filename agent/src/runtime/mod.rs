@@ -35,7 +35,7 @@ use crate::protocol::{ApplyPod, LogOptions, PodReport};
 use crate::sandbox::PodSandbox;
 use container::ContainerRecord;
 use image::{Credentials, ImageStore};
-pub use logs::Live;
+pub use logs::{Live, now};
 use pod::{PodContext, PodEnv, PodRun};
 use runc::Runc;
 pub use runc::exit_code;
@@ -257,6 +257,20 @@ impl Runtime {
             .running_id()
             .ok_or_else(|| RuntimeError::NotRunning(container.to_string()))?;
         Ok(live)
+    }
+
+    /// The pod's cgroup (`/cellet/<uid>`, relative to each hierarchy) and its running
+    /// containers' (`/cellet/<uid>/<runc id>`), by container name; none before a pod runs.
+    pub async fn cgroups(&self) -> Option<(String, Vec<(String, String)>)> {
+        let run = self.pod.lock().await.clone()?;
+        let pod = format!("/cellet/{}", run.env.context.uid());
+        let containers = run
+            .init_containers
+            .iter()
+            .chain(&run.containers)
+            .filter_map(|r| Some((r.spec.name.clone(), format!("{pod}/{}", r.running_id()?))))
+            .collect();
+        Some((pod, containers))
     }
 
     async fn record(&self, container: &str) -> Result<Arc<ContainerRecord>, RuntimeError> {

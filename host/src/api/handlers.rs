@@ -403,20 +403,42 @@ async fn run_uid(
 }
 
 async fn stats_summary(State(view): State<NodeView>) -> Response {
-    axum::Json(stats::summary(
-        &view.node_name,
-        view.started,
-        &view.pods.list(),
-    ))
-    .into_response()
+    let pods = view.pods.list();
+    let usage = usage(&view, &pods).await;
+    axum::Json(stats::summary(&view.node_name, view.started, &pods, &usage)).into_response()
 }
 
 async fn resource_metrics(State(view): State<NodeView>) -> Response {
+    let pods = view.pods.list();
+    let usage = usage(&view, &pods).await;
     (
         [(CONTENT_TYPE, stats::RESOURCE_METRICS_CONTENT_TYPE)],
-        stats::resource_metrics(&view.pods.list()),
+        stats::resource_metrics(&pods, &usage),
     )
         .into_response()
+}
+
+/// What the agents of `pods` measure now, asked all at once; a pod whose agent does not
+/// answer is left out (and logged).
+async fn usage(view: &NodeView, pods: &[Arc<Pod>]) -> stats::UsageByPod {
+    let asks = pods.iter().filter_map(|pod| {
+        let uid = pod.metadata.uid.clone()?;
+        let agent = view.cells.agent(pod)?;
+        Some(async move {
+            match agent.usage().await {
+                Ok(usage) => Some((uid, usage)),
+                Err(error) => {
+                    tracing::debug!(%error, "pod usage not read");
+                    None
+                }
+            }
+        })
+    });
+    futures_util::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 async fn metrics(State(view): State<NodeView>) -> Response {

@@ -7,8 +7,9 @@
 //! `nodes/{proxy,stats,metrics,log}` ([`auth`]); errors written as the kubelet writes them,
 //! or as `Status` objects for JSON clients ([`status`]).
 //!
-//! Pod sessions belong to the agent in each pod's cell; until the agent exists they are
-//! routed and then refused with 501 ([`handlers`]).
+//! Pod sessions belong to the agent in each pod's cell: logs and stats are asked of it,
+//! exec, attach and port-forward are checked and routed here and then passed through to it
+//! as upgraded connections ([`streams`]).
 //!
 //! Layout: [`handlers`] (endpoints) ← [`auth`] (gate) ← [`status`] (error form) ←
 //! [`metrics::track`] (counting), assembled by [`router`]; [`tls`] and [`server`] put it on

@@ -93,8 +93,7 @@ pub async fn serve_tls(
                 request
             });
             let builder = auto::Builder::new(TokioExecutor::new());
-            // Upgrades stay possible: exec, attach and port-forward switch protocols once
-            // a cell agent serves them.
+            // Upgrades: exec, attach and port-forward switch protocols (api::streams).
             let connection = builder.serve_connection_with_upgrades(
                 TokioIo::new(stream),
                 TowerToHyperService::new(service),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use cellet_agent::protocol::{
-    ApiError, ApplyPod, Health, LogOptions, PodReport, StopPod, agent_server_name,
+    ApiError, ApplyPod, Health, LogOptions, PodReport, PodUsage, StopPod, agent_server_name,
 };
 use futures_util::Stream;
 use rustls::RootCertStore;
@@ -21,6 +21,8 @@ use super::ca::{CellCa, IssuedCert};
 /// How long a request (other than a followed log) may take. Applying a pod answers once the
 /// network is up and the runtime has taken the pod; image pulls continue after.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long reading a pod's usage may take: `/stats/summary` waits for every agent.
+pub const STATS_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long connecting to an agent may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -226,6 +228,12 @@ impl AgentClient {
                 }
             },
         ))
+    }
+
+    /// `GET /v1/stats`: the usage of the pod and its running containers, read now.
+    pub async fn usage(&self) -> Result<PodUsage, ClientError> {
+        let request = self.http.get(self.url("/v1/stats")).timeout(STATS_TIMEOUT);
+        self.json("read the usage", request).await
     }
 
     /// Open a session (exec, attach, port-forward) on the agent: `GET path_and_query` with

@@ -3,7 +3,8 @@
 //!
 //! ```sh
 //! scripts/install-deps          # runc, busybox-static, docker-registry, socat
-//! cargo build --release -p cellet-bench --bin agent-rss -p cellet-agent
+//! cargo build --release -p cellet-agent    # a `--bin` filter would skip the agent binary
+//! cargo build --release -p cellet-bench --bin agent-rss
 //! target/release/agent-rss      # as root; --agent PATH, --settle SECONDS
 //! ```
 //!

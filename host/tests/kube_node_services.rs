@@ -22,7 +22,8 @@ use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair}
 use reqwest::StatusCode;
 
 const MINUTE: Duration = Duration::from_secs(60);
-const NOT_AVAILABLE: &str = "cell agent streaming not available in this release";
+/// How the kubelet API refuses a session of a pod whose cell runs no agent (the mock cloud).
+const NOT_AVAILABLE: &str = "no cell agent serves";
 
 async fn ready_node(client: &kube::Client, host: &Host) -> Node {
     let nodes: Api<Node> = Api::all(client.clone());

@@ -28,7 +28,8 @@ use rcgen::{
 use reqwest::StatusCode;
 use tokio::sync::oneshot;
 
-const NOT_AVAILABLE: &str = "cell agent streaming not available in this release";
+/// How the kubelet API refuses a session of a pod whose cell runs no agent (the mock cloud).
+const NOT_AVAILABLE: &str = "no cell agent serves";
 
 // ------------------------------------------------------------------------------------
 // Helpers

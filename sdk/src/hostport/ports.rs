@@ -144,14 +144,18 @@ pub fn admit(
         };
         for held in existing.iter().filter(claims_same_port) {
             if collide(mapping, held)? {
-                return Ok(Admission::Deny(format!(
-                    "{} is taken: {} is mapped on this node for pod {}/{} (container {:?})",
-                    describe(mapping),
-                    describe(held),
-                    held.pod_namespace,
-                    held.pod_name,
-                    held.container_name
-                )));
+                let (wanted, taken) = (describe(mapping), describe(held));
+                // Name the holder's mapping only when it differs (another address of the
+                // node, or every address): the same words twice say nothing.
+                let holder = format!(
+                    "pod {}/{} (container {:?})",
+                    held.pod_namespace, held.pod_name, held.container_name
+                );
+                return Ok(Admission::Deny(if wanted == taken {
+                    format!("{wanted} is already mapped on this node for {holder}")
+                } else {
+                    format!("{wanted} is taken: {taken} is mapped on this node for {holder}")
+                }));
             }
         }
     }

@@ -1,5 +1,5 @@
 //! kubectl's streaming sessions with a pod in a cell, every part real: `kubectl exec`
-//! (output, stderr, exit code; stdin; a terminal), `kubectl attach`, `kubectl port-forward`
+//! (output, stderr, exit code; stdin; a terminal and its size), `kubectl attach`, `kubectl port-forward`
 //! and `/stats/summary` (and `/metrics/resource`), from the real kubectl through the real API server (which proxies
 //! the WebSocket upgrade to the node, since the node declares `ExtendWebSocketsToKubelet`)
 //! to cellet's kubelet API and on to the agent in the cell, which runs `runc exec`.
@@ -157,12 +157,36 @@ spec:
         .output()
         .expect("script (util-linux)");
     assert!(
-        text(&output.stdout).contains("on-a-terminal\r\n"),
+        // Line endings depend on when kubectl puts script's terminal in raw mode.
+        text(&output.stdout).contains("on-a-terminal"),
         "{}\n{}",
         explain(&output),
         agent_logs(&fixture)
     );
     assert_eq!(output.status.code(), Some(4), "{}", explain(&output));
+
+    // Resize: kubectl sends its terminal's size (200 columns, set with stty inside
+    // `script`) and the container's terminal takes it: busybox `ls -C` lays the ten names
+    // of /bin out on one line only when it is wide enough.
+    let kubectl_wide = format!(
+        "stty cols 200 rows 20; '{}' kubectl '{}' exec -it -n {NAMESPACE} web -- sh -c 'sleep 1; ls -C /bin'",
+        kube_support::workspace()
+            .join("tests/cluster/cluster.sh")
+            .display(),
+        cluster.dir.display(),
+    );
+    let output = Command::new("script")
+        .args(["-qec", &kubectl_wide, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("script (util-linux)");
+    assert!(
+        text(&output.stdout)
+            .lines()
+            .any(|line| line.contains("busybox") && line.contains("wget")),
+        "{}",
+        explain(&output)
+    );
 
     // port-forward: a local port of kubectl's, to the pod's port 80 (SPDY in the tunnel).
     let local_port = kube_support::free_port();

@@ -1,8 +1,9 @@
 //! kubectl's streaming sessions with a pod in a cell, every part real: `kubectl exec`
-//! (output, stderr, exit code; stdin; a terminal and its size), `kubectl attach`, `kubectl port-forward`
-//! and `/stats/summary` (and `/metrics/resource`), from the real kubectl through the real API server (which proxies
-//! the WebSocket upgrade to the node, since the node declares `ExtendWebSocketsToKubelet`)
-//! to cellet's kubelet API and on to the agent in the cell, which runs `runc exec`.
+//! (output, stderr, exit code; stdin; a terminal and its size), `kubectl attach`,
+//! `kubectl port-forward`, `/stats/summary` and `/metrics/resource`, from the real kubectl
+//! through the real API server (which proxies the WebSocket upgrade to the node, since the
+//! node declares `ExtendWebSocketsToKubelet`) to cellet's kubelet API and on to the agent in
+//! the cell, which runs `runc exec`.
 //!
 //! One control plane, one cellet and one pod serve every case, to keep the runtime low.
 //! Needs root, the `cellet-agent` binary beside `cellet`, `script` (util-linux) and socat.

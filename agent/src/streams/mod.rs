@@ -36,6 +36,7 @@ pub fn routes() -> Router<Arc<Agent>> {
 }
 
 /// The upgrade with one of the channel protocols, or the 400 the kubelet answers.
+// A refusal is an axum `Response`, answered at once; boxing it would buy nothing.
 #[allow(clippy::result_large_err)]
 fn channel_upgrade(upgrade: WebSocketUpgrade) -> Result<WebSocketUpgrade, Response> {
     let upgrade = upgrade.protocols(channel::PROTOCOLS);

@@ -18,8 +18,8 @@ use kube_support::{Cluster, cluster, eventually, pods, running};
 
 /// The test's VPC: a subnet and names no other test uses.
 const VPC: LocalVpc = LocalVpc {
-    subnet: "10.214.9.0/24",
-    host_address: "10.214.9.2",
+    subnet: "10.214.11.0/24",
+    host_address: "10.214.11.2",
     namespace: "cellet-sessions-vpc",
     uplink: "clses0",
 };

@@ -54,13 +54,26 @@ pub fn kill_processes_in(netns: &str) -> Vec<i32> {
 /// Kill and remove the runc containers of the agent whose bootstrap document is
 /// `bootstrap`, and its pod's parent cgroups; returns the container ids removed. No
 /// bootstrap (a cell that never got one), no runc root or no container is nothing to do.
+///
+/// User data that is not a bootstrap document this host can read (a cloud plugin's own
+/// user data, or a document of another cellet version) is logged and skipped, never an
+/// error: deleting the cell must not depend on it, and the processes in the cell's
+/// namespace are killed regardless.
 pub async fn remove_containers(bootstrap: &Path) -> Result<Vec<String>, LocalCellsError> {
     let Ok(document) = std::fs::read(bootstrap) else {
         return Ok(Vec::new());
     };
-    let bootstrap = Bootstrap::from_json(&document).map_err(|error| LocalCellsError::Refused {
-        reason: format!("the bootstrap document {}: {error}", bootstrap.display()),
-    })?;
+    let bootstrap = match Bootstrap::from_json(&document) {
+        Ok(bootstrap) => bootstrap,
+        Err(error) => {
+            tracing::warn!(
+                document = %bootstrap.display(),
+                %error,
+                "the cell's user data is not a cell agent bootstrap: no agent containers to remove"
+            );
+            return Ok(Vec::new());
+        }
+    };
     let root = bootstrap.state_dir.join("runtime/runc");
     if !root.is_dir() {
         return Ok(Vec::new());
@@ -121,5 +134,17 @@ mod tests {
         let missing = dir.path().join("bootstrap");
         assert!(remove_containers(&missing).await.unwrap().is_empty());
         assert!(kill_processes_in("cell-00000000-no-such-namespace").is_empty());
+    }
+
+    #[tokio::test]
+    async fn user_data_that_is_not_a_bootstrap_does_not_stop_the_deletion() {
+        let dir = tempfile::tempdir().unwrap();
+        let foreign = dir.path().join("bootstrap");
+        std::fs::write(
+            &foreign,
+            br#"{"bootstrap": "a cloud plugin's own user data"}"#,
+        )
+        .unwrap();
+        assert!(remove_containers(&foreign).await.unwrap().is_empty());
     }
 }

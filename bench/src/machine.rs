@@ -60,3 +60,31 @@ impl Machine {
         }
     }
 }
+
+impl Machine {
+    /// The 1-minute load average now, to report beside the one at the start.
+    pub fn load_average_now() -> String {
+        std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|s| s.split_whitespace().next().map(str::to_string))
+            .unwrap_or_else(|| "unknown".to_string())
+    }
+
+    /// The line every benchmark report starts with: the machine, and its load at the
+    /// start and at the end of the run (other work shows up in the tails).
+    pub fn summary(&self, load_at_end: &str) -> String {
+        format!(
+            "Machine: {}, {} logical CPUs{}, Linux {}; 1-minute load average {} at start, {load_at_end} at end. Build: {}.",
+            self.cpu,
+            self.logical_cpus,
+            if self.virtual_machine {
+                " (virtual machine)"
+            } else {
+                ""
+            },
+            self.kernel,
+            self.load_average,
+            self.build,
+        )
+    }
+}

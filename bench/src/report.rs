@@ -56,20 +56,8 @@ impl RunReport {
         let m = &self.machine;
         let it = &self.iterations;
         // Writing into a String cannot fail.
-        let _ = writeln!(
-            out,
-            "Machine: {}, {} logical CPUs{}, Linux {}; 1-minute load average at start {}. Build: {}.",
-            m.cpu,
-            m.logical_cpus,
-            if m.virtual_machine {
-                " (virtual machine)"
-            } else {
-                ""
-            },
-            m.kernel,
-            m.load_average,
-            m.build
-        );
+        // Rendered as soon as the run ends: the load now is the load at its end.
+        let _ = writeln!(out, "{}", m.summary(&Machine::load_average_now()));
         let _ = writeln!(
             out,
             "Iterations: {} warm calls and {} fresh instances per function after {} warm-up calls, {} native calls, {} cold and {} cached loads per plugin.",

@@ -456,21 +456,7 @@ fn bench(args: &Args) -> BenchResult<()> {
         Ok(readings) => readings,
         Err(e) => return Err(format!("{e}\nagent log:\n{}", cell.agent_log())),
     };
-    let load_end = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!(
-        "Machine: {}, {} logical CPUs{}, Linux {}. Build: {}. Load average (1 min): {} at the start, {} at the end.",
-        machine.cpu,
-        machine.logical_cpus,
-        if machine.virtual_machine {
-            " (virtual machine)"
-        } else {
-            ""
-        },
-        machine.kernel,
-        machine.build,
-        machine.load_average,
-        load_end.split_whitespace().next().unwrap_or("unknown"),
-    );
+    println!("{}", machine.summary(&machine::Machine::load_average_now()));
     println!();
     println!("| cellet-agent | VmRSS | VmHWM | RssAnon | threads |");
     println!("| --- | ---: | ---: | ---: | ---: |");

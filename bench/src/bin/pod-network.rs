@@ -490,12 +490,16 @@ fn bench(args: &Args) -> Result<(), BenchError> {
             eprintln!("  {}/{}", i + 1, args.iterations);
         }
     }
-    let load_end = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    report(args, &machine, load_end.split_whitespace().next(), timings);
+    report(
+        args,
+        &machine,
+        &machine::Machine::load_average_now(),
+        timings,
+    );
     Ok(())
 }
 
-fn report(args: &Args, machine: &machine::Machine, load_end: Option<&str>, timings: Timings) {
+fn report(args: &Args, machine: &machine::Machine, load_end: &str, timings: Timings) {
     let summary = |samples: Samples| samples.summarize().expect("at least one iteration");
     let cellet_setup = summary(timings.cellet_setup);
     let cni_setup = summary(timings.cni_setup);
@@ -503,20 +507,7 @@ fn report(args: &Args, machine: &machine::Machine, load_end: Option<&str>, timin
     let cni_teardown = summary(timings.cni_teardown);
     let cni_add = summary(timings.cni_add);
     let cni_del = summary(timings.cni_del);
-    println!(
-        "Machine: {}, {} logical CPUs{}, Linux {}. Build: {}. Load average (1 min): {} at the start, {} at the end.",
-        machine.cpu,
-        machine.logical_cpus,
-        if machine.virtual_machine {
-            " (virtual machine)"
-        } else {
-            ""
-        },
-        machine.kernel,
-        machine.build,
-        machine.load_average,
-        load_end.unwrap_or("unknown"),
-    );
+    println!("{}", machine.summary(load_end));
     println!();
     println!(
         "| {} iterations each, interleaved | p50 | p99 | min | max | mean |",

@@ -71,10 +71,7 @@ impl Report {
 
     /// Compute the comparisons and note the load at the end.
     pub fn finish(&mut self) {
-        self.load_average_end = std::fs::read_to_string("/proc/loadavg")
-            .ok()
-            .and_then(|s| s.split_whitespace().next().map(str::to_string))
-            .unwrap_or_else(|| "unknown".into());
+        self.load_average_end = Machine::load_average_now();
         let Some(cellet) = self.nodes.iter().find(|n| n.kind == Kind::Cellet) else {
             return;
         };
@@ -116,21 +113,7 @@ impl Report {
     pub fn markdown(&self) -> String {
         let m = &self.machine;
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "Machine: {}, {} logical CPUs{}, Linux {}; 1-minute load average {} at start, {} at end. Build: {}.",
-            m.cpu,
-            m.logical_cpus,
-            if m.virtual_machine {
-                " (virtual machine)"
-            } else {
-                ""
-            },
-            m.kernel,
-            m.load_average,
-            self.load_average_end,
-            m.build,
-        );
+        let _ = writeln!(out, "{}", m.summary(&self.load_average_end));
         let _ = writeln!(
             out,
             "Control plane: Kubernetes {} (tests/cluster). Pods bound by {}; {} creates in flight.\n",

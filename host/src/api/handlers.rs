@@ -58,7 +58,7 @@ pub fn routes(view: NodeView) -> Router {
         .route("/exec/{namespace}/{pod}/{container}", get(exec).post(exec))
         .route(
             "/exec/{namespace}/{pod}/{uid}/{container}",
-            get(exec_uid).post(exec_uid),
+            get(exec).post(exec),
         )
         .route(
             "/attach/{namespace}/{pod}/{container}",
@@ -66,7 +66,7 @@ pub fn routes(view: NodeView) -> Router {
         )
         .route(
             "/attach/{namespace}/{pod}/{uid}/{container}",
-            get(attach_uid).post(attach_uid),
+            get(attach).post(attach),
         )
         .route(
             "/portForward/{namespace}/{pod}",
@@ -74,7 +74,7 @@ pub fn routes(view: NodeView) -> Router {
         )
         .route(
             "/portForward/{namespace}/{pod}/{uid}",
-            get(port_forward_uid).post(port_forward_uid),
+            get(port_forward).post(port_forward),
         )
         .route(
             "/run/{namespace}/{pod}/{container}",
@@ -82,7 +82,7 @@ pub fn routes(view: NodeView) -> Router {
         )
         .route(
             "/run/{namespace}/{pod}/{uid}/{container}",
-            axum::routing::post(run_uid),
+            axum::routing::post(run),
         )
         .route("/stats/summary", get(stats_summary))
         .route("/metrics", get(metrics))
@@ -129,7 +129,9 @@ impl Session {
     }
 }
 
-/// The pod and container a session targets, from the path.
+/// The pod and container a session targets, from the path: the routes with and without
+/// `{uid}` (and port-forward's, without `{container}`) fill the same record.
+#[derive(serde::Deserialize)]
 struct Target {
     namespace: String,
     pod: String,
@@ -266,85 +268,25 @@ fn kube_bool<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<bool, 
 
 async fn exec(
     State(view): State<NodeView>,
-    Path((namespace, pod, container)): Path<(String, String, String)>,
+    Path(target): Path<Target>,
     request: Request,
 ) -> Result<Response, Failure> {
-    let target = Target {
-        namespace,
-        pod,
-        uid: None,
-        container: Some(container),
-    };
-    open_session(&view, Session::Exec, target, request).await
-}
-
-async fn exec_uid(
-    State(view): State<NodeView>,
-    Path((namespace, pod, uid, container)): Path<(String, String, String, String)>,
-    request: Request,
-) -> Result<Response, Failure> {
-    let target = Target {
-        namespace,
-        pod,
-        uid: Some(uid),
-        container: Some(container),
-    };
     open_session(&view, Session::Exec, target, request).await
 }
 
 async fn attach(
     State(view): State<NodeView>,
-    Path((namespace, pod, container)): Path<(String, String, String)>,
+    Path(target): Path<Target>,
     request: Request,
 ) -> Result<Response, Failure> {
-    let target = Target {
-        namespace,
-        pod,
-        uid: None,
-        container: Some(container),
-    };
-    open_session(&view, Session::Attach, target, request).await
-}
-
-async fn attach_uid(
-    State(view): State<NodeView>,
-    Path((namespace, pod, uid, container)): Path<(String, String, String, String)>,
-    request: Request,
-) -> Result<Response, Failure> {
-    let target = Target {
-        namespace,
-        pod,
-        uid: Some(uid),
-        container: Some(container),
-    };
     open_session(&view, Session::Attach, target, request).await
 }
 
 async fn port_forward(
     State(view): State<NodeView>,
-    Path((namespace, pod)): Path<(String, String)>,
+    Path(target): Path<Target>,
     request: Request,
 ) -> Result<Response, Failure> {
-    let target = Target {
-        namespace,
-        pod,
-        uid: None,
-        container: None,
-    };
-    open_session(&view, Session::PortForward, target, request).await
-}
-
-async fn port_forward_uid(
-    State(view): State<NodeView>,
-    Path((namespace, pod, uid)): Path<(String, String, String)>,
-    request: Request,
-) -> Result<Response, Failure> {
-    let target = Target {
-        namespace,
-        pod,
-        uid: Some(uid),
-        container: None,
-    };
     open_session(&view, Session::PortForward, target, request).await
 }
 
@@ -370,36 +312,8 @@ async fn open_session(
     streams::pass_through(&agent, &path, request).await
 }
 
-async fn run(
-    State(view): State<NodeView>,
-    Path((namespace, pod, container)): Path<(String, String, String)>,
-) -> Failure {
-    route_to_cell(
-        &view,
-        Session::Run,
-        Target {
-            namespace,
-            pod,
-            uid: None,
-            container: Some(container),
-        },
-    )
-}
-
-async fn run_uid(
-    State(view): State<NodeView>,
-    Path((namespace, pod, uid, container)): Path<(String, String, String, String)>,
-) -> Failure {
-    route_to_cell(
-        &view,
-        Session::Run,
-        Target {
-            namespace,
-            pod,
-            uid: Some(uid),
-            container: Some(container),
-        },
-    )
+async fn run(State(view): State<NodeView>, Path(target): Path<Target>) -> Failure {
+    route_to_cell(&view, Session::Run, target)
 }
 
 async fn stats_summary(State(view): State<NodeView>) -> Response {

@@ -26,10 +26,10 @@ use serde_json::Value;
 use crate::config::check::{self, CapabilityMetrics, SlotError};
 use crate::config::{Config, ConfigError};
 use crate::kube::DaemonSetPolicy;
-use crate::kube::convert::{self, ConvertError};
+use crate::kube::convert;
 use crate::kube::worker::{Decision, HostportTable, cell_request};
 use crate::plugins::bindings::{
-    ClusterNetworkPlan, NextHop, Pod as WitPod, PodAddressSource, PodNetworkPlan, PortMapping,
+    CellRequest, ClusterNetworkPlan, NextHop, PodAddressSource, PodNetworkPlan, PortMapping,
     Protocol, RouteTarget,
 };
 use crate::plugins::source::PluginSource;
@@ -311,7 +311,7 @@ async fn plan_pod(
     }
     let wit_pod = match convert::plugin_pod(pod) {
         Ok(p) => p,
-        Err(error @ (ConvertError::Missing { .. } | ConvertError::Invalid { .. })) => {
+        Err(error) => {
             return Outcome::Refused {
                 by: "the node (invalid pod)".into(),
                 reason: error.to_string(),
@@ -345,7 +345,7 @@ async fn plan_pod(
     Outcome::Planned {
         host_ports,
         network: network_view(&plan),
-        cell: cell_view(&request.pod, request.needs_pod_ip, &request.tags),
+        cell: cell_view(&request),
     }
 }
 
@@ -522,20 +522,18 @@ fn network_view(plan: &PodNetworkPlan) -> NetworkPlan {
     }
 }
 
-fn cell_view(
-    pod: &WitPod,
-    needs_pod_ip: bool,
-    tags: &[crate::plugins::bindings::KeyValue],
-) -> CellPlan {
+fn cell_view(request: &CellRequest) -> CellPlan {
+    let pod = &request.pod;
     let containers = pod.init_containers.iter().chain(&pod.containers);
     CellPlan {
-        needs_pod_ip,
+        needs_pod_ip: request.needs_pod_ip,
         cpu_millis: pod.containers.iter().map(|c| c.cpu_millis).sum(),
         memory_bytes: pod.containers.iter().map(|c| c.memory_bytes).sum(),
         containers: containers
             .map(|c| format!("{}={}", c.name, c.image))
             .collect(),
-        tags: tags
+        tags: request
+            .tags
             .iter()
             .map(|t| (t.key.clone(), t.value.clone()))
             .collect(),

@@ -35,8 +35,8 @@ install_registry() {
 }
 
 # A port nothing listens on right now (a refused connect), picked at random above the
-# usual service ports. Another process could take it before the registry binds; `up` then
-# fails loudly (the registry exits) rather than silently using someone else's server.
+# usual service ports. Another process could take it before the registry binds; the
+# registry then exits, and `up` tries another port rather than use someone else's server.
 free_port() {
     local port
     for _ in $(seq 1 100); do
@@ -65,6 +65,24 @@ up() {
     install_registry
     command -v curl >/dev/null || die "curl is missing: apt-get install -y curl"
 
+    # The free port may be taken between the probe and the registry's bind (an outgoing
+    # connection's ephemeral port, another test's server): a bind refusal, and only that,
+    # is retried on another port.
+    local attempt
+    for attempt in 1 2 3 4 5; do
+        start_on_free_port && return 0
+        grep -q "address already in use" "$dir/registry.log" \
+            || die "docker-registry exited during start; its log ($dir/registry.log):
+$(cat "$dir/registry.log")"
+        echo "registry: port taken before the bind (attempt $attempt), trying another" >&2
+    done
+    die "docker-registry found no free port in 5 attempts; last log ($dir/registry.log):
+$(cat "$dir/registry.log")"
+}
+
+# Start the registry on a port free right now; false when it exits during the start (its
+# log says why), dies when it does not answer in time.
+start_on_free_port() {
     local port
     port=$(free_port)
     mkdir -p "$dir/storage"
@@ -90,8 +108,8 @@ CONF
     local deadline=$((SECONDS + 30))
     until answers "$port"; do
         if ! kill -0 "$pid" 2>/dev/null; then
-            die "docker-registry exited during start; its log ($dir/registry.log):
-$(cat "$dir/registry.log")"
+            rm -f "$dir/pid"
+            return 1
         fi
         if ((SECONDS >= deadline)); then
             kill "$pid" 2>/dev/null || true

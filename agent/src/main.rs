@@ -1,7 +1,7 @@
 //! `cellet-agent --bootstrap FILE`: the cell agent. It reads its bootstrap document (the
 //! cell's user data), waits for the management interface's address, and serves the host's
 //! API there until SIGTERM or SIGINT. Stopping the agent leaves the pod running: a new agent
-//! adopts it when the host applies the pod again.
+//! applies it again from its saved state when it starts.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -94,6 +94,12 @@ async fn run(args: Args) -> Result<(), String> {
         &bootstrap.state_dir,
     );
     let agent = Arc::new(Agent::new(&bootstrap, container_runtime, network));
+    // A pod this cell ran before the agent restarted comes back at once; the host's own
+    // apply, when it comes, waits for this one and then changes nothing.
+    tokio::spawn({
+        let agent = agent.clone();
+        async move { agent.resume().await }
+    });
     let address = std::net::SocketAddr::from((management_ip, bootstrap.port));
     let listener = tokio::net::TcpListener::bind(address)
         .await

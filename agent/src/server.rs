@@ -137,6 +137,73 @@ impl Agent {
     pub async fn sandbox(&self) -> Option<PodSandbox> {
         self.pod.lock().await.sandbox.clone()
     }
+
+    /// Apply again the pod an earlier agent process of this cell applied and did not stop
+    /// (its durable state, `runtime/pod-state.json`), so that a restarted agent (crash,
+    /// upgrade, OOM kill) brings its pod back without waiting for the host.
+    ///
+    /// # Caveats
+    /// The containers of the earlier process are not adopted: the runtime deletes them and
+    /// starts them again (see `agent/README.md`, "Agent restarts").
+    ///
+    /// # Errors
+    /// None: an unreadable state, a pod of another UID or a failed apply is logged, and the
+    /// host's next apply decides.
+    pub async fn resume(&self) {
+        let apply = match self.runtime.saved_pod() {
+            Ok(Some(apply)) => apply,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::error!(%error, "the saved pod cannot be read; waiting for the host");
+                return;
+            }
+        };
+        tracing::info!(pod_uid = %self.health.pod_uid, "applying the saved pod again");
+        if let Err(response) = self.apply(&apply).await {
+            tracing::error!(status = %response.status(), "the saved pod could not be applied again; waiting for the host");
+        }
+    }
+
+    /// Build the pod's network and hand the pod to the runtime (`PUT /v1/pod`); the error
+    /// answer otherwise.
+    async fn apply(&self, apply: &ApplyPod) -> Result<(), Response> {
+        let uid = apply.pod.metadata.uid.as_deref().unwrap_or_default();
+        if uid != self.health.pod_uid {
+            return Err(error(
+                StatusCode::CONFLICT,
+                "PodUidMismatch",
+                format!("this cell runs pod {}, not {uid:?}", self.health.pod_uid),
+            ));
+        }
+        let spec = apply.pod.spec.as_ref();
+        let host_aliases = spec
+            .and_then(|spec| spec.host_aliases.clone())
+            .unwrap_or_default();
+        let mut state = self.pod.lock().await;
+        state.grace = spec
+            .and_then(|spec| spec.termination_grace_period_seconds)
+            .map(|seconds| Duration::from_secs(seconds.max(0).unsigned_abs()));
+        let sandbox = match self.network.setup(&apply.network, &host_aliases).await {
+            Ok(sandbox) => sandbox,
+            Err(net_error) => {
+                tracing::error!(pod_uid = uid, error = %net_error, "pod network setup failed");
+                state.network_error = Some(net_error.to_string());
+                return Err(error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "NetworkFailed",
+                    net_error,
+                ));
+            }
+        };
+        tracing::info!(pod_uid = uid, pod_ip = %sandbox.pod_ip, netns = ?sandbox.netns, "pod network ready");
+        state.network_error = None;
+        state.sandbox = Some(sandbox.clone());
+        if let Err(runtime_failure) = self.runtime.apply(apply, &sandbox).await {
+            tracing::error!(pod_uid = uid, error = %runtime_failure, "runtime failed to apply the pod");
+            return Err(runtime_error(runtime_failure));
+        }
+        Ok(())
+    }
 }
 
 /// The API's routes.
@@ -174,43 +241,10 @@ async fn healthz(State(agent): State<Arc<Agent>>) -> Json<Health> {
 }
 
 async fn apply_pod(State(agent): State<Arc<Agent>>, Json(apply): Json<ApplyPod>) -> Response {
-    let uid = apply.pod.metadata.uid.as_deref().unwrap_or_default();
-    if uid != agent.health.pod_uid {
-        return error(
-            StatusCode::CONFLICT,
-            "PodUidMismatch",
-            format!("this cell runs pod {}, not {uid:?}", agent.health.pod_uid),
-        );
+    match agent.apply(&apply).await {
+        Ok(()) => Json(report(&agent).await).into_response(),
+        Err(response) => response,
     }
-    let spec = apply.pod.spec.as_ref();
-    let host_aliases = spec
-        .and_then(|spec| spec.host_aliases.clone())
-        .unwrap_or_default();
-    let mut state = agent.pod.lock().await;
-    state.grace = spec
-        .and_then(|spec| spec.termination_grace_period_seconds)
-        .map(|seconds| Duration::from_secs(seconds.max(0).unsigned_abs()));
-    let sandbox = match agent.network.setup(&apply.network, &host_aliases).await {
-        Ok(sandbox) => sandbox,
-        Err(net_error) => {
-            tracing::error!(pod_uid = uid, error = %net_error, "pod network setup failed");
-            state.network_error = Some(net_error.to_string());
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "NetworkFailed",
-                net_error,
-            );
-        }
-    };
-    tracing::info!(pod_uid = uid, pod_ip = %sandbox.pod_ip, netns = ?sandbox.netns, "pod network ready");
-    state.network_error = None;
-    state.sandbox = Some(sandbox.clone());
-    if let Err(runtime_failure) = agent.runtime.apply(&apply, &sandbox).await {
-        tracing::error!(pod_uid = uid, error = %runtime_failure, "runtime failed to apply the pod");
-        return runtime_error(runtime_failure);
-    }
-    drop(state);
-    Json(report(&agent).await).into_response()
 }
 
 async fn report(agent: &Agent) -> PodReport {

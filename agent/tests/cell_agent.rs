@@ -5,7 +5,9 @@
 //! Proves: only clients with a certificate of the cell CA get an answer; applying a pod
 //! builds its network namespace with the pod IP, which the VPC reaches through the cell
 //! (proxy ARP) while the pod cannot reach the agent's port; stopping the pod removes the
-//! namespace, links, routes and nftables table. Runs as root.
+//! namespace, links, routes and nftables table; an agent killed with SIGKILL and started
+//! again with the same bootstrap applies its saved pod again without the host, until the
+//! pod is stopped. Runs as root.
 
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -506,4 +508,85 @@ fn the_pod_network_reaches_the_vpc_but_not_the_agent_and_is_removed_on_stop() {
     let (_, tables) = output(&["ip", "netns", "exec", &vpc.cell, "nft", "list", "tables"]);
     assert!(!tables.contains("cellet_agent"), "{tables}");
     assert!(!dir.path().join("state/network").exists());
+}
+
+#[test]
+fn a_restarted_agent_applies_its_saved_pod_again_until_the_pod_is_stopped() {
+    let vpc = Vpc::new("rst");
+    let dir = tempfile::tempdir().unwrap();
+    let (server_ca, client_ca) = (ca("server CA"), ca("cell CA"));
+    let host = leaf(&client_ca, "node-a", ExtendedKeyUsagePurpose::ClientAuth);
+    let http = client(&server_ca, Some(&host));
+    let call = |request: reqwest::RequestBuilder| -> (u16, String) {
+        block_in_netns(Vpc::path(&vpc.peer), async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        })
+    };
+    let status = || -> PodReport {
+        let (code, body) = call(http.get(url("/v1/pod/status")));
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    let state_file = dir.path().join("state/runtime/pod-state.json");
+    // hostNetwork: what is saved and resumed here is the runtime's; the pod network of a
+    // restarted agent is `PodNet::setup`'s idempotence, which the test above covers.
+    let mut apply = apply_pod();
+    apply.network.pod_ip = None;
+    apply.pod.spec.as_mut().unwrap().host_network = Some(true);
+
+    let agent = start_agent(&vpc, dir.path(), &server_ca, &client_ca);
+    wait_listening(&vpc, &agent);
+    let (code, body) = call(http.put(url("/v1/pod")).json(&apply));
+    assert_eq!(code, 200, "{body}\nagent log:\n{}", agent.log());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !state_file.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        state_file.exists(),
+        "no pod state after an apply; agent log:\n{}",
+        agent.log()
+    );
+    // kill -9: nothing of the agent's own runs on (its pod is the cell's).
+    drop(agent);
+
+    // The same bootstrap again, and no apply from the host: the pod comes back.
+    let agent = start_agent(&vpc, dir.path(), &server_ca, &client_ca);
+    wait_listening(&vpc, &agent);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let report = loop {
+        let report = status();
+        if !report.container_statuses.is_empty() || Instant::now() > deadline {
+            break report;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(report.pod_uid.as_deref(), Some(POD_UID), "{report:?}");
+    assert_eq!(report.pod_ip, Some(CELL_IP));
+    assert_eq!(
+        report.container_statuses.len(),
+        1,
+        "the saved pod was not applied again: {report:?}\nagent log:\n{}",
+        agent.log()
+    );
+    assert!(
+        agent.log().contains("applying the saved pod again"),
+        "{}",
+        agent.log()
+    );
+
+    // Stopped: the state goes with the pod, and the next agent starts empty.
+    let (code, body) = call(http.post(url("/v1/pod/stop")).json(&StopPod {
+        grace_period_seconds: Some(0),
+    }));
+    assert_eq!(code, 200, "{body}");
+    assert!(!state_file.exists(), "the pod state outlived the stop");
+    drop(agent);
+    let agent = start_agent(&vpc, dir.path(), &server_ca, &client_ca);
+    wait_listening(&vpc, &agent);
+    std::thread::sleep(Duration::from_secs(1));
+    let report = status();
+    assert!(report.container_statuses.is_empty(), "{report:?}");
+    assert!(!agent.log().contains("applying the saved pod again"));
 }

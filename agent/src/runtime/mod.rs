@@ -8,6 +8,7 @@
 //! <state dir>/runc/          runc's state root for this agent's containers only
 //! <state dir>/pods/<uid>/    hostname, volumes/<name>, containers/<name>/<n>/ (bundles),
 //!                            logs/<name>/<n>.log (CRI format, logs.rs)
+//! <state dir>/pod-state.json the applied pod and its containers' runs (state.rs)
 //! ```
 
 mod bundle;
@@ -20,6 +21,7 @@ mod logs;
 mod pod;
 mod probe;
 mod runc;
+mod state;
 mod volumes;
 
 use std::io;
@@ -39,6 +41,8 @@ pub use logs::{Live, now};
 use pod::{PodContext, PodEnv, PodRun};
 use runc::Runc;
 pub use runc::exit_code;
+pub use state::StateError;
+use state::StateFile;
 use volumes::Volumes;
 
 /// A container's log, as the server streams it to the host.
@@ -79,6 +83,10 @@ pub struct Runtime {
     images: Arc<ImageStore>,
     runc: Runc,
     pod: tokio::sync::Mutex<Option<Arc<PodRun>>>,
+    /// The applied pod and its containers' runs, for an agent that restarts.
+    state: StateFile,
+    /// The task keeping [`Runtime::state`] up to date while the pod runs.
+    saver: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Runtime {
@@ -88,9 +96,21 @@ impl Runtime {
         Ok(Runtime {
             images: Arc::new(ImageStore::new(state_dir.join("images"))),
             runc: Runc::new(state_dir.join("runc")),
+            state: StateFile::new(&state_dir),
             state_dir,
             pod: tokio::sync::Mutex::new(None),
+            saver: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// The pod an earlier agent process applied and did not stop, as it was applied: what
+    /// a restarted agent applies again without waiting for the host.
+    ///
+    /// # Errors
+    /// The state file is unreadable, torn or of another version (the caller logs it and
+    /// waits for the host's apply).
+    pub fn saved_pod(&self) -> Result<Option<ApplyPod>, StateError> {
+        Ok(self.state.load()?.map(|saved| saved.apply))
     }
 
     /// Pull the pod's images and run its containers in `sandbox`. Idempotent: the server
@@ -168,7 +188,9 @@ impl Runtime {
             credentials,
             insecure_registries: pod.insecure_registries.clone(),
         };
-        *current = Some(PodRun::start(env, failure));
+        let run = PodRun::start(env, failure);
+        *self.saver.lock().await = Some(run.keep_saved(self.state.clone(), pod.clone()));
+        *current = Some(run);
         Ok(())
     }
 
@@ -186,11 +208,18 @@ impl Runtime {
     ///
     /// # Guarantees
     /// When it returns, no container of this runtime is left in `runc list` (of its own
-    /// root) and no rootfs is left on disk, whatever state the containers were in.
+    /// root), no rootfs is left on disk and no pod state (a restarted agent does not
+    /// bring the pod back), whatever state the containers were in.
     pub async fn stop(&self, grace: Duration) {
         let run = self.pod.lock().await.clone();
         if let Some(run) = run {
             run.stop(grace).await;
+            // The saver ends with the stop; awaited so that it cannot save after the removal.
+            if let Some(saver) = self.saver.lock().await.take()
+                && let Err(error) = saver.await
+            {
+                tracing::error!(%error, "pod state saver failed");
+            }
             for dir in ["containers", "volumes"] {
                 let path = run.env.context.dir.join(dir);
                 if let Err(error) = tokio::fs::remove_dir_all(&path).await
@@ -200,6 +229,9 @@ impl Runtime {
                 }
             }
             remove_pod_cgroups(run.env.context.uid());
+        }
+        if let Err(error) = self.state.remove() {
+            tracing::warn!(%error, "pod state not removed");
         }
         self.delete_leftovers().await;
     }

@@ -17,12 +17,15 @@ use tokio::task::JoinHandle;
 use super::container::{self, ContainerRecord, Outcome, PhaseView};
 use super::image::{Credentials, ImageStore};
 use super::runc::Runc;
+use super::state::{SavedPod, StateFile};
 use super::volumes::Volumes;
-use crate::protocol::{PodPhase, PodReport};
+use crate::protocol::{ApplyPod, PodPhase, PodReport};
 use crate::sandbox::PodSandbox;
 
 /// The kubelet's default `terminationGracePeriodSeconds`.
 const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+/// How often the pod's durable state is compared with its status (and saved if changed).
+const SAVE_PERIOD: Duration = Duration::from_secs(1);
 
 /// A container that cannot be configured as its spec says (`CreateContainerConfigError`):
 /// a missing ConfigMap key, a bad volume, an unusable user.
@@ -246,6 +249,38 @@ impl PodRun {
 
     fn stopping(&self) -> bool {
         self.stop.borrow().is_some()
+    }
+
+    /// Keep `file` equal to `apply` and this pod's containers (run IDs, restart counts,
+    /// start times) until the pod is stopped, for an agent that restarts.
+    ///
+    /// # Caveats
+    /// The status is compared every [`SAVE_PERIOD`] rather than saved by the container
+    /// supervisors on each change: an agent killed within that period after a change
+    /// restarts from the document before it. The file is written only when the status
+    /// changed, not every period.
+    pub fn keep_saved(self: &Arc<PodRun>, file: StateFile, apply: ApplyPod) -> JoinHandle<()> {
+        let run = self.clone();
+        let mut stop = self.stop.subscribe();
+        tokio::spawn(async move {
+            let mut saved: Option<SavedPod> = None;
+            loop {
+                let current = SavedPod::new(&apply, &run.report());
+                if saved.as_ref() != Some(&current) {
+                    // fsync may take a while on a busy disk: not on a runtime worker.
+                    let (file, document) = (file.clone(), current.clone());
+                    match tokio::task::spawn_blocking(move || file.save(&document)).await {
+                        Ok(Ok(())) => saved = Some(current),
+                        Ok(Err(error)) => tracing::warn!(%error, "pod state not saved"),
+                        Err(error) => tracing::error!(%error, "pod state saver failed"),
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(SAVE_PERIOD) => {}
+                    _ = stop.wait_for(Option::is_some) => return,
+                }
+            }
+        })
     }
 }
 

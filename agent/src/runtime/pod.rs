@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use super::container::{self, ContainerRecord, Outcome, PhaseView};
 use super::image::{Credentials, ImageStore};
 use super::runc::Runc;
-use super::state::{SavedPod, StateFile};
+use super::state::{SavedContainer, SavedPod, StateFile};
 use super::volumes::Volumes;
 use crate::protocol::{ApplyPod, PodPhase, PodReport};
 use crate::sandbox::PodSandbox;
@@ -257,20 +257,21 @@ impl PodRun {
     /// # Caveats
     /// The status is compared every [`SAVE_PERIOD`] rather than saved by the container
     /// supervisors on each change: an agent killed within that period after a change
-    /// restarts from the document before it. The file is written only when the status
-    /// changed, not every period.
+    /// restarts from the document before it. The document (with the pod, which may carry
+    /// large volume files) is made and written only when a container's run changed.
     pub fn keep_saved(self: &Arc<PodRun>, file: StateFile, apply: ApplyPod) -> JoinHandle<()> {
         let run = self.clone();
         let mut stop = self.stop.subscribe();
         tokio::spawn(async move {
-            let mut saved: Option<SavedPod> = None;
+            let mut saved: Option<Vec<SavedContainer>> = None;
             loop {
-                let current = SavedPod::new(&apply, &run.report());
-                if saved.as_ref() != Some(&current) {
+                let containers = SavedContainer::all_of(&run.report());
+                if saved.as_ref() != Some(&containers) {
+                    let document = SavedPod::new(apply.clone(), containers.clone());
                     // fsync may take a while on a busy disk: not on a runtime worker.
-                    let (file, document) = (file.clone(), current.clone());
+                    let file = file.clone();
                     match tokio::task::spawn_blocking(move || file.save(&document)).await {
-                        Ok(Ok(())) => saved = Some(current),
+                        Ok(Ok(())) => saved = Some(containers),
                         Ok(Err(error)) => tracing::warn!(%error, "pod state not saved"),
                         Err(error) => tracing::error!(%error, "pod state saver failed"),
                     }

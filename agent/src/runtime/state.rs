@@ -83,10 +83,21 @@ pub struct SavedContainer {
 }
 
 impl SavedPod {
-    /// The document for `apply` with the containers of `report` (their IDs without the
-    /// `runc://` scheme).
-    pub fn new(apply: &ApplyPod, report: &PodReport) -> SavedPod {
-        let containers = report
+    /// The document for `apply` with `containers`.
+    pub fn new(apply: ApplyPod, containers: Vec<SavedContainer>) -> SavedPod {
+        SavedPod {
+            version: STATE_VERSION,
+            apply,
+            containers,
+        }
+    }
+}
+
+impl SavedContainer {
+    /// The init containers and containers of `report` (their IDs without the `runc://`
+    /// scheme).
+    pub fn all_of(report: &PodReport) -> Vec<SavedContainer> {
+        report
             .init_container_statuses
             .iter()
             .chain(&report.container_statuses)
@@ -103,12 +114,7 @@ impl SavedPod {
                     .and_then(|state| state.running.as_ref())
                     .and_then(|running| running.started_at.clone()),
             })
-            .collect();
-        SavedPod {
-            version: STATE_VERSION,
-            apply: apply.clone(),
-            containers,
-        }
+            .collect()
     }
 }
 
@@ -239,7 +245,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = StateFile::new(dir.path());
         assert_eq!(file.load().unwrap(), None, "nothing saved yet");
-        let saved = SavedPod::new(&apply(), &report());
+        let saved = SavedPod::new(apply(), SavedContainer::all_of(&report()));
         file.save(&saved).unwrap();
         let loaded = file.load().unwrap().expect("saved");
         assert_eq!(loaded, saved);
@@ -249,8 +255,7 @@ mod tests {
         assert_eq!(web.container_id.as_deref(), Some("uid-1-web-2"));
         assert!(web.started_at.is_some());
         // Replaced in place: one file, no temporary left beside it.
-        file.save(&SavedPod::new(&apply(), &PodReport::default()))
-            .unwrap();
+        file.save(&SavedPod::new(apply(), vec![])).unwrap();
         let names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())

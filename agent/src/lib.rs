@@ -9,6 +9,8 @@ pub mod protocol;
 #[cfg(feature = "server")]
 pub mod netns;
 #[cfg(feature = "server")]
+pub mod pty;
+#[cfg(feature = "server")]
 pub mod runtime;
 #[cfg(feature = "server")]
 pub mod sandbox;

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cellet_agent::protocol::{ApplyPod, LogOptions, PodNetwork, PodPhase, PodReport};
-use cellet_agent::runtime::Runtime;
+use cellet_agent::runtime::{Live, Runtime};
 use cellet_agent::sandbox::PodSandbox;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 /// Busybox applets the test image links to, besides `sh`.
 const APPLETS: &[&str] = &[
     "httpd", "mkdir", "sh", "echo", "cat", "sleep", "touch", "rm", "ls", "true", "false", "test",
-    "env",
+    "env", "stty",
 ];
 const POD_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 2);
 
@@ -674,4 +674,123 @@ async fn host_network_pod_turns_ready_by_http_and_stays_live_by_tcp() {
     let report = pod.runtime.report().await;
     assert_eq!(status(&report.container_statuses, "web").restart_count, 0);
     pod.stop_and_check_clean(Duration::from_secs(2)).await;
+}
+
+/// What `output` carries (stdout and stderr as read) until it holds `text`; panics with
+/// what came after `timeout`.
+async fn read_until(
+    output: &mut tokio::sync::broadcast::Receiver<Live>,
+    text: &str,
+    timeout: Duration,
+) -> String {
+    try_read_until(output, text, timeout)
+        .await
+        .unwrap_or_else(|failure| panic!("{failure}"))
+}
+
+/// What `output` carries until it holds `text`, or why it did not within `timeout`.
+async fn try_read_until(
+    output: &mut tokio::sync::broadcast::Receiver<Live>,
+    text: &str,
+    timeout: Duration,
+) -> Result<String, String> {
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !seen.contains(text) {
+        match tokio::time::timeout_at(deadline, output.recv()).await {
+            Ok(Ok(Live::Stdout(data) | Live::Stderr(data))) => {
+                seen.push_str(&String::from_utf8_lossy(&data));
+            }
+            Ok(other) => {
+                return Err(format!(
+                    "output ended ({other:?}) before {text:?}; it was {seen:?}"
+                ));
+            }
+            Err(_) => {
+                return Err(format!(
+                    "no {text:?} within {timeout:?}; the output was {seen:?}"
+                ));
+            }
+        }
+    }
+    Ok(seen)
+}
+
+#[tokio::test]
+async fn attach_reaches_a_containers_terminal_and_its_held_stdin() {
+    let pod = Fixture::new().await;
+    pod.apply(serde_json::json!({
+        "restartPolicy": "Never",
+        "containers": [
+            { "name": "shell", "image": "$IMAGE", "command": ["sh"], "stdin": true, "tty": true },
+            { "name": "cat", "image": "$IMAGE", "command": ["cat"], "stdin": true, "stdinOnce": true },
+        ],
+    }))
+    .await;
+    pod.wait_for(Duration::from_secs(60), "both containers running", |r| {
+        r.container_statuses.len() == 2
+            && r.container_statuses
+                .iter()
+                .all(|s| s.state.as_ref().is_some_and(|s| s.running.is_some()))
+    })
+    .await;
+    let wait = Duration::from_secs(20);
+
+    // The terminal: typed input runs (the echoed line holds the expression, the output
+    // its value), a resize reaches the container's terminal, and every attachment gets
+    // the output.
+    let mut shell = pod.runtime.attach("shell").await.expect("attach shell");
+    assert!(shell.console.is_terminal());
+    shell
+        .console
+        .write(b"echo marker-$((6*7))\n")
+        .await
+        .unwrap();
+    read_until(&mut shell.output, "marker-42", wait).await;
+    shell.console.resize(123, 31).unwrap();
+    // runc applies the size on SIGWINCH, concurrently with relaying input: ask until seen.
+    let deadline = Instant::now() + wait;
+    loop {
+        shell.console.write(b"stty size\n").await.unwrap();
+        let answer = try_read_until(&mut shell.output, "31 123", Duration::from_secs(1)).await;
+        if answer.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the terminal's size: {answer:?}");
+    }
+    let mut second = pod.runtime.attach("shell").await.expect("attach again");
+    second.console.write(b"echo both-$((1+1))\n").await.unwrap();
+    read_until(&mut second.output, "both-2", wait).await;
+    read_until(&mut shell.output, "both-2", wait).await;
+    drop((shell, second));
+    let log = pod.logs("shell", LogOptions::default()).await;
+    assert!(log.contains("marker-42") && log.contains("both-2"), "{log}");
+
+    // A held stdin without a terminal: what is written comes back on stdout; with
+    // stdinOnce, closing it ends `cat`, which completes.
+    let mut cat = pod.runtime.attach("cat").await.expect("attach cat");
+    assert!(!cat.console.is_terminal());
+    cat.console.write(b"ping\n").await.unwrap();
+    assert_eq!(read_until(&mut cat.output, "\n", wait).await, "ping\n");
+    cat.console.close_stdin().await;
+    let report = pod
+        .wait_for(wait, "cat completed", |r| {
+            terminated(status(&r.container_statuses, "cat")).is_some()
+        })
+        .await;
+    let done = terminated(status(&report.container_statuses, "cat")).unwrap();
+    assert_eq!(
+        (done.exit_code, done.reason.as_deref()),
+        (0, Some("Completed"))
+    );
+    assert_eq!(pod.logs("cat", LogOptions::default()).await, "ping\n");
+
+    // Detached, the shell runs on.
+    let shell = status(&report.container_statuses, "shell");
+    assert!(
+        shell.state.as_ref().is_some_and(|s| s.running.is_some()),
+        "{shell:?}"
+    );
+    assert_eq!(shell.restart_count, 0);
+    pod.stop_and_check_clean(Duration::from_secs(1)).await;
 }

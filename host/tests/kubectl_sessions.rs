@@ -1,17 +1,25 @@
 //! kubectl's streaming sessions with a pod in a cell, every part real: `kubectl exec`
-//! (output, stderr, exit code; stdin; a terminal and its size), `kubectl attach`,
-//! `kubectl port-forward`, `/stats/summary` and `/metrics/resource`, from the real kubectl
+//! (output, stderr, exit code; stdin; a terminal and its size), `kubectl attach` (output;
+//! `-it` to a container's terminal: several sessions at once, resize, detach; `-i` to a
+//! container's stdin with `stdinOnce`), `kubectl port-forward`, `/stats/summary` and `/metrics/resource`, from the real kubectl
 //! through the real API server (which proxies the WebSocket upgrade to the node, since the
 //! node declares `ExtendWebSocketsToKubelet`) to cellet's kubelet API and on to the agent in
 //! the cell, which runs `runc exec`.
 //!
-//! One control plane, one cellet and one pod serve every case, to keep the runtime low.
-//! Needs root, the `cellet-agent` binary beside `cellet`, `script` (util-linux) and socat.
+//! One control plane, one cellet and three pods (started together) serve every case, to
+//! keep the runtime low. Needs root, the `cellet-agent` binary beside `cellet`, `script`
+//! (util-linux) and socat.
 
 mod kube_support;
 
+use std::os::fd::OwnedFd;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
+
+use cellet_agent::pty::{self, PtyReader, PtyWriter};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use kube_support::cells::{CellsFixture, LocalVpc, http_get};
 use kube_support::{Cluster, cluster, eventually, pods, running};
@@ -77,6 +85,9 @@ async fn kubectl_sessions_reach_the_pod_in_its_cell() {
     let mut fixture = CellsFixture::new(VPC);
     let page = "hello through port-forward";
     let image = fixture.push_httpd("sessions/httpd:1", page);
+    // busybox `stty` besides the usual applets: the shell reads its terminal's size.
+    let shell_image =
+        fixture.push_image("sessions/shell:1", &["--add", "/bin/stty=/usr/bin/busybox"]);
     let host = fixture.start_host(cluster, NODE, None).await;
 
     cluster.kubectl(&["create", "namespace", NAMESPACE]);
@@ -91,13 +102,43 @@ spec:
   - name: httpd
     image: {image}
     ports: [{{containerPort: 80}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: shell, namespace: {NAMESPACE}}}
+spec:
+  nodeName: {NODE}
+  tolerations: [{{key: virtual-kubelet.io/provider, operator: Exists}}]
+  containers:
+  - name: shell
+    image: {shell_image}
+    command: [sh]
+    stdin: true
+    tty: true
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: echo, namespace: {NAMESPACE}}}
+spec:
+  nodeName: {NODE}
+  tolerations: [{{key: virtual-kubelet.io/provider, operator: Exists}}]
+  restartPolicy: Never
+  containers:
+  - name: echo
+    image: {shell_image}
+    command: [cat]
+    stdin: true
+    stdinOnce: true
 "
     ));
     let started = std::time::Instant::now();
-    while !pods(&client, NAMESPACE).await.iter().any(running) {
+    while !{
+        let pods = pods(&client, NAMESPACE).await;
+        pods.len() == 3 && pods.iter().all(running)
+    } {
         assert!(
             started.elapsed() < Duration::from_secs(240),
-            "the pod is not Running after 240 s\n{}\n{}",
+            "the pods are not Running after 240 s\n{}\n{}",
             host.tail(),
             agent_logs(&fixture)
         );
@@ -221,6 +262,110 @@ spec:
     drop(attach);
     drop(forward);
 
+    // attach -it to a container's terminal: what is typed runs (the echoed line holds the
+    // expression, the output its value), and kubectl's size reaches the terminal.
+    let attach_shell = || {
+        let mut command = kubectl(cluster);
+        command.args(["attach", "-it", "-n", NAMESPACE, "shell"]);
+        command
+    };
+    let mut first = Terminal::start(&mut attach_shell());
+    first.type_in("echo marker-$((6*7))\r").await;
+    first.wait_for("marker-42", Duration::from_secs(30)).await;
+    first.resize(123, 31);
+    // kubectl sends the size on SIGWINCH, runc applies it on its own: ask until seen.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while first
+        .try_wait_for("31 123", Duration::from_secs(1))
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the terminal never had 123 columns and 31 rows; the session showed {:?}\n{}",
+            first.seen,
+            agent_logs(&fixture)
+        );
+        first.type_in("stty size\r").await;
+    }
+    // Two sessions at once: input from either, output to both.
+    let mut second = Terminal::start(&mut attach_shell());
+    second.type_in("echo both-$((1+1))\r").await;
+    second.wait_for("both-2", Duration::from_secs(30)).await;
+    first.wait_for("both-2", Duration::from_secs(30)).await;
+    // Detached, the shell runs on: a third session still reaches it, nothing restarted.
+    drop(first);
+    drop(second);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut third = Terminal::start(&mut attach_shell());
+    third.type_in("echo still-$((2+3))\r").await;
+    third.wait_for("still-5", Duration::from_secs(30)).await;
+    drop(third);
+    let shell = pods(&client, NAMESPACE)
+        .await
+        .into_iter()
+        .find(|pod| pod.metadata.name.as_deref() == Some("shell"))
+        .expect("pod shell");
+    let status = &shell
+        .status
+        .as_ref()
+        .unwrap()
+        .container_statuses
+        .as_ref()
+        .unwrap()[0];
+    assert!(
+        running(&shell) && status.restart_count == 0,
+        "{:?}",
+        shell.status
+    );
+    // The terminal's output is the container's log.
+    let output = kubectl(cluster)
+        .args(["logs", "-n", NAMESPACE, "shell"])
+        .output()
+        .expect("kubectl logs");
+    assert!(
+        text(&output.stdout).contains("marker-42"),
+        "{}",
+        explain(&output)
+    );
+
+    // attach -i without a terminal: what is sent comes back from `cat`; with stdinOnce,
+    // the end of kubectl's stdin closes the container's, so `cat` completes, and so does
+    // the session.
+    let (mut echo, stdin) =
+        Background::with_stdin(kubectl(cluster).args(["attach", "-i", "-n", NAMESPACE, "echo"]));
+    {
+        use std::io::Write;
+        let mut stdin = stdin;
+        stdin.write_all(b"ping-1\n").unwrap();
+        echo.wait_for("ping-1", Duration::from_secs(30));
+    }
+    let status = echo.wait(Duration::from_secs(30));
+    assert!(
+        status.success(),
+        "kubectl attach -i: {status}; it printed {}",
+        echo.seen
+    );
+    eventually(
+        Duration::from_secs(30),
+        "pod echo Succeeded",
+        Some(&host),
+        || async {
+            pods(&client, NAMESPACE)
+                .await
+                .iter()
+                .find(|pod| pod.metadata.name.as_deref() == Some("echo"))
+                .and_then(|pod| pod.status.as_ref()?.phase.as_deref().map(str::to_owned))
+                .filter(|phase| phase == "Succeeded")
+        },
+    )
+    .await;
+    let output = kubectl(cluster)
+        .args(["logs", "-n", NAMESPACE, "echo"])
+        .output()
+        .expect("kubectl logs");
+    assert_eq!(text(&output.stdout), "ping-1\n", "{}", explain(&output));
+
     // /stats/summary and /metrics/resource: the agent's cgroup readings. Asked as the API
     // server asks (its kubelet client certificate): its node proxy refuses the test node's
     // loopback address ("address not allowed"), so `kubectl get --raw .../proxy/...` cannot.
@@ -276,8 +421,18 @@ struct Background {
 
 impl Background {
     fn start(command: &mut Command) -> Background {
+        Background::spawn(command.stdin(Stdio::null()))
+    }
+
+    /// With its stdin to write to.
+    fn with_stdin(command: &mut Command) -> (Background, std::process::ChildStdin) {
+        let mut background = Background::spawn(command.stdin(Stdio::piped()));
+        let stdin = background.child.stdin.take().expect("piped stdin");
+        (background, stdin)
+    }
+
+    fn spawn(command: &mut Command) -> Background {
         let mut child = command
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -321,9 +476,119 @@ impl Background {
     }
 }
 
+impl Background {
+    /// Wait for kubectl to exit; panics after `timeout` with what it printed.
+    fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("kubectl's status") {
+                return status;
+            }
+            while let Ok(line) = self.lines.try_recv() {
+                self.seen.push_str(&line);
+                self.seen.push('\n');
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "kubectl still runs after {timeout:?}; it printed:\n{}",
+                self.seen
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
 impl Drop for Background {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// kubectl on a terminal of the test's: the slave of a pty is its stdin, stdout and
+/// stderr, the test types on and reads the master. A resize is a terminal emulator's: the
+/// new size, then SIGWINCH to kubectl (which has no controlling terminal to be signalled
+/// by). kubectl is killed when dropped: it detaches.
+struct Terminal {
+    kubectl: std::process::Child,
+    reader: PtyReader,
+    writer: PtyWriter,
+    size: OwnedFd,
+    /// What was shown and not yet waited for.
+    seen: String,
+}
+
+impl Terminal {
+    fn start(command: &mut Command) -> Terminal {
+        let (master, slave) = pty::open().expect("a pty");
+        pty::resize(&master, 80, 24).expect("the pty's size");
+        let stdio = |fd: &OwnedFd| Stdio::from(fd.try_clone().expect("a copy of the pty slave"));
+        let kubectl = command
+            .stdin(stdio(&slave))
+            .stdout(stdio(&slave))
+            .stderr(Stdio::from(slave))
+            .spawn()
+            .expect("kubectl");
+        let (reader, writer, size) = pty::split(master).expect("the pty master");
+        Terminal {
+            kubectl,
+            reader,
+            writer,
+            size,
+            seen: String::new(),
+        }
+    }
+
+    async fn type_in(&mut self, keys: &str) {
+        self.writer
+            .write_all(keys.as_bytes())
+            .await
+            .expect("typing on the terminal");
+    }
+
+    fn resize(&self, columns: u16, rows: u16) {
+        pty::resize(&self.size, columns, rows).expect("resizing the terminal");
+        kill(Pid::from_raw(self.kubectl.id() as i32), Signal::SIGWINCH).expect("SIGWINCH");
+    }
+
+    /// Read until `text` is shown (what came before it is consumed); panics after `timeout`.
+    async fn wait_for(&mut self, text: &str, timeout: Duration) {
+        if let Err(failure) = self.try_wait_for(text, timeout).await {
+            panic!("{failure}");
+        }
+    }
+
+    async fn try_wait_for(&mut self, text: &str, timeout: Duration) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(at) = self.seen.find(text) {
+                self.seen.drain(..at + text.len());
+                return Ok(());
+            }
+            match tokio::time::timeout_at(deadline, self.reader.read(&mut chunk)).await {
+                Ok(Ok(0)) => {
+                    return Err(format!(
+                        "kubectl ended before {text:?}; it showed {:?}",
+                        self.seen
+                    ));
+                }
+                Ok(Ok(n)) => self.seen.push_str(&String::from_utf8_lossy(&chunk[..n])),
+                Ok(Err(error)) => panic!("reading the terminal: {error}"),
+                Err(_) => {
+                    return Err(format!(
+                        "no {text:?} within {timeout:?}; the terminal showed {:?}",
+                        self.seen
+                    ));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let _ = self.kubectl.kill();
+        let _ = self.kubectl.wait();
     }
 }

@@ -136,7 +136,8 @@ pub fn spec(input: BundleInput<'_>) -> Result<Spec, ConfigError> {
     )?;
     let capabilities = capabilities(container)?;
     let process = ProcessBuilder::default()
-        .terminal(false)
+        // With `tty: true`, runc makes the terminal and relays it (see `console`).
+        .terminal(container.tty == Some(true))
         .args(args)
         .env(process_env)
         .cwd(cwd)

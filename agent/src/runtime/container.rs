@@ -23,6 +23,7 @@ use tokio::process::Child;
 use tokio::sync::{broadcast, mpsc, watch};
 
 use super::bundle::{self, BundleInput};
+use super::console::{Connected, Console, Wiring};
 use super::image::{ImageError, PullContext, PullPolicy};
 use super::logs::{self, Live, Progress};
 use super::pod::{ConfigError, PodEnv};
@@ -125,6 +126,8 @@ pub struct ContainerRecord {
     logs: Mutex<VecDeque<RunLog>>,
     /// The running container's output as it is read, for attached clients.
     live: broadcast::Sender<Live>,
+    /// The current run's stdin and terminal while it runs, for attached clients.
+    console: Mutex<Option<Arc<Console>>>,
 }
 
 impl ContainerRecord {
@@ -146,12 +149,18 @@ impl ContainerRecord {
             }),
             logs: Mutex::new(VecDeque::new()),
             live: broadcast::channel(LIVE_BACKLOG).0,
+            console: Mutex::new(None),
         }
     }
 
     /// The output of the container's runs from now on (for attach).
     pub fn attach(&self) -> broadcast::Receiver<Live> {
         self.live.subscribe()
+    }
+
+    /// The current run's console while it runs (for attach).
+    pub fn console(&self) -> Option<Arc<Console>> {
+        self.console.lock().expect("console lock").clone()
     }
 
     /// The current run's log (`previous == false`) or the one before.
@@ -522,14 +531,35 @@ async fn execute(
         finished_at: logs::now(),
         container_id: run.id.clone(),
     };
-    let mut child = match env.runc.run(&run.id, &run.bundle, &runc_log) {
+    let stdio_error = |error: std::io::Error| {
+        failed_start(format!("failed to set up the container's stdio: {error}"))
+    };
+    let mut wiring = match Wiring::of(&record.spec) {
+        Ok(wiring) => wiring,
+        Err(error) => return (stdio_error(error), false),
+    };
+    let stdio = match wiring.runc_stdio() {
+        Ok(stdio) => stdio,
+        Err(error) => return (stdio_error(error), false),
+    };
+    let mut child = match env.runc.run(&run.id, &run.bundle, &runc_log, stdio) {
         Ok(child) => child,
         Err(error) => return (failed_start(error.to_string()), false),
     };
-    let (stdout, stderr) = (
-        child.stdout.take().expect("piped stdout"),
-        child.stderr.take().expect("piped stderr"),
-    );
+    let connected = wiring.connect(&mut child, &record.spec);
+    let Connected {
+        stdout,
+        stderr,
+        console,
+    } = match connected {
+        Ok(connected) => connected,
+        Err(error) => {
+            let _ = env.runc.kill(&run.id, "KILL").await;
+            let _ = child.wait().await;
+            let _ = env.runc.delete(&run.id).await;
+            return (stdio_error(error), false);
+        }
+    };
     let progress = match logs::record(&run.log, stdout, stderr, record.live.clone()).await {
         Ok(progress) => progress,
         Err(error) => {
@@ -552,6 +582,7 @@ async fn execute(
             logs.pop_front();
         }
     }
+    *record.console.lock().expect("console lock") = Some(console.clone());
     let spec = &record.spec;
     let gated = spec.startup_probe.is_some();
     record.update(|s| {
@@ -588,6 +619,8 @@ async fn execute(
         _ = probes => unreachable!("the probe future never completes"),
     };
     let exit_code = status.map(runc::exit_code).unwrap_or(128);
+    console.ended();
+    record.console.lock().expect("console lock").take();
     let oom_killed = oom_kills(&run.cgroups_path) > 0;
     if let Err(error) = env.runc.delete(&run.id).await {
         tracing::warn!(container = %name, id = %run.id, %error, "runc delete failed");

@@ -12,6 +12,7 @@
 //! ```
 
 mod bundle;
+mod console;
 mod container;
 mod downward;
 mod env;
@@ -35,6 +36,7 @@ use futures_util::Stream;
 
 use crate::protocol::{ApplyPod, LogOptions, PodReport};
 use crate::sandbox::PodSandbox;
+pub use console::Console;
 use container::ContainerRecord;
 use image::{Credentials, ImageStore};
 pub use logs::{Live, now};
@@ -74,6 +76,15 @@ pub enum RuntimeError {
         #[source]
         source: io::Error,
     },
+}
+
+/// A running container as an attach session reaches it.
+#[derive(Debug)]
+pub struct Attachment {
+    /// Its output from the moment of attaching, until its run ends.
+    pub output: tokio::sync::broadcast::Receiver<Live>,
+    /// Its stdin and terminal, shared with other sessions.
+    pub console: Arc<Console>,
 }
 
 /// Runs the one pod of the cell.
@@ -277,18 +288,16 @@ impl Runtime {
             .ok_or_else(|| RuntimeError::NotRunning(container.to_string()))
     }
 
-    /// The output of the running `container` from now on, for attach.
-    pub async fn attach(
-        &self,
-        container: &str,
-    ) -> Result<tokio::sync::broadcast::Receiver<Live>, RuntimeError> {
+    /// The output of the running `container` from now on, and its console (stdin,
+    /// terminal), for attach.
+    pub async fn attach(&self, container: &str) -> Result<Attachment, RuntimeError> {
         let record = self.record(container).await?;
         // Subscribed before the check: a run that ends right after still says so.
-        let live = record.attach();
-        record
-            .running_id()
+        let output = record.attach();
+        let console = record
+            .console()
             .ok_or_else(|| RuntimeError::NotRunning(container.to_string()))?;
-        Ok(live)
+        Ok(Attachment { output, console })
     }
 
     /// The pod's cgroup (`/cellet/<uid>`, relative to each hierarchy) and its running

@@ -4,7 +4,7 @@
 //! are never confused with another agent's on the same machine (cells on one machine share
 //! the kernel and the default `/run/runc`). `runc run` stays in the foreground as the
 //! container's parent: its exit status is the container's (`128 + signal` when killed), its
-//! stdout and stderr are the container's, and runc's own messages go to a log file of the
+//! stdio is the container's (or relays the container's terminal), and runc's own messages go to a log file of the
 //! run (`--log`, JSON), where a failure to start is found.
 
 use std::io;
@@ -62,10 +62,18 @@ impl Runc {
         }
     }
 
-    /// Start `runc run --keep` for the bundle: the child is the container's parent; its stdout
-    /// and stderr are piped, stdin is closed. `--keep` leaves the stopped container in place
-    /// so its cgroup (OOM count) can be read before [`Runc::delete`].
-    pub fn run(&self, id: &str, bundle: &Path, runc_log: &Path) -> Result<Child, RuncError> {
+    /// Start `runc run --keep` for the bundle: the child is the container's parent, with
+    /// `stdio` as its stdin, stdout and stderr (pipes, or a terminal's slave: see
+    /// `console::Wiring`). `--keep` leaves the stopped container in place so its cgroup
+    /// (OOM count) can be read before [`Runc::delete`].
+    pub fn run(
+        &self,
+        id: &str,
+        bundle: &Path,
+        runc_log: &Path,
+        stdio: [Stdio; 3],
+    ) -> Result<Child, RuncError> {
+        let [stdin, stdout, stderr] = stdio;
         let mut command = self.command();
         command
             .arg("--log")
@@ -73,9 +81,9 @@ impl Runc {
             .args(["--log-format", "json", "run", "--keep", "--bundle"])
             .arg(bundle)
             .arg(id)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(stderr)
             // runc forwards signals to the container; it must not die with the agent's task.
             .kill_on_drop(false);
         command.spawn().map_err(|source| RuncError::Spawn {

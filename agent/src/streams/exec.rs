@@ -3,7 +3,7 @@
 //! Without a terminal, the process's stdin, stdout and stderr are pipes (runc copies them
 //! to its own, which are ours). With one (`tty=1`), runc makes the terminal in the
 //! container, the process's controlling terminal (so job control, `^C` and SIGWINCH work
-//! as on a node), and relays it to a pty of the session ([`super::pty`]).
+//! as on a node), and relays it to a pty of the session ([`crate::pty`]).
 
 use std::process::Stdio;
 
@@ -13,8 +13,8 @@ use tokio::io::AsyncReadExt;
 use tokio::process::Child;
 
 use super::channel::{self, Outcome};
-use super::pty;
 use super::session::{Output, Session};
+use crate::pty;
 use crate::runtime::{Runtime, exit_code};
 
 /// The kubelet's exec query: `command` once per argument, and flags as `1`/`true`.

@@ -4,14 +4,13 @@
 //! declares `ExtendWebSocketsToKubelet`), so the agent speaks kubectl's protocol itself.
 //!
 //! Routes: `GET /v1/containers/{name}/exec?command=…&stdin=1&stdout=1&stderr=1&tty=1`,
-//! `GET /v1/containers/{name}/attach?stdout=1&stderr=1`, and `GET /v1/portforward`
+//! `GET /v1/containers/{name}/attach?stdin=1&stdout=1&stderr=1&tty=1`, and `GET /v1/portforward`
 //! (SPDY tunnelled in the WebSocket, [`portforward`]).
 
 pub mod attach;
 pub mod channel;
 pub mod exec;
 pub mod portforward;
-pub mod pty;
 pub mod session;
 pub mod spdy;
 
@@ -99,19 +98,19 @@ async fn attach(
         Err(refused) => return refused,
     };
     let options = ExecOptions::from_query(query.as_deref().unwrap_or_default());
-    if options.tty {
+    let attachment = match agent.runtime().attach(&name).await {
+        Ok(attachment) => attachment,
+        Err(failure) => return runtime_error(failure),
+    };
+    if options.tty && !attachment.console.is_terminal() {
         return error(
             StatusCode::BAD_REQUEST,
             "BadRequest",
-            "attach with a terminal needs a container with tty: true, which cells do not run",
+            format!("container {name:?} runs without a terminal (tty: false); attach without -t"),
         );
     }
-    let live = match agent.runtime().attach(&name).await {
-        Ok(live) => live,
-        Err(failure) => return runtime_error(failure),
-    };
-    tracing::info!(container = %name, "attach session");
-    let session = attach::session(live, &options);
+    tracing::info!(container = %name, stdin = options.stdin, tty = options.tty, "attach session");
+    let session = attach::session(attachment, &options).await;
     upgrade
         .on_upgrade(move |socket| session::serve(socket, session))
         .into_response()

@@ -1,16 +1,18 @@
-//! The terminal of a TTY session, on the agent's side.
+//! The agent's side of a terminal: a pty whose slave `runc` gets as its stdio.
 //!
-//! `runc exec --tty` without detaching makes the terminal inside the container (the
-//! process's controlling terminal) and relays it to and from runc's own stdin and stdout;
-//! when those are a terminal, runc puts it in raw mode and, on SIGWINCH, copies its size to
-//! the container's terminal. So runc gets the slave of a pty made here: the session reads
-//! and writes the master, and a resize sets the master's size and signals runc. (runc's
+//! Without detaching, runc makes the terminal inside the container (the process's
+//! controlling terminal) and relays it to and from its own stdin and stdout; when those are
+//! a terminal, runc puts it in raw mode and, on SIGWINCH, copies its size to the
+//! container's terminal. So runc gets the slave of a pty made here, and the agent reads and
+//! writes the master; a resize sets the master's size and signals runc. Both users work
+//! this way: `runc exec --tty` for `kubectl exec -it` ([`crate::streams::exec`]) and
+//! `runc run` of a container with `tty: true` (`runtime::console`). (runc's
 //! `--console-socket`, which hands over the container terminal's master directly, is only
 //! allowed with `--detach`, which would leave the process without a parent to report its
 //! exit code.)
 //!
-//! The master is used non-blocking through tokio's reactor, so dropping the session closes
-//! it at once and the terminal hangs up.
+//! The master is used non-blocking through tokio's reactor, so dropping its last reader
+//! and writer closes it at once and the terminal hangs up.
 
 use std::io;
 use std::os::fd::OwnedFd;

@@ -508,6 +508,15 @@ async fn prepare_run(
     })
 }
 
+/// Undo a `runc run` whose output could not be taken: kill the container, reap runc and
+/// delete the container, so that the start can be reported as failed and tried again.
+/// Best effort: the container may already be gone.
+async fn abandon_start(env: &PodEnv, id: &str, child: &mut Child) {
+    let _ = env.runc.kill(id, "KILL").await;
+    let _ = child.wait().await;
+    let _ = env.runc.delete(id).await;
+}
+
 /// Start the run, supervise it until it exits (probes may kill it, the pod may stop it),
 /// delete it; its terminated state, and whether the pod was stopped.
 async fn execute(
@@ -554,18 +563,14 @@ async fn execute(
     } = match connected {
         Ok(connected) => connected,
         Err(error) => {
-            let _ = env.runc.kill(&run.id, "KILL").await;
-            let _ = child.wait().await;
-            let _ = env.runc.delete(&run.id).await;
+            abandon_start(env, &run.id, &mut child).await;
             return (stdio_error(error), false);
         }
     };
     let progress = match logs::record(&run.log, stdout, stderr, record.live.clone()).await {
         Ok(progress) => progress,
         Err(error) => {
-            let _ = env.runc.kill(&run.id, "KILL").await;
-            let _ = child.wait().await;
-            let _ = env.runc.delete(&run.id).await;
+            abandon_start(env, &run.id, &mut child).await;
             return (
                 failed_start(format!("failed to open log {}: {error}", run.log.display())),
                 false,

@@ -4,8 +4,8 @@
 //! are never confused with another agent's on the same machine (cells on one machine share
 //! the kernel and the default `/run/runc`). `runc run` stays in the foreground as the
 //! container's parent: its exit status is the container's (`128 + signal` when killed), its
-//! stdio is the container's (or relays the container's terminal), and runc's own messages go to a log file of the
-//! run (`--log`, JSON), where a failure to start is found.
+//! stdio is the container's (or relays the container's terminal), and runc's own messages
+//! go to a log file of the run (`--log`, JSON), where a failure to start is found.
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -214,12 +214,20 @@ fn netns_name(node: &str) -> String {
     name
 }
 
-/// A free TCP port on loopback (for each host's kubelet API).
+/// A free TCP port on loopback.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    let [port] = free_ports();
+    port
+}
+
+/// `N` distinct free TCP ports on loopback. Every probe listener is held until all are
+/// picked: probed one after another, the kernel may hand out a just-released port again
+/// (seen once: a host's kubelet API and metrics were given the same port, and it failed
+/// to start).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: [std::net::TcpListener; N] =
+        std::array::from_fn(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("free port"));
+    listeners.map(|l| l.local_addr().expect("free port").port())
 }
 
 impl Host {
@@ -235,8 +243,7 @@ impl Host {
             .controller_id
             .clone()
             .unwrap_or_else(|| format!("{node}-ctl"));
-        let kubelet_port = free_port();
-        let metrics_port = free_port();
+        let [kubelet_port, metrics_port] = free_ports();
         let netns = netns_name(node);
         let _ = Command::new("ip").args(["netns", "del", &netns]).output();
         let made = Command::new("ip")

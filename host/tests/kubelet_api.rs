@@ -16,6 +16,7 @@ use cellet::api::{
     self, ApiMetrics, Auth, CellEndpoints, KubeletApi, NodeView, Readiness, ServingCert,
     ServingNames, TlsSettings,
 };
+use cellet::kube::stored_pod::StoredPod;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -178,7 +179,7 @@ fn unreachable_api_server() -> kube::Client {
 }
 
 fn empty_pods() -> Arc<dyn api::NodePods> {
-    Arc::new(reflector::store::<Pod>().0)
+    Arc::new(reflector::store::<StoredPod>().0)
 }
 
 // ------------------------------------------------------------------------------------
@@ -483,10 +484,11 @@ async fn the_api_server_reaches_pods_through_the_kubelet_api() {
     let host = cluster.client(Path::new(node_kubeconfig.trim())).await;
     let ca = (cluster.path("pki/ca.crt"), cluster.path("pki/ca.key"));
 
-    // The pods of this node, from a real reflector over the node's own watch.
-    let (store, writer) = reflector::store::<Pod>();
+    // The pods of this node, from a real reflector over the node's own watch, in the
+    // form cellet's own store keeps them.
+    let (store, writer) = reflector::store::<StoredPod>();
     let watch = watcher(
-        Api::<Pod>::all(host.clone()),
+        Api::<StoredPod>::all(host.clone()),
         watcher::Config::default().fields(&format!("spec.nodeName={node}")),
     );
     let reflect = tokio::spawn(

@@ -99,9 +99,8 @@ pub fn routes(view: NodeView) -> Router {
 }
 
 async fn pods(State(view): State<NodeView>) -> Response {
-    let items = view.pods.list().iter().map(|pod| Pod::clone(pod)).collect();
     axum::Json(List::<Pod> {
-        items,
+        items: view.pods.list(),
         metadata: Default::default(),
     })
     .into_response()
@@ -165,7 +164,7 @@ fn route_to_cell(view: &NodeView, session: Session, target: Target) -> Failure {
 
 /// The pod `target` names, checked to be on this node, to have the container, and to have
 /// a cell.
-fn find_in_cell(view: &NodeView, target: &Target) -> Result<Arc<Pod>, Failure> {
+fn find_in_cell(view: &NodeView, target: &Target) -> Result<Pod, Failure> {
     let Target {
         namespace,
         pod: name,
@@ -334,7 +333,7 @@ async fn resource_metrics(State(view): State<NodeView>) -> Response {
 
 /// What the agents of `pods` measure now, asked all at once; a pod whose agent does not
 /// answer is left out (and logged).
-async fn usage(view: &NodeView, pods: &[Arc<Pod>]) -> stats::UsageByPod {
+async fn usage(view: &NodeView, pods: &[Pod]) -> stats::UsageByPod {
     let asks = pods.iter().filter_map(|pod| {
         let uid = pod.metadata.uid.clone()?;
         let agent = view.cells.agent(pod)?;
@@ -376,6 +375,8 @@ mod tests {
     use kube::runtime::watcher::Event;
     use tower::ServiceExt;
 
+    use crate::kube::stored_pod::StoredPod;
+
     /// Cells by pod UID: what the pod workers will know.
     struct CellTable(HashMap<String, IpAddr>);
 
@@ -407,9 +408,10 @@ mod tests {
 
     /// `web` runs in a cell at 10.0.0.5; `queued` has no cell yet.
     fn app() -> Router {
-        let (reader, mut writer) = store::<Pod>();
-        writer.apply_watcher_event(&Event::Apply(pod("web", true)));
-        writer.apply_watcher_event(&Event::Apply(pod("queued", false)));
+        let (reader, mut writer) = store::<StoredPod>();
+        for pod in [pod("web", true), pod("queued", false)] {
+            writer.apply_watcher_event(&Event::Apply(StoredPod::new(pod).unwrap()));
+        }
         let cells = CellTable(HashMap::from([(
             "uid-web".to_string(),
             "10.0.0.5".parse().unwrap(),

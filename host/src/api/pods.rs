@@ -4,9 +4,9 @@
 //! ([`CellEndpoints`]).
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use crate::cells::AgentClient;
+use crate::kube::stored_pod::StoredPod;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -14,21 +14,29 @@ use kube::runtime::reflector::{ObjectRef, Store};
 /// The pods bound to this node, as last seen by the watch.
 pub trait NodePods: Send + Sync + 'static {
     /// Every pod of this node.
-    fn list(&self) -> Vec<Arc<Pod>>;
+    fn list(&self) -> Vec<Pod>;
     /// The pod `namespace/name`, if it is bound to this node.
-    fn get(&self, namespace: &str, name: &str) -> Option<Arc<Pod>>;
+    fn get(&self, namespace: &str, name: &str) -> Option<Pod>;
 }
 
 /// A reflector store of the pods watched with `spec.nodeName=<node>` is exactly the pods
-/// of this node.
-impl NodePods for Store<Pod> {
-    fn list(&self) -> Vec<Arc<Pod>> {
-        self.state()
+/// of this node. Each answer decodes the pods it returns, for the one request; a pod that
+/// does not decode is logged and left out.
+impl NodePods for Store<StoredPod> {
+    fn list(&self) -> Vec<Pod> {
+        self.state().iter().filter_map(|pod| decoded(pod)).collect()
     }
 
-    fn get(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
-        Store::get(self, &ObjectRef::new(name).within(namespace))
+    fn get(&self, namespace: &str, name: &str) -> Option<Pod> {
+        let stored = Store::get(self, &ObjectRef::new(name).within(namespace))?;
+        decoded(&stored)
     }
+}
+
+fn decoded(pod: &StoredPod) -> Option<Pod> {
+    pod.pod()
+        .inspect_err(|error| tracing::error!(%error, "pod left out of the kubelet API's answer"))
+        .ok()
 }
 
 /// Where a pod's cell agent is reached.
@@ -79,16 +87,14 @@ mod tests {
 
     #[test]
     fn a_reflector_store_answers_for_its_pods() {
-        let (reader, mut writer) = store::<Pod>();
-        writer.apply_watcher_event(&Event::Apply(pod("default", "web")));
-        writer.apply_watcher_event(&Event::Apply(pod("jobs", "batch")));
+        let (reader, mut writer) = store::<StoredPod>();
+        for pod in [pod("default", "web"), pod("jobs", "batch")] {
+            writer.apply_watcher_event(&Event::Apply(StoredPod::new(pod).unwrap()));
+        }
 
         let pods: &dyn NodePods = &reader;
         assert_eq!(pods.list().len(), 2);
-        assert_eq!(
-            pods.get("default", "web").unwrap().metadata.uid.as_deref(),
-            Some("uid-web")
-        );
+        assert_eq!(pods.get("default", "web"), Some(pod("default", "web")));
         assert!(
             pods.get("jobs", "web").is_none(),
             "the namespace is part of the key"

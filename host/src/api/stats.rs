@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::Arc;
 
 use cellet_agent::protocol::{PodUsage, Usage};
 
@@ -109,7 +108,7 @@ pub struct ContainerStats {
 pub type UsageByPod = HashMap<String, PodUsage>;
 
 /// The summary of `node` and its `pods`, with the `usage` their agents reported.
-pub fn summary(node: &str, started: Timestamp, pods: &[Arc<Pod>], usage: &UsageByPod) -> Summary {
+pub fn summary(node: &str, started: Timestamp, pods: &[Pod], usage: &UsageByPod) -> Summary {
     let pods = pods
         .iter()
         .map(|pod| {
@@ -165,7 +164,7 @@ fn container_starts(pod: &Pod) -> impl Iterator<Item = (&str, Timestamp)> {
 
 /// The kubelet's resource metrics: `container_start_time_seconds` from the pods' status,
 /// CPU and working-set memory of containers and pods from what their agents measured.
-pub fn resource_metrics(pods: &[Arc<Pod>], usage: &UsageByPod) -> String {
+pub fn resource_metrics(pods: &[Pod], usage: &UsageByPod) -> String {
     let mut text = String::from(
         "# HELP container_start_time_seconds Start time of the container since unix epoch in seconds\n\
          # TYPE container_start_time_seconds gauge\n",

@@ -23,6 +23,7 @@ use super::agents;
 use super::cells::CellDirectory;
 use super::node_rules::{self, NodeRules};
 use super::provider::Plugins;
+use super::stored_pod::StoredPod;
 use super::worker::{Decision, HostportTable};
 use super::{convert, status};
 use crate::config::NodeConfig;
@@ -204,7 +205,7 @@ fn was_running(pod: &Pod, cell: &Cell) -> bool {
 /// pass tries again.
 pub async fn sweep(
     plugins: Plugins,
-    store: Store<Pod>,
+    store: Store<StoredPod>,
     mut orphans: Orphans,
     interval: Duration,
     rules: Arc<NodeRules>,

@@ -32,6 +32,7 @@ pub mod pods;
 pub mod provider;
 pub mod routes;
 pub mod status;
+pub mod stored_pod;
 pub mod volumes;
 pub mod worker;
 
@@ -40,7 +41,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Node;
 use kube::runtime::reflector::Store;
 use kube::{Api, Client};
 
@@ -53,6 +54,7 @@ use metrics::KubeMetrics;
 use node_rules::NodeRules;
 use pods::PodWatch;
 use provider::Plugins;
+use stored_pod::StoredPod;
 use worker::{Context, HostportTable};
 
 /// The field manager of every server-side apply cellet makes.
@@ -199,7 +201,7 @@ impl NodeLoop {
     }
 
     /// The node's pods, as the process's watch sees them.
-    pub fn pods(&self) -> Store<Pod> {
+    pub fn pods(&self) -> Store<StoredPod> {
         self.shared.pods.store()
     }
 

@@ -20,13 +20,13 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use futures_util::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::controller::{self, applier};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client};
 use tokio::sync::mpsc;
 
+use super::stored_pod::StoredPod;
 use super::worker::{self, Context};
 
 /// The field selector of this node's pods.
@@ -37,9 +37,9 @@ pub fn node_selector(node: &str) -> String {
 /// The process's watch of this node's pods.
 #[derive(Debug, Clone)]
 pub struct PodWatch {
-    store: Store<Pod>,
+    store: Store<StoredPod>,
     /// Where changed pods go: the current term's queue, if a term runs.
-    term: Arc<Mutex<Option<mpsc::UnboundedSender<ObjectRef<Pod>>>>>,
+    term: Arc<Mutex<Option<mpsc::UnboundedSender<ObjectRef<StoredPod>>>>>,
 }
 
 impl PodWatch {
@@ -49,18 +49,16 @@ impl PodWatch {
         client: Client,
         node: &str,
     ) -> (PodWatch, impl Future<Output = ()> + Send + 'static) {
-        let (store, writer) = reflector::store::<Pod>();
+        let (store, writer) = reflector::store::<StoredPod>();
         let watch = PodWatch {
             store,
             term: Arc::default(),
         };
         let term = Arc::clone(&watch.term);
-        let api: Api<Pod> = Api::all(client);
-        // managedFields are dropped before the store: nothing in cellet reads them (its
-        // status writes are server-side applies), and they are a large share of each pod.
-        let events = watcher(api, watcher::Config::default().fields(&node_selector(node)))
-            .default_backoff()
-            .modify(|pod| pod.managed_fields_mut().clear());
+        // Each pod is decoded straight into the store's compact form (see `stored_pod`).
+        let api: Api<StoredPod> = Api::all(client);
+        let events =
+            watcher(api, watcher::Config::default().fields(&node_selector(node))).default_backoff();
         let drive = reflector::reflector(writer, events).for_each(move |event| {
             match event {
                 // The store has the pod by now (the reflector writes before it yields),
@@ -80,13 +78,15 @@ impl PodWatch {
     }
 
     /// The node's pods as the watch sees them.
-    pub fn store(&self) -> Store<Pod> {
+    pub fn store(&self) -> Store<StoredPod> {
         self.store.clone()
     }
 
     /// A new term's queue: every pod of the store, then every pod that changes. Replaces
     /// the previous term's queue.
-    fn queue(&self) -> impl Stream<Item = Result<ObjectRef<Pod>, Infallible>> + Send + 'static {
+    fn queue(
+        &self,
+    ) -> impl Stream<Item = Result<ObjectRef<StoredPod>, Infallible>> + Send + 'static {
         let (sender, mut receiver) = mpsc::unbounded_channel();
         // Installed before the store is read: a pod changing in between is queued twice,
         // which the applier folds into one reconcile, rather than not at all.

@@ -26,6 +26,7 @@ use super::metrics::KubeMetrics;
 use super::node_rules::{self, NodeRules, RulesError};
 use super::provider::{FailureKind, Plugins, failure_kind};
 use super::status::{self, Progress, StatusError};
+use super::stored_pod::{StoredPod, StoredPodError};
 use super::{DaemonSetPolicy, KubeSettings, Shared};
 use crate::cells::ClientError;
 use crate::config::NodeConfig;
@@ -65,6 +66,9 @@ pub enum WorkerError {
     /// The pod's status could not be written.
     #[error(transparent)]
     Status(#[from] StatusError),
+    /// The pod, as the store keeps it, did not decode.
+    #[error(transparent)]
+    Stored(#[from] StoredPodError),
     /// The pod object could not be deleted after its cell was.
     #[error("failed to delete pod {pod}: {source}")]
     Delete { pod: String, source: kube::Error },
@@ -89,6 +93,7 @@ impl WorkerError {
         match self {
             WorkerError::Plugin { source, .. } => failure_kind(source),
             WorkerError::Status(_)
+            | WorkerError::Stored(_)
             | WorkerError::Delete { .. }
             | WorkerError::Rules { .. }
             | WorkerError::Agent { .. } => FailureKind::Transient,
@@ -177,7 +182,7 @@ pub struct Context {
     pub settings: KubeSettings,
     pub events: Events,
     /// This node's pods, as the controller's reflector sees them.
-    pub store: Store<Pod>,
+    pub store: Store<StoredPod>,
     pub hostports: Arc<HostportTable>,
     /// Management IPs of the cells, for the kubelet API.
     pub cells: Arc<CellDirectory>,
@@ -241,9 +246,11 @@ impl Context {
 /// only after it was marked for deletion (`deletionTimestamp`) and its cell is gone.
 /// *Assumptions*: idempotent and cancellable at every await. *Errors*: a failed plugin
 /// call, status write or delete; the pod is retried with backoff by [`error_policy`].
-pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, WorkerError> {
-    let span = tracing::debug_span!("reconcile", pod = %key(&pod));
+pub async fn reconcile(stored: Arc<StoredPod>, ctx: Arc<Context>) -> Result<Action, WorkerError> {
+    let span = tracing::debug_span!("reconcile", pod = %key(&*stored));
     let result = async {
+        // Decoded for this reconcile only: the store keeps the spec and status encoded.
+        let pod = stored.pod()?;
         if pod.metadata.deletion_timestamp.is_some() {
             teardown(&pod, &ctx).await
         } else {
@@ -257,22 +264,22 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Worke
         ctx.failures
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&uid(&pod));
+            .remove(&uid(&*stored));
     }
     result
 }
 
 /// Retry a failed pod after 1 s, doubling to 5 min (10 s first when out of capacity;
 /// at once the maximum when the plugin refused the input, which will not change by itself).
-pub fn error_policy(pod: Arc<Pod>, error: &WorkerError, ctx: Arc<Context>) -> Action {
+pub fn error_policy(pod: Arc<StoredPod>, error: &WorkerError, ctx: Arc<Context>) -> Action {
     let attempts = {
         let mut failures = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let n = failures.entry(uid(&pod)).or_default();
+        let n = failures.entry(uid(&*pod)).or_default();
         *n = n.saturating_add(1);
         *n
     };
     let delay = backoff(error.kind(), attempts);
-    tracing::warn!(pod = %key(&pod), %error, attempts, retry_in = ?delay, "pod reconcile failed");
+    tracing::warn!(pod = %key(&*pod), %error, attempts, retry_in = ?delay, "pod reconcile failed");
     Action::requeue(delay)
 }
 
@@ -287,12 +294,12 @@ pub fn backoff(kind: FailureKind, attempts: u32) -> Duration {
     first.saturating_mul(1 << doublings).min(BACKOFF_MAX)
 }
 
-pub(super) fn key(pod: &Pod) -> String {
+pub(super) fn key(pod: &impl ResourceExt) -> String {
     format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any())
 }
 
-fn uid(pod: &Pod) -> String {
-    pod.metadata.uid.clone().unwrap_or_default()
+fn uid(pod: &impl ResourceExt) -> String {
+    pod.uid().unwrap_or_default()
 }
 
 fn plugin_error(step: &'static str, pod: &Pod) -> impl FnOnce(CallError) -> WorkerError {

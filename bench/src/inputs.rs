@@ -4,7 +4,9 @@
 //!
 //! - a pod with 3 containers, 10 ports of which 4 publish a hostPort (TCP and UDP, one
 //!   bound to a node address), 20 labels and 20 annotations;
-//! - 50 regular nodes, each with a PodCIDR, an InternalIP and an AWS provider id;
+//! - 50 regular nodes, each with a PodCIDR, an InternalIP and an AWS provider id, and the
+//!   same 50 with one node changed (its InternalIP), for the host's cluster pass that
+//!   plans again only what changed;
 //! - 100 hostPort mappings already on the node, held by 50 other pods, none colliding
 //!   with the pod's own.
 //!
@@ -12,8 +14,10 @@
 //! generators (wit-bindgen in the guest, wasmtime's `bindgen!` in the host), hence two
 //! sets of types with the same fields.
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
 use cellet::plugins::bindings as host;
-use cellet_sdk::cloud::CellRequest;
 use cellet_sdk::hostport::PortMapping;
 use cellet_sdk::network::ClusterNode;
 use cellet_sdk::testing::{MappingBuilder, NodeBuilder, PodBuilder, cell_request};
@@ -37,7 +41,6 @@ pub struct NativeInputs {
     pub pod: Pod,
     pub nodes: Vec<ClusterNode>,
     pub existing: Vec<PortMapping>,
-    pub cell_request: CellRequest,
 }
 
 /// The same inputs as the host runtime's handles take them.
@@ -45,28 +48,37 @@ pub struct NativeInputs {
 pub struct HostInputs {
     pub pod: host::Pod,
     pub nodes: Vec<host::ClusterNode>,
+    /// `nodes` with `node-00`'s InternalIP changed: cluster passes alternate between the
+    /// two, so each pass finds exactly one node changed.
+    pub nodes_one_changed: Vec<host::ClusterNode>,
+    /// How many cluster passes were made, to alternate between the two node sets.
+    pub passes: Arc<AtomicUsize>,
     pub existing: Vec<host::PortMapping>,
     pub cell_request: host::CellRequest,
 }
 
 impl Inputs {
     pub fn realistic() -> Self {
-        let pod = pod();
         let native = NativeInputs {
-            cell_request: cell_request(&pod),
-            pod,
+            pod: pod(),
             nodes: nodes(),
             existing: existing_mappings(),
         };
+        let request = cell_request(&native.pod);
+        let nodes: Vec<host::ClusterNode> = native.nodes.iter().map(host_node).collect();
+        let mut nodes_one_changed = nodes.clone();
+        nodes_one_changed[0].internal_ips = vec!["10.0.9.250".to_string()];
         let host = HostInputs {
             pod: host_pod(&native.pod),
-            nodes: native.nodes.iter().map(host_node).collect(),
+            nodes,
+            nodes_one_changed,
+            passes: Arc::default(),
             existing: native.existing.iter().map(host_mapping).collect(),
             cell_request: host::CellRequest {
-                pod: host_pod(&native.cell_request.pod),
-                needs_pod_ip: native.cell_request.needs_pod_ip,
-                user_data: native.cell_request.user_data.clone(),
-                tags: native.cell_request.tags.iter().map(host_kv).collect(),
+                pod: host_pod(&native.pod),
+                needs_pod_ip: request.needs_pod_ip,
+                user_data: request.user_data.clone(),
+                tags: request.tags.iter().map(host_kv).collect(),
             },
         };
         Inputs { native, host }
@@ -253,6 +265,11 @@ mod tests {
         assert_eq!(host_ports[7].protocol, host::Protocol::Udp);
         assert_eq!(host.nodes[49].pod_cidrs, vec!["10.244.49.0/24".to_string()]);
         assert_eq!(host.existing[3].protocol, host::Protocol::Udp);
-        assert_eq!(host.cell_request.tags.len(), native.cell_request.tags.len());
+        assert_eq!(
+            host.cell_request.tags.len(),
+            cell_request(&native.pod).tags.len()
+        );
+        assert_ne!(host.nodes[0], host.nodes_one_changed[0]);
+        assert_eq!(host.nodes[1..], host.nodes_one_changed[1..]);
     }
 }

@@ -7,17 +7,21 @@
 //! measuring two different things.
 
 use std::fmt;
+use std::sync::atomic::Ordering;
 
 use cellet::plugins::bindings as host;
-use cellet::plugins::{CallError, CloudPlugin, HostportPlugin, NetworkPlugin, PluginHandle, Slot};
+use cellet::plugins::{
+    CallError, CloudPlugin, HostportPlugin, NetworkPlugin, NodePlan, PluginHandle, Slot,
+};
 use cellet_plugin_cloud_routes::CloudRoutes;
 use cellet_plugin_hostport_nat::HostportNat;
 use cellet_plugin_hostport_restricted::HostportRestricted;
 use cellet_plugin_mock::Mock as MockCloud;
 use cellet_plugin_vpc_native::VpcNative;
 use cellet_sdk::cloud::CloudProvider;
-use cellet_sdk::hostport::HostportPolicy;
+use cellet_sdk::hostport::{HostportPolicy, NodeMappings};
 use cellet_sdk::network::NetworkStrategy;
+use cellet_sdk::testing::{ClusterPlan, cell_request, plan_cluster};
 use cellet_sdk::{InitContext, PluginError};
 use serde::Serialize;
 use serde_json::json;
@@ -95,7 +99,12 @@ impl Plugin {
     /// The functions measured, each with the realistic input of [`crate::inputs`].
     pub fn functions(self) -> &'static [Function] {
         match self.slot() {
-            Slot::Network => &[Function::PlanPod, Function::PlanCluster],
+            Slot::Network => &[
+                Function::PlanPod,
+                Function::PlanNode,
+                Function::PlanCluster,
+                Function::PlanClusterCold,
+            ],
             Slot::Hostport => &[Function::Admit],
             Slot::Cloud => &[Function::CreateCell],
         }
@@ -112,17 +121,27 @@ impl fmt::Display for Plugin {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Function {
     PlanPod,
+    /// `plan-node` of one node: the call a node change costs.
+    PlanNode,
+    /// The host's whole-cluster pass (`NetworkPlugin::plan_cluster`) with one node changed
+    /// since the last pass: `plan-node` of that node, the 49 others' plans reused, then
+    /// `plan-routes`. The native column plans all 50 nodes (`testing::plan_cluster`).
     PlanCluster,
+    /// The same pass with no plan kept (the first pass after a start): `plan-node` for
+    /// each of the 50 nodes, then `plan-routes`.
+    PlanClusterCold,
     Admit,
     CreateCell,
 }
 
 impl Function {
-    /// The name in WIT.
+    /// The name in WIT, or of the host's pass.
     pub fn name(self) -> &'static str {
         match self {
             Function::PlanPod => "plan-pod",
+            Function::PlanNode => "plan-node",
             Function::PlanCluster => "plan-cluster",
+            Function::PlanClusterCold => "plan-cluster (cold)",
             Function::Admit => "admit",
             Function::CreateCell => "create-cell",
         }
@@ -132,7 +151,13 @@ impl Function {
     pub fn input(self) -> &'static str {
         match self {
             Function::PlanPod => "the pod",
-            Function::PlanCluster => "50 nodes with PodCIDRs",
+            Function::PlanNode => "one node with a PodCIDR",
+            Function::PlanCluster => {
+                "50 nodes with PodCIDRs, one changed since the last pass (host pass: 1 plan-node + plan-routes)"
+            }
+            Function::PlanClusterCold => {
+                "50 nodes with PodCIDRs, none planned before (host pass: 50 plan-node + plan-routes)"
+            }
             Function::Admit => "the pod + 100 existing mappings",
             Function::CreateCell => "a cell request for the pod",
         }
@@ -190,7 +215,8 @@ pub enum Native {
 /// happens outside the timed region.
 pub enum NativeOutput {
     PodPlan(cellet_sdk::network::PodNetworkPlan),
-    ClusterPlan(cellet_sdk::network::ClusterNetworkPlan),
+    NodePlan(cellet_sdk::network::NodePlan),
+    ClusterPlan(ClusterPlan),
     Admission(cellet_sdk::hostport::Admission),
     Cell(cellet_sdk::cloud::Cell),
 }
@@ -213,9 +239,10 @@ impl Native {
         })
     }
 
-    /// Call `function` with its input. The trait methods take their records by value, so
-    /// the input is cloned on every call: the component call copies it into the guest's
-    /// memory too, and a baseline without the copy would flatter native code.
+    /// Call `function` with its input. The trait methods take their records by value (a
+    /// pod as a view of the record), so the input is cloned on every call: the component
+    /// call copies what it reads into the guest's memory too, and a baseline without the
+    /// copy would flatter native code.
     pub fn call(
         &mut self,
         function: Function,
@@ -228,7 +255,7 @@ impl Native {
             Native::HostportRestricted(p) => hostport(p, function, inputs),
             Native::Mock(c) => match function {
                 Function::CreateCell => c
-                    .create_cell(inputs.cell_request.clone())
+                    .create_cell(cell_request(&inputs.pod))
                     .map(NativeOutput::Cell)
                     .map_err(native_failed(function)),
                 _ => Err(not_in_world(function, Slot::Cloud)),
@@ -244,13 +271,18 @@ fn network<S: NetworkStrategy>(
 ) -> Result<NativeOutput, CallFailure> {
     match function {
         Function::PlanPod => strategy
-            .plan_pod(inputs.pod.clone())
+            .plan_pod(inputs.pod.view())
             .map(NativeOutput::PodPlan)
             .map_err(native_failed(function)),
-        Function::PlanCluster => strategy
-            .plan_cluster(inputs.nodes.clone())
-            .map(NativeOutput::ClusterPlan)
+        Function::PlanNode => strategy
+            .plan_node(inputs.nodes[0].clone())
+            .map(NativeOutput::NodePlan)
             .map_err(native_failed(function)),
+        Function::PlanCluster | Function::PlanClusterCold => {
+            plan_cluster(strategy, inputs.nodes.clone())
+                .map(NativeOutput::ClusterPlan)
+                .map_err(native_failed(function))
+        }
         _ => Err(not_in_world(function, Slot::Network)),
     }
 }
@@ -262,7 +294,7 @@ fn hostport<P: HostportPolicy>(
 ) -> Result<NativeOutput, CallFailure> {
     match function {
         Function::Admit => policy
-            .admit(inputs.pod.clone(), inputs.existing.clone())
+            .admit(inputs.pod.view(), NodeMappings::list(&inputs.existing))
             .map(NativeOutput::Admission)
             .map_err(native_failed(function)),
         _ => Err(not_in_world(function, Slot::Hostport)),
@@ -298,6 +330,10 @@ impl NativeOutput {
                 &plan.no_masquerade,
                 plan.mtu,
             ),
+            NativeOutput::NodePlan(plan) => node_plan(
+                plan.routes.iter().map(|r| r.destination.as_str()),
+                plan.warnings.len(),
+            ),
             NativeOutput::ClusterPlan(plan) => cluster_plan(
                 plan.routes.iter().map(|r| r.destination.as_str()),
                 plan.manage_routes,
@@ -332,6 +368,7 @@ pub enum Wasm {
 /// The raw answer of a component call (already validated by the host).
 pub enum WasmOutput {
     PodPlan(host::PodNetworkPlan),
+    NodePlan(NodePlan),
     ClusterPlan(host::ClusterNetworkPlan),
     Admission(host::Admission),
     Cell(host::Cell),
@@ -363,11 +400,29 @@ impl Wasm {
                 .await
                 .map(WasmOutput::PodPlan)
                 .map_err(failed),
-            (Wasm::Network(p), Function::PlanCluster) => p
-                .plan_cluster(&inputs.nodes)
+            (Wasm::Network(p), Function::PlanNode) => p
+                .plan_node(&inputs.nodes[0])
                 .await
-                .map(WasmOutput::ClusterPlan)
+                .map(WasmOutput::NodePlan)
                 .map_err(failed),
+            (Wasm::Network(p), Function::PlanCluster) => {
+                let nodes = if inputs.passes.fetch_add(1, Ordering::Relaxed) % 2 == 0 {
+                    &inputs.nodes
+                } else {
+                    &inputs.nodes_one_changed
+                };
+                p.plan_cluster(nodes)
+                    .await
+                    .map(WasmOutput::ClusterPlan)
+                    .map_err(failed)
+            }
+            (Wasm::Network(p), Function::PlanClusterCold) => {
+                p.forget_node_plans();
+                p.plan_cluster(&inputs.nodes)
+                    .await
+                    .map(WasmOutput::ClusterPlan)
+                    .map_err(failed)
+            }
             (Wasm::Hostport(p), Function::Admit) => p
                 .admit(&inputs.pod, &inputs.existing)
                 .await
@@ -396,6 +451,10 @@ impl WasmOutput {
                 plan.routes.iter().map(|r| r.destination.as_str()),
                 &plan.no_masquerade,
                 plan.mtu,
+            ),
+            WasmOutput::NodePlan(plan) => node_plan(
+                plan.routes.iter().map(|r| r.destination.as_str()),
+                plan.warnings.len(),
             ),
             WasmOutput::ClusterPlan(plan) => cluster_plan(
                 plan.routes.iter().map(|r| r.destination.as_str()),
@@ -449,6 +508,11 @@ fn cluster_plan<'a>(
         "{} routes{span}, manage-routes {manage}, {warnings} warnings",
         routes.len()
     )
+}
+
+fn node_plan<'a>(routes: impl Iterator<Item = &'a str>, warnings: usize) -> String {
+    let routes: Vec<&str> = routes.collect();
+    format!("routes [{}], {warnings} warnings", routes.join(", "))
 }
 
 fn admitted(mappings: impl Iterator<Item = (u16, u16)>) -> String {

@@ -238,7 +238,7 @@ fn a_good_config_passes_and_names_each_plugin() {
     let stdout = checked.stdout();
     assert!(stdout.contains("cloud: "), "{}", checked.describe());
     assert!(
-        stdout.contains("network-strategy 0.1.0"),
+        stdout.contains("network-strategy 0.2.0"),
         "{}",
         checked.describe()
     );
@@ -408,7 +408,7 @@ cloud:
     assert!(
         checked
             .stdout()
-            .contains("cloud: plugins/aws-ec2.wasm: ok (cloud-provider 0.1.0"),
+            .contains("cloud: plugins/aws-ec2.wasm: ok (cloud-provider 0.2.0"),
         "{}",
         checked.describe()
     );
@@ -438,7 +438,7 @@ fn a_plugin_of_an_unsupported_contract_version_is_refused_at_its_source_line() {
     checked.assert_problem(
         checked.line_of("future-contract.wasm"),
         "network.source",
-        &["0.2.0", "0.1.0"],
+        &["0.3.0", "0.1.0, 0.2.0"],
     );
 }
 

@@ -336,7 +336,7 @@ fn the_cli_pushes_and_inspects_a_plugin() {
         assert!(output.status.success(), "{}", describe(&output));
         let info: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
         assert_eq!(info["world"], "network-strategy", "{info}");
-        assert_eq!(info["package_version"], "0.1.0", "{info}");
+        assert_eq!(info["package_version"], "0.2.0", "{info}");
         assert_eq!(info["loadable"], true, "{info}");
         assert_eq!(
             info["sha256"],
@@ -349,7 +349,7 @@ fn the_cli_pushes_and_inspects_a_plugin() {
                 .as_array()
                 .unwrap()
                 .iter()
-                .any(|e| e == "cellet:plugin/network@0.1.0"),
+                .any(|e| e == "cellet:plugin/network@0.2.0"),
             "{info}"
         );
     }

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_ec2::config::Credentials;
 use cellet::plugins::bindings::{
-    Admission, CellRequest, ClusterNode, Container, ContainerPort, KeyValue, PluginError, Pod,
-    Protocol,
+    Admission, CellRequest, CloudRoute, ClusterNode, Container, ContainerPort, KeyValue,
+    PluginError, Pod, PodAddressSource, Protocol, RouteTarget,
 };
 use cellet::plugins::capabilities::CapabilityError;
 use cellet::plugins::capabilities::ec2::{Ec2Capability, Ec2Metrics, Ec2Settings};
@@ -45,12 +45,14 @@ fn component(crate_name: &str) -> Vec<u8> {
 }
 
 const VPC_NATIVE: &str = "cellet-plugin-vpc-native";
+const CLOUD_ROUTES: &str = "cellet-plugin-cloud-routes";
 const HOSTPORT_NAT: &str = "cellet-plugin-hostport-nat";
 const MOCK: &str = "cellet-plugin-mock";
 const LOCAL_CELLS: &str = "cellet-plugin-local-cells";
 const AWS_EC2: &str = "cellet-plugin-aws-ec2";
 const MISBEHAVING: &str = "cellet-test-misbehaving";
 const FUTURE_CONTRACT: &str = "cellet-test-future-contract";
+const CONTRACT_V0_1_0: &str = "cellet-test-contract-v0-1-0";
 
 struct Harness {
     runtime: PluginRuntime,
@@ -183,6 +185,150 @@ async fn loads_and_calls_a_network_strategy() {
     plugin.plan_cluster(&nodes()).await.unwrap();
 }
 
+/// A plugin built for the frozen contract 0.1.0 (raw wit-bindgen, the whole pod copied in)
+/// loads beside the 0.2.0 plugins and every value crosses intact: its answers are made
+/// from its input (see `tests/plugins/contract-v0-1-0`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_built_for_contract_0_1_0_still_loads_and_is_called_correctly() {
+    let h = harness();
+    let loaded = h
+        .runtime
+        .load(
+            &spec("contract-v0-1-0", Slot::Network, json!({})),
+            &component(CONTRACT_V0_1_0),
+        )
+        .await
+        .unwrap();
+    assert_eq!(loaded.version.to_string(), "0.1.0");
+    let plugin = network(loaded);
+
+    let mut pod = pod();
+    pod.host_network = true;
+    pod.labels.push(KeyValue {
+        key: "cellet.test/no-masquerade".into(),
+        value: "10.96.0.0/12".into(),
+    });
+    pod.annotations = (0..3)
+        .map(|i| KeyValue {
+            key: format!("example.com/a{i}"),
+            value: "v".into(),
+        })
+        .collect();
+    let plan = plugin.plan_pod(&pod).await.unwrap();
+    assert_eq!(plan.address_source, PodAddressSource::HostNetwork);
+    assert_eq!(plan.no_masquerade, ["10.96.0.0/12"]);
+    // 1000 + one port + 100 per annotation: the whole pod reached the plugin.
+    assert_eq!(plan.mtu, Some(1301));
+
+    let mut nodes = nodes();
+    nodes.push(ClusterNode {
+        name: "node-b".into(),
+        pod_cidrs: vec!["10.244.2.0/24".into()],
+        internal_ips: vec!["10.0.0.12".into()],
+        provider_id: None,
+        virtual_: false,
+    });
+    let cluster = plugin.plan_cluster(&nodes).await.unwrap();
+    assert!(cluster.manage_routes);
+    assert_eq!(
+        cluster.routes,
+        [
+            CloudRoute {
+                destination: "10.244.1.0/24".into(),
+                target: RouteTarget::Address("10.0.0.11".into()),
+            },
+            CloudRoute {
+                destination: "10.244.2.0/24".into(),
+                target: RouteTarget::Address("10.0.0.12".into()),
+            },
+        ]
+    );
+    assert_eq!(cluster.warnings, ["planned 2 nodes"]);
+    // One node's plan, from a plugin that only plans clusters: the cluster of that node.
+    let node = plugin.plan_node(&nodes[1]).await.unwrap();
+    assert_eq!(node.routes, cluster.routes[1..]);
+    assert_eq!(node.warnings, ["planned 1 nodes"]);
+}
+
+/// Contract 0.2.0 plans the cluster node by node and the host keeps each node's plan: a
+/// second pass with one node changed plans that node alone, and a PodCIDR two nodes claim
+/// is routed once, to the first by name, with a warning naming both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_0_2_0_strategy_is_asked_again_only_about_changed_nodes() {
+    let h = harness();
+    let loaded = h
+        .runtime
+        .load(
+            &spec(
+                "cloud-routes",
+                Slot::Network,
+                json!({ "cluster-cidrs": ["10.244.0.0/16"], "manage-routes": true }),
+            ),
+            &component(CLOUD_ROUTES),
+        )
+        .await
+        .unwrap();
+    assert_eq!(loaded.version.to_string(), "0.2.0");
+    let plugin = network(loaded);
+    let node = |name: &str, cidr: &str, ip: &str| ClusterNode {
+        name: name.into(),
+        pod_cidrs: vec![cidr.into()],
+        internal_ips: vec![ip.into()],
+        provider_id: None,
+        virtual_: false,
+    };
+    let mut nodes = vec![
+        node("node-c", "10.244.1.0/24", "10.0.0.13"),
+        node("node-a", "10.244.1.0/24", "10.0.0.11"),
+        node("node-b", "10.244.2.0/24", "10.0.0.12"),
+    ];
+    let first = plugin.plan_cluster(&nodes).await.unwrap();
+    assert!(first.manage_routes);
+    let targets: Vec<(&str, &RouteTarget)> = first
+        .routes
+        .iter()
+        .map(|r| (r.destination.as_str(), &r.target))
+        .collect();
+    assert_eq!(
+        targets,
+        [
+            ("10.244.1.0/24", &RouteTarget::Address("10.0.0.11".into())),
+            ("10.244.2.0/24", &RouteTarget::Address("10.0.0.12".into())),
+        ]
+    );
+    assert_eq!(first.warnings.len(), 1, "{:?}", first.warnings);
+    assert!(
+        first.warnings[0].contains("node node-c") && first.warnings[0].contains("node node-a"),
+        "{:?}",
+        first.warnings
+    );
+
+    let plan_node_calls = || {
+        metrics_text(&h.runtime)
+            .lines()
+            .find(|line| {
+                line.starts_with("cellet_plugin_calls_total")
+                    && line.contains("function=\"plan-node\"")
+            })
+            .and_then(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(plan_node_calls(), 3);
+    nodes[2].internal_ips = vec!["10.0.0.22".into()];
+    let second = plugin.plan_cluster(&nodes).await.unwrap();
+    assert_eq!(
+        plan_node_calls(),
+        4,
+        "only the changed node is planned again"
+    );
+    assert_eq!(
+        second.routes[1].target,
+        RouteTarget::Address("10.0.0.22".into())
+    );
+    plugin.plan_cluster(&nodes[..2]).await.unwrap();
+    assert_eq!(plan_node_calls(), 4, "a node leaving costs no call");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loads_and_calls_a_hostport_policy() {
     let h = harness();
@@ -300,7 +446,7 @@ async fn refuses_a_newer_contract_naming_both_versions() {
     );
     assert!(
         err.to_string()
-            .contains("plugin future targets cellet:plugin@0.2.0; this host supports 0.1.0"),
+            .contains("plugin future targets cellet:plugin@0.3.0; this host supports 0.1.0, 0.2.0"),
         "{err}"
     );
     let info = h
@@ -308,7 +454,7 @@ async fn refuses_a_newer_contract_naming_both_versions() {
         .inspect(&component(FUTURE_CONTRACT))
         .await
         .unwrap();
-    assert_eq!(info.package_version.as_deref(), Some("0.2.0"));
+    assert_eq!(info.package_version.as_deref(), Some("0.3.0"));
     assert_eq!(info.world, Some("network-strategy"));
     assert!(info.loadable.is_err());
 }
@@ -459,13 +605,13 @@ async fn inspect_describes_a_plugin() {
     let bytes = component(VPC_NATIVE);
     let info = h.runtime.inspect(&bytes).await.unwrap();
     assert_eq!(info.world, Some("network-strategy"));
-    assert_eq!(info.package_version.as_deref(), Some("0.1.0"));
+    assert_eq!(info.package_version.as_deref(), Some("0.2.0"));
     assert_eq!(info.loadable, Ok(()));
     assert_eq!(info.size_bytes, bytes.len());
     assert_eq!(info.sha256.len(), 64);
     assert!(
         info.exports
-            .contains(&"cellet:plugin/network@0.1.0".to_owned()),
+            .contains(&"cellet:plugin/network@0.2.0".to_owned()),
         "{info:?}"
     );
 }
@@ -489,7 +635,8 @@ async fn a_trap_fails_the_call_and_the_next_call_gets_a_fresh_instance() {
         }
         other => panic!("expected a trap, got {other}"),
     }
-    // `plan-cluster` behaves whatever the mode: it succeeds, on a new instance.
+    // The cluster pass (`plan-node`, `plan-routes`) behaves whatever the mode: it
+    // succeeds, on a new instance.
     plugin.plan_cluster(&nodes()).await.unwrap();
 
     let text = metrics_text(&h.runtime);
@@ -518,7 +665,7 @@ async fn a_trap_fails_the_call_and_the_next_call_gets_a_fresh_instance() {
     assert_eq!(
         metric(
             &text,
-            &format!(r#"cellet_plugin_calls_total{{{labels},function="plan-cluster"}}"#)
+            &format!(r#"cellet_plugin_calls_total{{{labels},function="plan-node"}}"#)
         ),
         1.0
     );

@@ -1,4 +1,5 @@
-//! The raw bindings of the three worlds of `cellet:plugin@0.1.0`, generated from `wit/`.
+//! The raw bindings of the three worlds of `cellet:plugin@0.2.0`, generated from
+//! `wit/v0.2.0` (which imports the unchanged `types` and capabilities of 0.1.0).
 //!
 //! Plugin authors never use this module: the typed records are re-exported from
 //! [`crate::types`], [`crate::cloud`], [`crate::network`] and [`crate::hostport`], and the
@@ -6,7 +7,7 @@
 //!
 //! Each world is generated once. `cloud-provider` imports every shared interface (`types`,
 //! `log`, and the two cloud capabilities), so it is generated first and the two other
-//! worlds reuse its `types` and `log` through `with:`: a `Pod` is the same Rust type
+//! worlds reuse its `types` (of both versions) and `log` through `with:`: a `Pod` is the same Rust type
 //! whichever world a plugin targets, and helpers such as the test builders serve all three.
 //!
 //! `pub_export_macro` makes each world's `export!` macro usable from a plugin crate. With
@@ -24,9 +25,11 @@
 /// `ec2` and `local-cells` capabilities.
 pub mod cloud_world {
     wit_bindgen::generate!({
-        path: "../wit/v0.1.0",
+        path: "../wit/v0.2.0",
         world: "cloud-provider",
         additional_derives: [PartialEq, Eq],
+        // It borrows the pod, a resource: there is nothing to compare.
+        additional_derives_ignore: ["cell-request"],
         pub_export_macro: true,
         export_macro_name: "export_cloud_world",
         default_bindings_module: "::cellet_sdk::__bindings::cloud_world",
@@ -37,15 +40,16 @@ pub mod cloud_world {
 /// The `network-strategy` world; its `types` and `log` are those of [`cloud_world`].
 pub mod network_world {
     wit_bindgen::generate!({
-        path: "../wit/v0.1.0",
+        path: "../wit/v0.2.0",
         world: "network-strategy",
         additional_derives: [PartialEq, Eq],
         pub_export_macro: true,
         export_macro_name: "export_network_world",
         default_bindings_module: "::cellet_sdk::__bindings::network_world",
         with: {
-            "cellet:plugin/types@0.1.0": crate::__bindings::cloud_world::cellet::plugin::types,
-            "cellet:plugin/log@0.1.0": crate::__bindings::cloud_world::cellet::plugin::log,
+            "cellet:plugin/types@0.1.0": crate::__bindings::cloud_world::cellet::plugin0_1_0::types,
+            "cellet:plugin/types@0.2.0": crate::__bindings::cloud_world::cellet::plugin0_2_0::types,
+            "cellet:plugin/log@0.1.0": crate::__bindings::cloud_world::cellet::plugin0_1_0::log,
         },
     });
 }
@@ -53,15 +57,16 @@ pub mod network_world {
 /// The `hostport-policy` world; its `types` and `log` are those of [`cloud_world`].
 pub mod hostport_world {
     wit_bindgen::generate!({
-        path: "../wit/v0.1.0",
+        path: "../wit/v0.2.0",
         world: "hostport-policy",
         additional_derives: [PartialEq, Eq],
         pub_export_macro: true,
         export_macro_name: "export_hostport_world",
         default_bindings_module: "::cellet_sdk::__bindings::hostport_world",
         with: {
-            "cellet:plugin/types@0.1.0": crate::__bindings::cloud_world::cellet::plugin::types,
-            "cellet:plugin/log@0.1.0": crate::__bindings::cloud_world::cellet::plugin::log,
+            "cellet:plugin/types@0.1.0": crate::__bindings::cloud_world::cellet::plugin0_1_0::types,
+            "cellet:plugin/types@0.2.0": crate::__bindings::cloud_world::cellet::plugin0_2_0::types,
+            "cellet:plugin/log@0.1.0": crate::__bindings::cloud_world::cellet::plugin0_1_0::log,
         },
     });
 }

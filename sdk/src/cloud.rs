@@ -6,12 +6,26 @@
 
 use std::marker::PhantomData;
 
-use crate::__bindings::cloud_world::exports::cellet::plugin::cloud::Guest;
-pub use crate::__bindings::cloud_world::exports::cellet::plugin::cloud::{
-    Cell, CellRequest, CellState, NodeResources,
+use crate::__bindings::cloud_world::exports::cellet::plugin0_2_0::cloud::{self as wit, Guest};
+pub use crate::__bindings::cloud_world::exports::cellet::plugin0_2_0::cloud::{
+    Cell, CellState, NodeResources,
 };
 use crate::instance;
-use crate::types::{CloudRoute, InitContext, KeyValue, PluginError, Pod, find};
+use crate::pod::PodView;
+use crate::types::{CloudRoute, InitContext, KeyValue, PluginError, find};
+
+/// Everything needed to create the cell for one pod (`cloud.cell-request`).
+#[derive(Debug)]
+pub struct CellRequest<'a> {
+    /// The pod the cell is for, lent by the host: read what the cloud needs.
+    pub pod: PodView<'a>,
+    /// Whether the cell needs a second VPC address for the pod (false for `hostNetwork`).
+    pub needs_pod_ip: bool,
+    /// Opaque bootstrap document for the cell agent, at most 64 KiB.
+    pub user_data: String,
+    /// Tags the host wants on the cell in addition to the plugin's own.
+    pub tags: Vec<KeyValue>,
+}
 
 /// Tag keys under which cloud plugins record who owns a cell. Every shipped cloud plugin
 /// uses them, so `list-cells` of one plugin recognises cells made by another version.
@@ -33,7 +47,7 @@ pub trait CloudProvider: Sized + 'static {
     fn node_capacity(&mut self) -> Result<NodeResources, PluginError>;
 
     /// Create the pod's cell, or return the one that exists: idempotent per pod UID.
-    fn create_cell(&mut self, request: CellRequest) -> Result<Cell, PluginError>;
+    fn create_cell(&mut self, request: CellRequest<'_>) -> Result<Cell, PluginError>;
 
     /// The cell of the pod with this UID, among this controller's cells.
     fn get_cell(&mut self, pod_uid: String) -> Result<Option<Cell>, PluginError>;
@@ -70,7 +84,7 @@ pub trait CloudProvider: Sized + 'static {
 
 /// The tags a cell should carry: the host's (`request.tags`) plus the ownership tags under
 /// [`tags`], which win over a host tag with the same key.
-pub fn cell_tags(controller_id: &str, request: &CellRequest) -> Vec<KeyValue> {
+pub fn cell_tags(controller_id: &str, request: &CellRequest<'_>) -> Vec<KeyValue> {
     let own = [
         KeyValue::new(tags::CONTROLLER, controller_id),
         KeyValue::new(tags::POD_UID, &request.pod.uid),
@@ -106,12 +120,13 @@ pub fn pod_identity(tags: &[KeyValue]) -> (String, String, String) {
 /// Sum of the CPU and memory the pod's containers request: the sizing input for a cell.
 /// Init containers run before the others, so the larger of their largest request and the
 /// containers' sum counts, as in the Kubernetes scheduler.
-pub fn pod_requests(pod: &Pod) -> (u64, u64) {
+pub fn pod_requests(pod: &PodView<'_>) -> (u64, u64) {
+    let (containers, init_containers) = (pod.containers(), pod.init_containers());
     let sum = |f: fn(&crate::types::Container) -> u64| -> u64 {
-        pod.containers.iter().map(f).fold(0, u64::saturating_add)
+        containers.iter().map(f).fold(0, u64::saturating_add)
     };
     let max_init = |f: fn(&crate::types::Container) -> u64| -> u64 {
-        pod.init_containers.iter().map(f).max().unwrap_or(0)
+        init_containers.iter().map(f).max().unwrap_or(0)
     };
     (
         sum(|c| c.cpu_millis).max(max_init(|c| c.cpu_millis)),
@@ -132,7 +147,13 @@ impl<T: CloudProvider> Guest for __Export<T> {
         instance::with(|cloud: &mut T| cloud.node_capacity())
     }
 
-    fn create_cell(request: CellRequest) -> Result<Cell, PluginError> {
+    fn create_cell(request: wit::CellRequest<'_>) -> Result<Cell, PluginError> {
+        let request = CellRequest {
+            pod: PodView::lent(request.pod),
+            needs_pod_ip: request.needs_pod_ip,
+            user_data: request.user_data,
+            tags: request.tags,
+        };
         instance::with(|cloud: &mut T| cloud.create_cell(request))
     }
 
@@ -210,6 +231,6 @@ mod tests {
             .init_container("migrate")
             .resources(1000, 32 << 20)
             .build();
-        assert_eq!(pod_requests(&pod), (1000, 128 << 20));
+        assert_eq!(pod_requests(&pod.view()), (1000, 128 << 20));
     }
 }

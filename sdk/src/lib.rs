@@ -9,8 +9,11 @@
 //! | `hostport` | [`hostport::HostportPolicy`] | [`export_hostport_policy!`] |
 //!
 //! An author implements one trait on a type of their own and exports it with the matching
-//! macro; the WIT bindings stay inside this crate. The records of the contract
-//! (`cellet:plugin@0.1.0`) are re-exported from [`types`] and the world modules.
+//! macro; the WIT bindings stay inside this crate. The SDK targets contract
+//! `cellet:plugin@0.2.0`; its records are re-exported from [`types`] and the world
+//! modules. The pod a plugin is asked about is a [`pod::PodView`]: lent by the host (each
+//! field read when asked for), or a plain [`types::Pod`] record in native tests
+//! (`pod.view()`).
 //!
 //! # State: one value per instance, built by `init`
 //!
@@ -35,7 +38,8 @@
 //!
 //! The bindings compile on the host target too (only the exports are limited to
 //! `wasm32`), so a plugin is unit-tested with plain `cargo test`: build realistic records
-//! with [`testing`], call `init` and the trait methods directly. Capabilities
+//! with [`testing`], call `init` and the trait methods directly (`plan_pod(pod.view())`,
+//! `admit(pod.view(), NodeMappings::list(&held))`, [`testing::plan_cluster`]). Capabilities
 //! (`ec2`, `local-cells`) exist only inside the host: calling them natively panics, so keep
 //! the logic around them in plain functions and test those.
 
@@ -50,6 +54,7 @@ mod instance;
 pub mod log;
 pub mod net;
 pub mod network;
+pub mod pod;
 pub mod quantity;
 pub mod testing;
 pub mod types;
@@ -62,6 +67,6 @@ pub use types::{InitContext, PluginError};
 /// These are the typed import functions of the WIT interfaces, unchanged. They exist only
 /// when the plugin runs inside the host: called from a native test they panic.
 pub mod capabilities {
-    pub use crate::__bindings::cloud_world::cellet::plugin::ec2;
-    pub use crate::__bindings::cloud_world::cellet::plugin::local_cells;
+    pub use crate::__bindings::cloud_world::cellet::plugin0_1_0::ec2;
+    pub use crate::__bindings::cloud_world::cellet::plugin0_1_0::local_cells;
 }

@@ -11,7 +11,7 @@
 use std::fmt::Display;
 
 /// Severity of a record, as the host's `tracing` levels.
-pub use crate::__bindings::cloud_world::cellet::plugin::log::Level;
+pub use crate::__bindings::cloud_world::cellet::plugin0_1_0::log::Level;
 
 /// Write one record with structured fields. The host keeps at most 32 fields and cuts
 /// messages longer than 4 KiB.
@@ -25,7 +25,7 @@ pub fn write(level: Level, message: &str, fields: &[(&str, &dyn Display)]) {
 
 #[cfg(target_arch = "wasm32")]
 fn emit(level: Level, message: &str, fields: &[(String, String)]) {
-    crate::__bindings::cloud_world::cellet::plugin::log::write(level, message, fields);
+    crate::__bindings::cloud_world::cellet::plugin0_1_0::log::write(level, message, fields);
 }
 
 #[cfg(not(target_arch = "wasm32"))]

@@ -1,7 +1,7 @@
 //! The records shared by every world: pods, containers, ports, errors, the init context
 //! and cloud routes. They are the generated WIT types, re-exported unchanged.
 
-pub use crate::__bindings::cloud_world::cellet::plugin::types::{
+pub use crate::__bindings::cloud_world::cellet::plugin0_1_0::types::{
     CloudRoute, Container, ContainerPort, InitContext, KeyValue, PluginError, Pod, Protocol,
     RouteTarget,
 };

@@ -7,15 +7,18 @@
 //! ([`CallError::Plugin`], a WIT `plugin-error` the caller matches on) or *failed*
 //! (trap, deadline, memory, invalid output), in which case the instance is gone.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::plugins::adapt;
 use crate::plugins::bindings::{
-    Admission, Cell, CellRequest, CloudProvider, CloudRoute, ClusterNetworkPlan, ClusterNode,
-    HostportPolicy, NetworkStrategy, NodeResources, PluginError, Pod, PodNetworkPlan, PortMapping,
+    Admission, Cell, CellRequest, CloudRoute, ClusterNetworkPlan, ClusterNode, NodeResources,
+    PluginError, Pod, PodNetworkPlan, PortMapping, v0_1_0, v0_2_0,
 };
 use crate::plugins::metrics::ErrorKind;
-use crate::plugins::pool::Pool;
+use crate::plugins::pool::{Guest, Pool};
+use crate::plugins::resources::{Lent, NodeMappings, PodResource};
 use crate::plugins::spec::Slot;
 use crate::plugins::validate;
 
@@ -106,42 +109,252 @@ macro_rules! guest_call {
     }};
 }
 
+/// One call into a 0.2.0 guest that borrows host resources: lend them (`$lend`, a list of
+/// `name = value` put in the instance's resource table), call with their borrows, take
+/// them back, settle. On a trap the resources are taken back too; on a deadline in a host
+/// function or a cancelled call the instance, its table and what was lent are dropped
+/// together.
+macro_rules! lending_call {
+    ($pool:expr, $function:expr, [$($name:ident = $value:expr),+], |$guest:ident, $store:ident| $call:expr) => {{
+        let pool = &$pool;
+        let mut lease = pool.lease($function).await?;
+        let ($guest, $store) = lease.begin();
+        let outcome = pool
+            .within_deadline(async {
+                $(let $name = Lent::new($store.data_mut().table(), $value)?;)+
+                let result = $call.await;
+                $($name.end($store.data_mut().table());)+
+                result
+            })
+            .await;
+        lease.finish($function, outcome)
+    }};
+}
+
+/// A plugin's instance pool, typed by the contract version the plugin was built for.
+pub(crate) enum Versioned<A: Guest, B: Guest> {
+    V0_1_0(Arc<Pool<A>>),
+    V0_2_0(Arc<Pool<B>>),
+}
+
+impl<A: Guest, B: Guest> Clone for Versioned<A, B> {
+    fn clone(&self) -> Self {
+        match self {
+            Versioned::V0_1_0(pool) => Versioned::V0_1_0(pool.clone()),
+            Versioned::V0_2_0(pool) => Versioned::V0_2_0(pool.clone()),
+        }
+    }
+}
+
+impl<A: Guest, B: Guest> Versioned<A, B> {
+    fn plugin(&self) -> &str {
+        match self {
+            Versioned::V0_1_0(pool) => pool.plugin(),
+            Versioned::V0_2_0(pool) => pool.plugin(),
+        }
+    }
+
+    fn slot(&self) -> Slot {
+        match self {
+            Versioned::V0_1_0(pool) => pool.slot(),
+            Versioned::V0_2_0(pool) => pool.slot(),
+        }
+    }
+
+    fn discard_idle(&self) -> usize {
+        match self {
+            Versioned::V0_1_0(pool) => pool.discard_idle(),
+            Versioned::V0_2_0(pool) => pool.discard_idle(),
+        }
+    }
+}
+
+/// What one node needs from the VPC, validated: `network.plan-node` of contract 0.2.0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodePlan {
+    pub routes: Vec<CloudRoute>,
+    pub warnings: Vec<String>,
+}
+
+/// The node plans of the last cluster pass, by node name, with the node each was planned
+/// for: reused while the node is unchanged (`plan-node` depends on the node and the
+/// config alone, by contract).
+type NodePlans = HashMap<String, (ClusterNode, NodePlan)>;
+
 /// A loaded `network-strategy` plugin.
 #[derive(Clone)]
-pub struct NetworkPlugin(pub(crate) Arc<Pool<NetworkStrategy>>);
+pub struct NetworkPlugin {
+    pools: Versioned<v0_1_0::NetworkStrategy, v0_2_0::NetworkStrategy>,
+    node_plans: Arc<Mutex<NodePlans>>,
+}
 
 impl NetworkPlugin {
+    pub(crate) fn new(pools: Versioned<v0_1_0::NetworkStrategy, v0_2_0::NetworkStrategy>) -> Self {
+        NetworkPlugin {
+            pools,
+            node_plans: Arc::default(),
+        }
+    }
+
     pub fn name(&self) -> &str {
-        self.0.plugin()
+        self.pools.plugin()
     }
 
     /// `plan-pod`: the network of one pod, validated.
     pub async fn plan_pod(&self, pod: &Pod) -> Result<PodNetworkPlan, CallError> {
         const F: &str = "plan-pod";
-        let plan = guest_call!(self.0, F, |guest, store| guest
-            .cellet_plugin_network()
-            .call_plan_pod(store, pod))?;
-        validate::pod_network_plan(&plan).map_err(|v| self.0.invalid(F, v))?;
-        Ok(plan)
+        match &self.pools {
+            Versioned::V0_1_0(pool) => {
+                let plan = guest_call!(pool, F, |guest, store| guest
+                    .cellet_plugin_network()
+                    .call_plan_pod(store, pod))?;
+                validate::pod_network_plan(&plan).map_err(|v| pool.invalid(F, v))?;
+                Ok(plan)
+            }
+            Versioned::V0_2_0(pool) => {
+                let plan = lending_call!(
+                    pool,
+                    F,
+                    [lent = PodResource::new(pod.clone())],
+                    |guest, store| guest
+                        .cellet_plugin0_2_0_network()
+                        .call_plan_pod(&mut *store, lent.borrow())
+                )?;
+                let plan = adapt::pod_network_plan(plan);
+                validate::pod_network_plan(&plan).map_err(|v| pool.invalid(F, v))?;
+                Ok(plan)
+            }
+        }
     }
 
     /// `plan-cluster`: the VPC routes for the whole cluster, validated.
+    ///
+    /// A 0.1.0 plugin plans every node in one call. A 0.2.0 plugin plans node by node
+    /// (`plan-node`, only for nodes that are new or changed since the last pass), then the
+    /// totals (`plan-routes`); the host takes the nodes in name order and keeps the first
+    /// route for each destination, warning about a later node that claims it again.
     pub async fn plan_cluster(
         &self,
         nodes: &[ClusterNode],
     ) -> Result<ClusterNetworkPlan, CallError> {
         const F: &str = "plan-cluster";
-        let plan = guest_call!(self.0, F, |guest, store| guest
-            .cellet_plugin_network()
-            .call_plan_cluster(store, nodes))?;
-        validate::cluster_network_plan(&plan).map_err(|v| self.0.invalid(F, v))?;
-        Ok(plan)
+        let pool = match &self.pools {
+            Versioned::V0_1_0(pool) => {
+                let plan = guest_call!(pool, F, |guest, store| guest
+                    .cellet_plugin_network()
+                    .call_plan_cluster(store, nodes))?;
+                validate::cluster_network_plan(&plan).map_err(|v| pool.invalid(F, v))?;
+                return Ok(plan);
+            }
+            Versioned::V0_2_0(pool) => pool,
+        };
+
+        let mut order: Vec<&ClusterNode> = nodes.iter().collect();
+        order.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut previous =
+            std::mem::take(&mut *self.node_plans.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut current = NodePlans::with_capacity(order.len());
+        for node in order {
+            let entry = match previous.remove(&node.name) {
+                Some((known, plan)) if known == *node => (known, plan),
+                _ => match self.plan_node_v0_2_0(pool, node).await {
+                    Ok(plan) => (node.clone(), plan),
+                    Err(error) => {
+                        // What was planned stays valid for the next pass.
+                        current.extend(previous);
+                        *self.node_plans.lock().unwrap_or_else(|e| e.into_inner()) = current;
+                        return Err(error);
+                    }
+                },
+            };
+            current.insert(node.name.clone(), entry);
+        }
+
+        let mut names: Vec<&str> = current.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        let mut routes: Vec<CloudRoute> = Vec::new();
+        let mut warnings = Vec::new();
+        let mut owners: HashMap<&str, &str> = HashMap::new();
+        for name in names {
+            let plan = &current[name].1;
+            warnings.extend(plan.warnings.iter().cloned());
+            for route in &plan.routes {
+                match owners.get(route.destination.as_str()) {
+                    Some(owner) => warnings.push(format!(
+                        "node {name} claims {}, already routed to node {owner}: skipped",
+                        route.destination
+                    )),
+                    None => {
+                        owners.insert(&route.destination, name);
+                        routes.push(route.clone());
+                    }
+                }
+            }
+        }
+        let node_count = u32::try_from(current.len()).unwrap_or(u32::MAX);
+        let route_count = u32::try_from(routes.len()).unwrap_or(u32::MAX);
+        drop(owners);
+        *self.node_plans.lock().unwrap_or_else(|e| e.into_inner()) = current;
+
+        const ROUTES: &str = "plan-routes";
+        let summary = guest_call!(pool, ROUTES, |guest, store| guest
+            .cellet_plugin0_2_0_network()
+            .call_plan_routes(store, node_count, route_count))?;
+        validate::warnings(&summary.warnings).map_err(|v| pool.invalid(ROUTES, v))?;
+        warnings.extend(summary.warnings);
+        Ok(ClusterNetworkPlan {
+            routes,
+            manage_routes: summary.manage_routes,
+            warnings,
+        })
+    }
+
+    /// What one node needs from the VPC, validated, without the host's reuse of earlier
+    /// answers: `plan-node` of a 0.2.0 plugin, or `plan-cluster` of that node alone for a
+    /// 0.1.0 one. `cellet-bench` times it; `plan_cluster` is what the host calls.
+    pub async fn plan_node(&self, node: &ClusterNode) -> Result<NodePlan, CallError> {
+        match &self.pools {
+            Versioned::V0_1_0(_) => {
+                let plan = self.plan_cluster(std::slice::from_ref(node)).await?;
+                Ok(NodePlan {
+                    routes: plan.routes,
+                    warnings: plan.warnings,
+                })
+            }
+            Versioned::V0_2_0(pool) => self.plan_node_v0_2_0(pool, node).await,
+        }
+    }
+
+    /// Forget the node plans of the last `plan_cluster`, so the next one plans every node
+    /// again. `cellet-bench` uses it to time a first pass.
+    pub fn forget_node_plans(&self) {
+        self.node_plans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    async fn plan_node_v0_2_0(
+        &self,
+        pool: &Pool<v0_2_0::NetworkStrategy>,
+        node: &ClusterNode,
+    ) -> Result<NodePlan, CallError> {
+        const F: &str = "plan-node";
+        let wit_node = adapt::cluster_node(node);
+        let plan = guest_call!(pool, F, |guest, store| guest
+            .cellet_plugin0_2_0_network()
+            .call_plan_node(store, &wit_node))?;
+        validate::node_plan(&plan.routes, &plan.warnings).map_err(|v| pool.invalid(F, v))?;
+        Ok(NodePlan {
+            routes: plan.routes,
+            warnings: plan.warnings,
+        })
     }
 }
 
 /// A loaded `hostport-policy` plugin.
 #[derive(Clone)]
-pub struct HostportPlugin(pub(crate) Arc<Pool<HostportPolicy>>);
+pub struct HostportPlugin(pub(crate) Versioned<v0_1_0::HostportPolicy, v0_2_0::HostportPolicy>);
 
 impl HostportPlugin {
     pub fn name(&self) -> &str {
@@ -152,17 +365,77 @@ impl HostportPlugin {
     /// Admitted mappings all belong to `pod` and to ports it declares.
     pub async fn admit(&self, pod: &Pod, existing: &[PortMapping]) -> Result<Admission, CallError> {
         const F: &str = "admit";
-        let admission = guest_call!(self.0, F, |guest, store| guest
-            .cellet_plugin_hostport()
-            .call_admit(store, pod, existing))?;
-        validate::admission(pod, &admission).map_err(|v| self.0.invalid(F, v))?;
-        Ok(admission)
+        match &self.0 {
+            Versioned::V0_1_0(pool) => {
+                let admission = guest_call!(pool, F, |guest, store| guest
+                    .cellet_plugin_hostport()
+                    .call_admit(store, pod, existing))?;
+                validate::admission(pod, &admission).map_err(|v| pool.invalid(F, v))?;
+                Ok(admission)
+            }
+            Versioned::V0_2_0(pool) => {
+                let admission = lending_call!(
+                    pool,
+                    F,
+                    [
+                        lent_pod = PodResource::new(pod.clone()),
+                        lent_mappings = NodeMappings::new(existing.to_vec())
+                    ],
+                    |guest, store| guest.cellet_plugin0_2_0_hostport().call_admit(
+                        &mut *store,
+                        lent_pod.borrow(),
+                        lent_mappings.borrow()
+                    )
+                )?;
+                let admission = adapt::admission(admission);
+                validate::admission(pod, &admission).map_err(|v| pool.invalid(F, v))?;
+                Ok(admission)
+            }
+        }
     }
 }
 
 /// A loaded `cloud-provider` plugin.
 #[derive(Clone)]
-pub struct CloudPlugin(pub(crate) Arc<Pool<CloudProvider>>);
+pub struct CloudPlugin(pub(crate) Versioned<v0_1_0::CloudProvider, v0_2_0::CloudProvider>);
+
+/// Call `$method` of the cloud interface of either contract version, with the same
+/// arguments, and turn a 0.2.0 answer into the host's type with `$adapt`.
+macro_rules! cloud_call {
+    ($plugin:expr, $function:expr, $adapt:expr, |$iface:ident, $store:ident| $call:expr) => {
+        match &$plugin.0 {
+            Versioned::V0_1_0(pool) => {
+                let value = guest_call!(pool, $function, |guest, $store| {
+                    let $iface = guest.cellet_plugin_cloud();
+                    $call
+                })?;
+                (value, CloudPool::V0_1_0(pool))
+            }
+            Versioned::V0_2_0(pool) => {
+                let value = guest_call!(pool, $function, |guest, $store| {
+                    let $iface = guest.cellet_plugin0_2_0_cloud();
+                    $call
+                })?;
+                ($adapt(value), CloudPool::V0_2_0(pool))
+            }
+        }
+    };
+}
+
+/// The pool a cloud call went to, to report an invalid answer against.
+enum CloudPool<'a> {
+    V0_1_0(&'a Pool<v0_1_0::CloudProvider>),
+    V0_2_0(&'a Pool<v0_2_0::CloudProvider>),
+}
+
+impl CloudPool<'_> {
+    fn invalid(&self, function: &'static str, violation: validate::Violation) -> CallError {
+        match self {
+            CloudPool::V0_1_0(pool) => pool.invalid(function, violation),
+            CloudPool::V0_2_0(pool) => pool.invalid(function, violation),
+        }
+    }
+}
 
 impl CloudPlugin {
     pub fn name(&self) -> &str {
@@ -171,70 +444,111 @@ impl CloudPlugin {
 
     pub async fn node_capacity(&self) -> Result<NodeResources, CallError> {
         const F: &str = "node-capacity";
-        let capacity = guest_call!(self.0, F, |guest, store| guest
-            .cellet_plugin_cloud()
-            .call_node_capacity(store))?;
-        validate::node_capacity(&capacity).map_err(|v| self.0.invalid(F, v))?;
+        let (capacity, pool) = cloud_call!(self, F, adapt::node_resources, |cloud, store| cloud
+            .call_node_capacity(store));
+        validate::node_capacity(&capacity).map_err(|v| pool.invalid(F, v))?;
         Ok(capacity)
     }
 
     /// `create-cell`; the cell returned runs `request.pod`.
     pub async fn create_cell(&self, request: &CellRequest) -> Result<Cell, CallError> {
         const F: &str = "create-cell";
-        let cell = guest_call!(self.0, F, |guest, store| guest
-            .cellet_plugin_cloud()
-            .call_create_cell(store, request))?;
+        let (cell, pool) = match &self.0 {
+            Versioned::V0_1_0(pool) => {
+                let cell = guest_call!(pool, F, |guest, store| guest
+                    .cellet_plugin_cloud()
+                    .call_create_cell(store, request))?;
+                (cell, CloudPool::V0_1_0(pool))
+            }
+            Versioned::V0_2_0(pool) => {
+                let cell = lending_call!(
+                    pool,
+                    F,
+                    [lent = PodResource::new(request.pod.clone())],
+                    |guest, store| guest.cellet_plugin0_2_0_cloud().call_create_cell(
+                        &mut *store,
+                        &v0_2_0::cloud::CellRequest {
+                            pod: lent.borrow(),
+                            needs_pod_ip: request.needs_pod_ip,
+                            user_data: request.user_data.clone(),
+                            tags: request.tags.clone(),
+                        }
+                    )
+                )?;
+                (adapt::cell(cell), CloudPool::V0_2_0(pool))
+            }
+        };
         validate::cell("cell", &cell, Some(request.pod.uid.as_str()))
-            .map_err(|v| self.0.invalid(F, v))?;
+            .map_err(|v| pool.invalid(F, v))?;
         Ok(cell)
     }
 
     /// `get-cell`; a cell returned runs the pod with `pod_uid`.
     pub async fn get_cell(&self, pod_uid: &str) -> Result<Option<Cell>, CallError> {
         const F: &str = "get-cell";
-        let cell = guest_call!(self.0, F, |guest, store| guest
-            .cellet_plugin_cloud()
-            .call_get_cell(store, pod_uid))?;
+        let (cell, pool) = cloud_call!(
+            self,
+            F,
+            |cell: Option<v0_2_0::cloud::Cell>| cell.map(adapt::cell),
+            |cloud, store| cloud.call_get_cell(store, pod_uid)
+        );
         if let Some(cell) = &cell {
-            validate::cell("cell", cell, Some(pod_uid)).map_err(|v| self.0.invalid(F, v))?;
+            validate::cell("cell", cell, Some(pod_uid)).map_err(|v| pool.invalid(F, v))?;
         }
         Ok(cell)
     }
 
     pub async fn list_cells(&self) -> Result<Vec<Cell>, CallError> {
         const F: &str = "list-cells";
-        let cells = guest_call!(self.0, F, |guest, store| guest
-            .cellet_plugin_cloud()
-            .call_list_cells(store))?;
-        validate::cells(&cells).map_err(|v| self.0.invalid(F, v))?;
+        let (cells, pool) = cloud_call!(
+            self,
+            F,
+            |cells: Vec<v0_2_0::cloud::Cell>| cells
+                .into_iter()
+                .map(adapt::cell)
+                .collect::<Vec<_>>(),
+            |cloud, store| cloud.call_list_cells(store)
+        );
+        validate::cells(&cells).map_err(|v| pool.invalid(F, v))?;
         Ok(cells)
     }
 
     pub async fn delete_cell(&self, id: &str) -> Result<(), CallError> {
-        guest_call!(self.0, "delete-cell", |guest, store| guest
-            .cellet_plugin_cloud()
-            .call_delete_cell(store, id))
+        cloud_call!(
+            self,
+            "delete-cell",
+            std::convert::identity,
+            |cloud, store| cloud.call_delete_cell(store, id)
+        );
+        Ok(())
     }
 
     pub async fn list_routes(&self) -> Result<Vec<CloudRoute>, CallError> {
         const F: &str = "list-routes";
-        let routes = guest_call!(self.0, F, |guest, store| guest
-            .cellet_plugin_cloud()
-            .call_list_routes(store))?;
-        validate::cloud_routes(&routes).map_err(|v| self.0.invalid(F, v))?;
+        let (routes, pool) = cloud_call!(self, F, std::convert::identity, |cloud, store| cloud
+            .call_list_routes(store));
+        validate::cloud_routes(&routes).map_err(|v| pool.invalid(F, v))?;
         Ok(routes)
     }
 
     pub async fn ensure_route(&self, route: &CloudRoute) -> Result<(), CallError> {
-        guest_call!(self.0, "ensure-route", |guest, store| guest
-            .cellet_plugin_cloud()
-            .call_ensure_route(store, route))
+        cloud_call!(
+            self,
+            "ensure-route",
+            std::convert::identity,
+            |cloud, store| cloud.call_ensure_route(store, route)
+        );
+        Ok(())
     }
 
     pub async fn remove_route(&self, destination: &str) -> Result<(), CallError> {
-        guest_call!(self.0, "remove-route", |guest, store| guest
-            .cellet_plugin_cloud()
-            .call_remove_route(store, destination))
+        cloud_call!(
+            self,
+            "remove-route",
+            std::convert::identity,
+            |cloud, store| cloud.call_remove_route(store, destination)
+        );
+        Ok(())
     }
 }
 
@@ -258,7 +572,7 @@ impl PluginHandle {
     pub fn slot(&self) -> Slot {
         match self {
             PluginHandle::Cloud(p) => p.0.slot(),
-            PluginHandle::Network(p) => p.0.slot(),
+            PluginHandle::Network(p) => p.pools.slot(),
             PluginHandle::Hostport(p) => p.0.slot(),
         }
     }
@@ -269,7 +583,7 @@ impl PluginHandle {
     pub fn discard_idle_instances(&self) -> usize {
         match self {
             PluginHandle::Cloud(p) => p.0.discard_idle(),
-            PluginHandle::Network(p) => p.0.discard_idle(),
+            PluginHandle::Network(p) => p.pools.discard_idle(),
             PluginHandle::Hostport(p) => p.0.discard_idle(),
         }
     }

@@ -28,6 +28,14 @@ pub struct HostState {
     call_deadline: Instant,
 }
 
+impl HostState {
+    /// The instance's resource table: WASI's handles, and the values a 0.2.0 call lends
+    /// the plugin (`plugins::resources`).
+    pub(crate) fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
+}
+
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {

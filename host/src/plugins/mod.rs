@@ -4,8 +4,10 @@
 //!
 //! The rest of the host uses [`PluginRuntime::load`] and the typed handles it returns
 //! ([`CloudPlugin`], [`NetworkPlugin`], [`HostportPlugin`]), and the WIT types re-exported
-//! from [`bindings`] (always the newest contract).
+//! from [`bindings`] (the host's model of pods, plans and cells, whichever contract a
+//! plugin was built for).
 
+mod adapt;
 pub mod bindings;
 pub mod cache;
 pub mod capabilities;
@@ -14,6 +16,7 @@ pub mod handle;
 pub mod instance;
 pub mod metrics;
 mod pool;
+pub mod resources;
 pub mod runtime;
 pub mod source;
 pub mod spec;
@@ -23,7 +26,7 @@ pub mod world;
 
 pub use capabilities::Providers;
 pub use engine::EngineSettings;
-pub use handle::{CallError, CloudPlugin, HostportPlugin, NetworkPlugin, PluginHandle};
+pub use handle::{CallError, CloudPlugin, HostportPlugin, NetworkPlugin, NodePlan, PluginHandle};
 pub use metrics::{CacheOutcome, ErrorKind, PluginMetrics};
 pub use runtime::{
     ComponentInfo, LoadError, LoadedPlugin, PluginRuntime, RuntimeConfig, RuntimeError,

@@ -33,10 +33,7 @@ use tokio::time::error::Elapsed;
 use wasmtime::component::InstancePre;
 use wasmtime::{Engine, Store};
 
-use crate::plugins::bindings::{
-    CloudProvider, CloudProviderPre, HostportPolicy, HostportPolicyPre, InitContext,
-    NetworkStrategy, NetworkStrategyPre, PluginError,
-};
+use crate::plugins::bindings::{InitContext, PluginError, v0_1_0, v0_2_0};
 use crate::plugins::capabilities::Grants;
 use crate::plugins::handle::CallError;
 use crate::plugins::instance::{self, Failure, HostState};
@@ -69,16 +66,17 @@ pub(crate) trait Guest: Sized + Send + Sync + 'static {
     ) -> impl Future<Output = wasmtime::Result<Result<(), PluginError>>> + Send;
 }
 
-/// The three worlds' bindings differ only in their names: the generated `*Pre` type, the
-/// exported functions, and the accessor of the interface that carries `init`.
+/// The worlds' bindings (three per contract version) differ only in their names: the
+/// generated `*Pre` type, the exported functions, and the accessor of the interface that
+/// carries `init`. `init` takes the same `init-context` in every version.
 macro_rules! guest {
-    ($world:ty, $pre:ident, $interface:ident, [$($function:literal),+ $(,)?]) => {
+    ($world:ty, $pre:ty, $interface:ident, [$($function:literal),+ $(,)?]) => {
         impl Guest for $world {
-            type Pre = $pre<HostState>;
+            type Pre = $pre;
             const FUNCTIONS: &'static [&'static str] = &[$($function),+];
 
             fn pre(pre: InstancePre<HostState>) -> wasmtime::Result<Self::Pre> {
-                $pre::new(pre)
+                <$pre>::new(pre)
             }
 
             async fn instantiate(pre: &Self::Pre, store: &mut Store<HostState>) -> wasmtime::Result<Self> {
@@ -97,21 +95,48 @@ macro_rules! guest {
 }
 
 guest!(
-    NetworkStrategy,
-    NetworkStrategyPre,
+    v0_1_0::NetworkStrategy,
+    v0_1_0::NetworkStrategyPre<HostState>,
     cellet_plugin_network,
     ["plan-pod", "plan-cluster"]
 );
 guest!(
-    HostportPolicy,
-    HostportPolicyPre,
+    v0_1_0::HostportPolicy,
+    v0_1_0::HostportPolicyPre<HostState>,
     cellet_plugin_hostport,
     ["admit"]
 );
 guest!(
-    CloudProvider,
-    CloudProviderPre,
+    v0_1_0::CloudProvider,
+    v0_1_0::CloudProviderPre<HostState>,
     cellet_plugin_cloud,
+    [
+        "node-capacity",
+        "create-cell",
+        "get-cell",
+        "list-cells",
+        "delete-cell",
+        "list-routes",
+        "ensure-route",
+        "remove-route",
+    ]
+);
+guest!(
+    v0_2_0::NetworkStrategy,
+    v0_2_0::NetworkStrategyPre<HostState>,
+    cellet_plugin0_2_0_network,
+    ["plan-pod", "plan-node", "plan-routes"]
+);
+guest!(
+    v0_2_0::HostportPolicy,
+    v0_2_0::HostportPolicyPre<HostState>,
+    cellet_plugin0_2_0_hostport,
+    ["admit"]
+);
+guest!(
+    v0_2_0::CloudProvider,
+    v0_2_0::CloudProviderPre<HostState>,
+    cellet_plugin0_2_0_cloud,
     [
         "node-capacity",
         "create-cell",

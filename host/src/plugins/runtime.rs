@@ -21,18 +21,23 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use wasmtime::Engine;
-use wasmtime::component::Linker;
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
 
-use crate::plugins::bindings::{CloudProvider, HostportPolicy, InitContext, NetworkStrategy};
+use crate::plugins::bindings::{InitContext, v0_1_0, v0_2_0};
 use crate::plugins::cache::{CacheError, Compiled, ComponentCache, sha256_hex};
 use crate::plugins::capabilities::{CapabilityError, Grants, Providers};
 use crate::plugins::engine::{EngineError, EngineSettings, EpochTicker, build_engine};
-use crate::plugins::handle::{CallError, CloudPlugin, HostportPlugin, NetworkPlugin, PluginHandle};
+use crate::plugins::handle::{
+    CallError, CloudPlugin, HostportPlugin, NetworkPlugin, PluginHandle, Versioned,
+};
 use crate::plugins::instance::HostState;
 use crate::plugins::metrics::{CacheOutcome, PluginMetrics};
 use crate::plugins::pool::{Guest, INIT, INSTANTIATE, Pool, PoolParts};
 use crate::plugins::spec::{Limits, PluginSpec, Slot};
 use crate::plugins::world::{self, ContractVersion, WorldError};
+
+/// The contract whose plugins borrow host resources (see `plugins::resources`).
+const V0_2_0: ContractVersion = ContractVersion::new(0, 2, 0);
 
 /// Smallest memory cap that makes sense: one wasm page.
 const MIN_MEMORY_BYTES: u64 = 64 * 1024;
@@ -254,6 +259,14 @@ impl PluginRuntime {
         let mut linker = Linker::<HostState>::new(&self.engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link_error)?;
         grants.add_to_linker(&mut linker)?;
+        if version == V0_2_0 {
+            // The resources `types@0.2.0` declares, which a call lends from the table.
+            v0_2_0::types::add_to_linker::<HostState, HasSelf<ResourceTable>>(
+                &mut linker,
+                HostState::table,
+            )
+            .map_err(link_error)?;
+        }
         let pre = linker
             .instantiate_pre(&compiled.component)
             .map_err(link_error)?;
@@ -276,16 +289,25 @@ impl PluginRuntime {
             init,
             reservation,
         };
-        let handle = match spec.slot {
-            Slot::Cloud => {
-                PluginHandle::Cloud(CloudPlugin(parts.pool::<CloudProvider>(pre).await?))
-            }
-            Slot::Network => {
-                PluginHandle::Network(NetworkPlugin(parts.pool::<NetworkStrategy>(pre).await?))
-            }
-            Slot::Hostport => {
-                PluginHandle::Hostport(HostportPlugin(parts.pool::<HostportPolicy>(pre).await?))
-            }
+        let handle = match (spec.slot, version == V0_2_0) {
+            (Slot::Cloud, false) => PluginHandle::Cloud(CloudPlugin(Versioned::V0_1_0(
+                parts.pool::<v0_1_0::CloudProvider>(pre).await?,
+            ))),
+            (Slot::Cloud, true) => PluginHandle::Cloud(CloudPlugin(Versioned::V0_2_0(
+                parts.pool::<v0_2_0::CloudProvider>(pre).await?,
+            ))),
+            (Slot::Network, false) => PluginHandle::Network(NetworkPlugin::new(Versioned::V0_1_0(
+                parts.pool::<v0_1_0::NetworkStrategy>(pre).await?,
+            ))),
+            (Slot::Network, true) => PluginHandle::Network(NetworkPlugin::new(Versioned::V0_2_0(
+                parts.pool::<v0_2_0::NetworkStrategy>(pre).await?,
+            ))),
+            (Slot::Hostport, false) => PluginHandle::Hostport(HostportPlugin(Versioned::V0_1_0(
+                parts.pool::<v0_1_0::HostportPolicy>(pre).await?,
+            ))),
+            (Slot::Hostport, true) => PluginHandle::Hostport(HostportPlugin(Versioned::V0_2_0(
+                parts.pool::<v0_2_0::HostportPolicy>(pre).await?,
+            ))),
         };
         tracing::info!(
             plugin = %spec.name,

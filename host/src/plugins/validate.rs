@@ -254,14 +254,21 @@ pub fn pod_network_plan(plan: &PodNetworkPlan) -> Checked {
     Ok(())
 }
 
-/// `network.plan-cluster`.
+/// `network.plan-cluster` (0.1.0).
 pub fn cluster_network_plan(plan: &ClusterNetworkPlan) -> Checked {
-    list("routes", &plan.routes)?;
-    for (i, route) in plan.routes.iter().enumerate() {
-        cloud_route(format_args!("routes[{i}]"), route)?;
-    }
-    list("warnings", &plan.warnings)?;
-    for (i, warning) in plan.warnings.iter().enumerate() {
+    node_plan(&plan.routes, &plan.warnings)
+}
+
+/// `network.plan-node` (0.2.0): the routes and warnings of one node.
+pub fn node_plan(routes: &[CloudRoute], warnings: &[String]) -> Checked {
+    cloud_routes(routes)?;
+    self::warnings(warnings)
+}
+
+/// Warnings shown to operators (`network.plan-routes`, and those of the plans above).
+pub fn warnings(warnings: &[String]) -> Checked {
+    list("warnings", warnings)?;
+    for (i, warning) in warnings.iter().enumerate() {
         bounded(format_args!("warnings[{i}]"), warning, MAX_MESSAGE_BYTES)?;
     }
     Ok(())

@@ -5,8 +5,10 @@
 //! with an error that names it and says what was expected, instead of failing at the first
 //! pod. A component is a `<world>` of contract `X.Y.Z` when it exports
 //! `cellet:plugin/<interface>@X.Y.Z` (`network` → `network-strategy`...). Its imports may
-//! be WASI 0.2 (linked with a context that grants nothing), the contract's `types`, and the
-//! capabilities its slot grants, all of the same contract version.
+//! be WASI 0.2 (linked with a context that grants nothing), the contract's `types` (and
+//! those of the older contracts it builds on: 0.2.0 uses `types@0.1.0`), and the
+//! capabilities its slot grants, at the version the host implements them
+//! ([`CAPABILITIES_VERSION`]: 0.2.0 did not change them and imports them at 0.1.0).
 
 use std::fmt;
 use std::str::FromStr;
@@ -21,7 +23,12 @@ pub const PACKAGE: &str = "cellet:plugin";
 
 /// Contract versions this host links, oldest first. A version appears here once
 /// `bindings` has a module for it.
-pub const SUPPORTED_VERSIONS: &[ContractVersion] = &[ContractVersion::new(0, 1, 0)];
+pub const SUPPORTED_VERSIONS: &[ContractVersion] =
+    &[ContractVersion::new(0, 1, 0), ContractVersion::new(0, 2, 0)];
+
+/// The version of the capability interfaces (`log`, `ec2`, `local-cells`) the host
+/// implements; every supported contract imports them at this version.
+pub const CAPABILITIES_VERSION: ContractVersion = ContractVersion::new(0, 1, 0);
 
 /// WASI 0.2 packages `wasmtime_wasi::p2` links (with an empty context).
 const WASI_PACKAGES: &[&str] = &[
@@ -286,20 +293,35 @@ pub fn check(
             import: import.clone(),
         };
         let name = contract_name(import).ok_or_else(unknown)?;
-        if name.version != identity.version {
-            return Err(WorldError::MixedVersions {
-                plugin: plugin.to_owned(),
-                import: import.clone(),
-                version,
-            });
-        }
+        let mixed = || WorldError::MixedVersions {
+            plugin: plugin.to_owned(),
+            import: import.clone(),
+            version,
+        };
+        let imported = name
+            .version
+            .parse::<ContractVersion>()
+            .map_err(|_| mixed())?;
         if name.interface == "types" {
+            // Its own contract's types, or those of an older contract it builds on.
+            if imported > version || !SUPPORTED_VERSIONS.contains(&imported) {
+                return Err(mixed());
+            }
             continue;
         }
         let capability = name
             .interface
             .parse::<Capability>()
             .map_err(|_| unknown())?;
+        if imported != CAPABILITIES_VERSION {
+            // A contract that declares no capability of its own (0.2.0 has no `log`)
+            // imports nothing by that name at its version.
+            return Err(if imported == version {
+                unknown()
+            } else {
+                mixed()
+            });
+        }
         if !granted(capability) || !slot.grantable().contains(&capability) {
             return Err(WorldError::NotGranted {
                 plugin: plugin.to_owned(),
@@ -323,7 +345,7 @@ mod tests {
     fn network_plugin(version: &str, extra_imports: &[&str]) -> Identity {
         let mut imports = strings(&["wasi:cli/environment@0.2.6", "wasi:io/streams@0.2.6"]);
         imports.push(format!("cellet:plugin/types@{version}"));
-        imports.push(format!("cellet:plugin/log@{version}"));
+        imports.push("cellet:plugin/log@0.1.0".to_owned());
         imports.extend(strings(extra_imports));
         identify(
             "net",
@@ -385,13 +407,35 @@ mod tests {
 
     #[test]
     fn refuses_a_newer_contract_naming_both_versions() {
-        let id = network_plugin("0.2.0", &[]);
+        let id = network_plugin("0.3.0", &[]);
         let err = check("net", &id, Slot::Network, |_| true).unwrap_err();
         assert!(
-            err.to_string()
-                .ends_with("plugin net targets cellet:plugin@0.2.0; this host supports 0.1.0"),
+            err.to_string().ends_with(
+                "plugin net targets cellet:plugin@0.3.0; this host supports 0.1.0, 0.2.0"
+            ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_0_2_0_plugin_imports_types_of_0_1_0_and_capabilities_at_0_1_0() {
+        let id = network_plugin("0.2.0", &["cellet:plugin/types@0.1.0"]);
+        assert_eq!(
+            check("net", &id, Slot::Network, |_| true),
+            Ok(ContractVersion::new(0, 2, 0))
+        );
+        // 0.2.0 declares no `log` of its own.
+        let id = network_plugin("0.2.0", &["cellet:plugin/log@0.2.0"]);
+        assert!(matches!(
+            check("net", &id, Slot::Network, |_| true),
+            Err(WorldError::UnknownImport { .. })
+        ));
+        // A 0.1.0 plugin cannot use types of a later contract.
+        let id = network_plugin("0.1.0", &["cellet:plugin/types@0.2.0"]);
+        assert!(matches!(
+            check("net", &id, Slot::Network, |_| true),
+            Err(WorldError::MixedVersions { .. })
+        ));
     }
 
     #[test]

@@ -26,13 +26,12 @@
 //!   mtu: 9001                          # default: the VPC interface's MTU
 //! ```
 
-use std::collections::BTreeSet;
-
 use cellet_sdk::net::{self, IpNet};
 use cellet_sdk::network::{
-    ClusterNetworkPlan, ClusterNode, NetworkStrategy, PodNetworkPlan, vpc_pod_plan,
+    ClusterNode, NetworkStrategy, NodePlan, PodNetworkPlan, RoutesPlan, vpc_pod_plan,
 };
-use cellet_sdk::types::{CloudRoute, Pod, RouteTarget};
+use cellet_sdk::pod::PodView;
+use cellet_sdk::types::{CloudRoute, RouteTarget};
 use cellet_sdk::{InitContext, PluginError};
 use serde::Deserialize;
 
@@ -106,73 +105,74 @@ impl NetworkStrategy for CloudRoutes {
         })
     }
 
-    fn plan_pod(&self, pod: Pod) -> Result<PodNetworkPlan, PluginError> {
+    fn plan_pod(&self, pod: PodView) -> Result<PodNetworkPlan, PluginError> {
         Ok(vpc_pod_plan(&pod, self.no_masquerade.clone(), self.mtu))
     }
 
-    fn plan_cluster(&self, mut nodes: Vec<ClusterNode>) -> Result<ClusterNetworkPlan, PluginError> {
-        nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut routes = Vec::new();
-        let mut warnings = Vec::new();
-        let mut seen = BTreeSet::new();
-        for node in nodes.iter().filter(|node| !node.virtual_) {
-            if node.pod_cidrs.is_empty() {
-                warnings.push(format!(
-                    "node {} has no PodCIDR: cells cannot reach pods on it through cloud routes",
-                    node.name
-                ));
-                continue;
-            }
-            let target = match node.provider_id.as_deref().and_then(aws_instance_id) {
-                Some(id) => RouteTarget::Instance(id.to_string()),
-                None => match node.internal_ips.first() {
-                    Some(ip) => {
-                        let ip =
-                            net::parse_ip(format_args!("node {} internalIPs[0]", node.name), ip)
-                                .map_err(net::NetError::into_input_error)?;
-                        RouteTarget::Address(ip.to_string())
-                    }
-                    None => {
-                        warnings.push(format!(
-                            "node {} has PodCIDRs but neither an instance id in its providerID nor an \
-                             InternalIP: no route to its pods",
-                            node.name
-                        ));
-                        continue;
-                    }
-                },
-            };
-            for (i, text) in node.pod_cidrs.iter().enumerate() {
-                let cidr = net::parse_cidr(format_args!("node {} podCIDRs[{i}]", node.name), text)
-                    .map_err(net::NetError::into_input_error)?;
-                if !seen.insert(cidr) {
-                    warnings.push(format!(
-                        "node {} claims PodCIDR {cidr}, already routed to another node: skipped",
+    /// One route per PodCIDR of a regular node, to its instance (from an AWS providerID)
+    /// or else its first InternalIP; a warning for a node with neither, or without a
+    /// PodCIDR. (A PodCIDR two nodes claim is routed once, by the host: see the trait.)
+    fn plan_node(&self, node: ClusterNode) -> Result<NodePlan, PluginError> {
+        let mut plan = NodePlan {
+            routes: Vec::new(),
+            warnings: Vec::new(),
+        };
+        if node.virtual_ {
+            return Ok(plan);
+        }
+        if node.pod_cidrs.is_empty() {
+            plan.warnings.push(format!(
+                "node {} has no PodCIDR: cells cannot reach pods on it through cloud routes",
+                node.name
+            ));
+            return Ok(plan);
+        }
+        let target = match node.provider_id.as_deref().and_then(aws_instance_id) {
+            Some(id) => RouteTarget::Instance(id.to_string()),
+            None => match node.internal_ips.first() {
+                Some(ip) => {
+                    let ip = net::parse_ip(format_args!("node {} internalIPs[0]", node.name), ip)
+                        .map_err(net::NetError::into_input_error)?;
+                    RouteTarget::Address(ip.to_string())
+                }
+                None => {
+                    plan.warnings.push(format!(
+                        "node {} has PodCIDRs but neither an instance id in its providerID nor an \
+                         InternalIP: no route to its pods",
                         node.name
                     ));
-                    continue;
+                    return Ok(plan);
                 }
-                routes.push(CloudRoute {
-                    destination: cidr.to_string(),
-                    target: target.clone(),
-                });
-            }
+            },
+        };
+        for (i, text) in node.pod_cidrs.iter().enumerate() {
+            let cidr = net::parse_cidr(format_args!("node {} podCIDRs[{i}]", node.name), text)
+                .map_err(net::NetError::into_input_error)?;
+            plan.routes.push(CloudRoute {
+                destination: cidr.to_string(),
+                target: target.clone(),
+            });
         }
-        let (count, limit) = (routes.len() as u64, u64::from(self.route_table_limit));
+        Ok(plan)
+    }
+
+    /// The route table's limit: refused past it, a warning from 80 % on.
+    fn plan_routes(&self, _nodes: u32, routes: u32) -> Result<RoutesPlan, PluginError> {
+        let (count, limit) = (u64::from(routes), u64::from(self.route_table_limit));
         if count > limit {
             return Err(PluginError::Capacity(format!(
                 "the cluster needs {count} cloud routes, over `route-table-limit` {limit}: raise the route \
                  table's quota (and the limit), or use fewer, larger PodCIDRs"
             )));
         }
+        let mut warnings = Vec::new();
         if count * 5 >= limit * 4 {
             warnings.push(format!(
                 "cloud routes use {count} of `route-table-limit` {limit} (80 % or more): raise the quota before \
                  nodes are added"
             ));
         }
-        Ok(ClusterNetworkPlan {
-            routes,
+        Ok(RoutesPlan {
             manage_routes: self.manage_routes,
             warnings,
         })
@@ -184,7 +184,7 @@ cellet_sdk::export_network_strategy!(CloudRoutes);
 #[cfg(test)]
 mod tests {
     use cellet_sdk::network::{NextHop, PodAddressSource};
-    use cellet_sdk::testing::{NodeBuilder, PodBuilder, context};
+    use cellet_sdk::testing::{NodeBuilder, PodBuilder, context, plan_cluster};
     use serde_json::{Value, json};
 
     use super::*;
@@ -209,7 +209,7 @@ mod tests {
     #[test]
     fn pods_keep_vpc_addresses_and_do_not_masquerade_to_the_cluster() {
         let plan = strategy(json!({}))
-            .plan_pod(PodBuilder::new("shop", "web").build())
+            .plan_pod(PodBuilder::new("shop", "web").build().view())
             .unwrap();
         assert_eq!(plan.address_source, PodAddressSource::VpcSecondary);
         assert_eq!(plan.routes[0].via, NextHop::SubnetGateway);
@@ -240,9 +240,7 @@ mod tests {
                 .virtual_node()
                 .build(),
         ];
-        let plan = strategy(json!({ "manage-routes": true }))
-            .plan_cluster(nodes)
-            .unwrap();
+        let plan = plan_cluster(&strategy(json!({ "manage-routes": true })), nodes).unwrap();
         assert!(plan.manage_routes);
         assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
         let instance = RouteTarget::Instance("i-0123456789abcdef0".to_string());
@@ -278,7 +276,7 @@ mod tests {
                 .build(),
             node(6),
         ];
-        let plan = strategy(json!({})).plan_cluster(nodes).unwrap();
+        let plan = plan_cluster(&strategy(json!({})), nodes).unwrap();
         assert!(!plan.manage_routes, "check-only by default");
         assert_eq!(plan.routes.len(), 1);
         assert_eq!(plan.warnings.len(), 2, "{:?}", plan.warnings);
@@ -292,9 +290,7 @@ mod tests {
             .pod_cidr("10.244.1.0/24")
             .internal_ip("10.0.9.9")
             .build();
-        let plan = strategy(json!({}))
-            .plan_cluster(vec![node(1), twin])
-            .unwrap();
+        let plan = plan_cluster(&strategy(json!({})), vec![node(1), twin]).unwrap();
         assert_eq!(plan.routes.len(), 1);
         assert_eq!(
             plan.routes[0].target,
@@ -306,34 +302,26 @@ mod tests {
     #[test]
     fn route_table_limit_warns_at_80_percent_and_refuses_past_it() {
         let s = strategy(json!({ "route-table-limit": 10 }));
-        let plan = s.plan_cluster((0..7).map(node).collect()).unwrap();
+        let plan = plan_cluster(&s, (0..7).map(node).collect()).unwrap();
         assert!(plan.warnings.is_empty(), "70 %: {:?}", plan.warnings);
-        let plan = s.plan_cluster((0..8).map(node).collect()).unwrap();
+        let plan = plan_cluster(&s, (0..8).map(node).collect()).unwrap();
         assert_eq!(plan.routes.len(), 8);
         assert!(
             plan.warnings[0].contains("8 of `route-table-limit` 10"),
             "{:?}",
             plan.warnings
         );
-        let plan = s.plan_cluster((0..10).map(node).collect()).unwrap();
+        let plan = plan_cluster(&s, (0..10).map(node).collect()).unwrap();
         assert_eq!(plan.routes.len(), 10);
-        let err = s.plan_cluster((0..11).map(node).collect()).unwrap_err();
+        let err = plan_cluster(&s, (0..11).map(node).collect()).unwrap_err();
         assert!(
             matches!(&err, PluginError::Capacity(m) if m.contains("11 cloud routes")),
             "{err:?}"
         );
 
         let default_limit = strategy(json!({}));
-        assert!(
-            default_limit
-                .plan_cluster((0..50).map(node).collect())
-                .is_ok()
-        );
-        assert!(
-            default_limit
-                .plan_cluster((0..51).map(node).collect())
-                .is_err()
-        );
+        assert!(plan_cluster(&default_limit, (0..50).map(node).collect()).is_ok());
+        assert!(plan_cluster(&default_limit, (0..51).map(node).collect()).is_err());
     }
 
     #[test]
@@ -341,7 +329,7 @@ mod tests {
         let strategy =
             CloudRoutes::init(context(json!({ "cluster-cidrs": ["10.244.0.0/16"] }))).unwrap();
         let plan = strategy
-            .plan_pod(PodBuilder::new("shop", "web").build())
+            .plan_pod(PodBuilder::new("shop", "web").build().view())
             .unwrap();
         assert_eq!(
             plan.no_masquerade,

@@ -10,8 +10,8 @@
 //! Config: none (`{}`); an unknown key is an error, so a config meant for
 //! `hostport-restricted` is not silently ignored.
 
-use cellet_sdk::hostport::{Admission, HostportPolicy, PortMapping, ports};
-use cellet_sdk::types::Pod;
+use cellet_sdk::hostport::{Admission, HostportPolicy, NodeMappings, ports};
+use cellet_sdk::pod::PodView;
 use cellet_sdk::{InitContext, PluginError};
 use serde::Deserialize;
 
@@ -28,7 +28,7 @@ impl HostportPolicy for HostportNat {
         Ok(HostportNat)
     }
 
-    fn admit(&self, pod: Pod, existing: Vec<PortMapping>) -> Result<Admission, PluginError> {
+    fn admit(&self, pod: PodView, existing: NodeMappings) -> Result<Admission, PluginError> {
         let wanted = ports::declared(&pod)?;
         ports::admit(&pod, wanted, &existing)
     }
@@ -38,14 +38,22 @@ cellet_sdk::export_hostport_policy!(HostportNat);
 
 #[cfg(test)]
 mod tests {
+    use cellet_sdk::hostport::PortMapping;
     use cellet_sdk::testing::{MappingBuilder, PodBuilder, context};
-    use cellet_sdk::types::Protocol;
+    use cellet_sdk::types::{Pod, Protocol};
     use serde_json::json;
 
     use super::*;
 
     fn policy() -> HostportNat {
         HostportNat::init(context(json!({}))).unwrap()
+    }
+
+    /// `admit` as the host calls it, with the pod and the node's mappings as records.
+    fn admit(pod: &Pod, held: &[PortMapping]) -> Admission {
+        policy()
+            .admit(pod.view(), NodeMappings::list(held))
+            .unwrap()
     }
 
     fn admitted(admission: Admission) -> Vec<PortMapping> {
@@ -71,7 +79,7 @@ mod tests {
             .host_port_with(Protocol::Sctp, Some("10.0.3.4"), 9899, 9899)
             .port(9090)
             .build();
-        let mappings = admitted(policy().admit(pod.clone(), vec![]).unwrap());
+        let mappings = admitted(admit(&pod.clone(), &vec![]));
         let summary: Vec<_> = mappings
             .iter()
             .map(|m| {
@@ -102,7 +110,7 @@ mod tests {
     fn a_pod_without_host_ports_is_admitted_with_no_mapping() {
         let pod = PodBuilder::new("shop", "api").port(8080).build();
         let held = vec![MappingBuilder::new("shop", "web", 8080).build()];
-        assert!(admitted(policy().admit(pod, held).unwrap()).is_empty());
+        assert!(admitted(admit(&pod, &held)).is_empty());
     }
 
     #[test]
@@ -114,7 +122,7 @@ mod tests {
                 .build(),
             MappingBuilder::new("shop", "db", 5432).build(),
         ];
-        let reason = denied(policy().admit(pod, held).unwrap());
+        let reason = denied(admit(&pod, &held));
         assert!(reason.contains("hostPort 8080/TCP"), "{reason}");
         assert!(reason.contains("shop/web-1"), "{reason}");
         assert!(reason.contains("nginx"), "{reason}");
@@ -126,7 +134,7 @@ mod tests {
         let specific = MappingBuilder::new("b", "one-ip", 8080)
             .host_ip("10.0.0.5")
             .build();
-        denied(policy().admit(wildcard, vec![specific]).unwrap());
+        denied(admit(&wildcard, &vec![specific]));
 
         let specific_pod = PodBuilder::new("b", "one-ip")
             .host_port_with(Protocol::Tcp, Some("10.0.0.5"), 8080, 80)
@@ -134,7 +142,7 @@ mod tests {
         let zero = MappingBuilder::new("a", "any", 8080)
             .host_ip("0.0.0.0")
             .build();
-        denied(policy().admit(specific_pod.clone(), vec![zero]).unwrap());
+        denied(admit(&specific_pod.clone(), &vec![zero]));
 
         // Other address, other protocol: no collision.
         let other_ip = MappingBuilder::new("c", "other-ip", 8080)
@@ -143,7 +151,7 @@ mod tests {
         let udp = MappingBuilder::new("c", "udp", 8080)
             .protocol(Protocol::Udp)
             .build();
-        admitted(policy().admit(specific_pod, vec![other_ip, udp]).unwrap());
+        admitted(admit(&specific_pod, &vec![other_ip, udp]));
     }
 
     #[test]
@@ -154,17 +162,17 @@ mod tests {
             .container("b")
             .host_port(8080, 8080)
             .build();
-        let reason = denied(policy().admit(pod, vec![]).unwrap());
+        let reason = denied(admit(&pod, &vec![]));
         assert!(reason.contains("same pod shop/web"), "{reason}");
     }
 
     #[test]
     fn readmitting_the_owner_is_idempotent() {
         let pod = PodBuilder::new("shop", "web").host_port(8080, 80).build();
-        let first = admitted(policy().admit(pod.clone(), vec![]).unwrap());
+        let first = admitted(admit(&pod.clone(), &vec![]));
         let mut node = first.clone();
         node.push(MappingBuilder::new("shop", "db", 5432).build());
-        let again = admitted(policy().admit(pod, node).unwrap());
+        let again = admitted(admit(&pod, &node));
         assert_eq!(again, first);
     }
 

@@ -19,8 +19,8 @@
 use std::fmt;
 use std::ops::RangeInclusive;
 
-use cellet_sdk::hostport::{Admission, HostportPolicy, PortMapping, ports};
-use cellet_sdk::types::Pod;
+use cellet_sdk::hostport::{Admission, HostportPolicy, NodeMappings, PortMapping, ports};
+use cellet_sdk::pod::PodView;
 use cellet_sdk::{InitContext, PluginError};
 use serde::Deserialize;
 
@@ -91,7 +91,7 @@ const FIRST_UNPRIVILEGED_PORT: u16 = 1024;
 
 impl HostportRestricted {
     /// The rule `mapping` breaks, as a denial reason; `None` when it passes them all.
-    fn broken_rule(&self, pod: &Pod, mapping: &PortMapping) -> Option<String> {
+    fn broken_rule(&self, pod: &PodView, mapping: &PortMapping) -> Option<String> {
         // Rendered only for a denial: admitted ports, the common case, allocate nothing.
         let port = || {
             format!(
@@ -154,7 +154,7 @@ impl HostportPolicy for HostportRestricted {
         })
     }
 
-    fn admit(&self, pod: Pod, existing: Vec<PortMapping>) -> Result<Admission, PluginError> {
+    fn admit(&self, pod: PodView, existing: NodeMappings) -> Result<Admission, PluginError> {
         let wanted = ports::declared(&pod)?;
         if let Some(reason) = wanted
             .iter()
@@ -171,7 +171,7 @@ cellet_sdk::export_hostport_policy!(HostportRestricted);
 #[cfg(test)]
 mod tests {
     use cellet_sdk::testing::{MappingBuilder, PodBuilder, context};
-    use cellet_sdk::types::Protocol;
+    use cellet_sdk::types::{Pod, Protocol};
     use serde_json::json;
 
     use super::*;
@@ -185,7 +185,10 @@ mod tests {
         pod: Pod,
         existing: Vec<PortMapping>,
     ) -> Result<usize, String> {
-        match policy.admit(pod, existing).unwrap() {
+        match policy
+            .admit(pod.view(), NodeMappings::list(&existing))
+            .unwrap()
+        {
             Admission::Admit(mappings) => Ok(mappings.len()),
             Admission::Deny(reason) => Err(reason),
         }

@@ -23,10 +23,8 @@
 //! outside those ranges draw a warning. List the VPC's CIDR blocks for exact warnings.
 
 use cellet_sdk::net::{self, IpNet};
-use cellet_sdk::network::{
-    ClusterNetworkPlan, ClusterNode, NetworkStrategy, PodNetworkPlan, vpc_pod_plan,
-};
-use cellet_sdk::types::Pod;
+use cellet_sdk::network::{ClusterNode, NetworkStrategy, NodePlan, PodNetworkPlan, vpc_pod_plan};
+use cellet_sdk::pod::PodView;
 use cellet_sdk::{InitContext, PluginError};
 use serde::Deserialize;
 
@@ -83,13 +81,15 @@ impl NetworkStrategy for VpcNative {
         })
     }
 
-    fn plan_pod(&self, pod: Pod) -> Result<PodNetworkPlan, PluginError> {
+    fn plan_pod(&self, pod: PodView) -> Result<PodNetworkPlan, PluginError> {
         Ok(vpc_pod_plan(&pod, self.no_masquerade.clone(), self.mtu))
     }
 
-    fn plan_cluster(&self, nodes: Vec<ClusterNode>) -> Result<ClusterNetworkPlan, PluginError> {
+    /// No route (the VPC routes every pod address already); a warning for each PodCIDR of
+    /// a regular node outside the VPC, whose pods cells cannot reach.
+    fn plan_node(&self, node: ClusterNode) -> Result<NodePlan, PluginError> {
         let mut warnings = Vec::new();
-        for node in nodes.iter().filter(|node| !node.virtual_) {
+        if !node.virtual_ {
             for (i, text) in node.pod_cidrs.iter().enumerate() {
                 let cidr = net::parse_cidr(format_args!("node {} podCIDRs[{i}]", node.name), text)
                     .map_err(net::NetError::into_input_error)?;
@@ -102,9 +102,8 @@ impl NetworkStrategy for VpcNative {
                 }
             }
         }
-        Ok(ClusterNetworkPlan {
+        Ok(NodePlan {
             routes: Vec::new(),
-            manage_routes: false,
             warnings,
         })
     }
@@ -115,7 +114,7 @@ cellet_sdk::export_network_strategy!(VpcNative);
 #[cfg(test)]
 mod tests {
     use cellet_sdk::network::{NextHop, PodAddressSource};
-    use cellet_sdk::testing::{NodeBuilder, PodBuilder, context};
+    use cellet_sdk::testing::{NodeBuilder, PodBuilder, context, plan_cluster};
     use serde_json::json;
 
     use super::*;
@@ -132,7 +131,7 @@ mod tests {
     #[test]
     fn pods_keep_vpc_addresses_and_route_via_the_gateway() {
         let plan = strategy()
-            .plan_pod(PodBuilder::new("shop", "web").build())
+            .plan_pod(PodBuilder::new("shop", "web").build().view())
             .unwrap();
         assert_eq!(plan.address_source, PodAddressSource::VpcSecondary);
         assert_eq!(plan.prefix_length, None);
@@ -152,7 +151,8 @@ mod tests {
             .plan_pod(
                 PodBuilder::new("kube-system", "agent")
                     .host_network(true)
-                    .build(),
+                    .build()
+                    .view(),
             )
             .unwrap();
         assert_eq!(plan.address_source, PodAddressSource::HostNetwork);
@@ -178,21 +178,22 @@ mod tests {
                 .virtual_node()
                 .build(),
         ];
-        let plan = strategy().plan_cluster(nodes).unwrap();
+        let plan = plan_cluster(&strategy(), nodes).unwrap();
         assert!(plan.routes.is_empty());
         assert!(!plan.manage_routes);
+        // Nodes are planned in name order.
         assert_eq!(plan.warnings.len(), 2, "{:?}", plan.warnings);
+        assert!(plan.warnings[0].contains("custom-net"));
         assert!(
-            plan.warnings[0].contains("flannel-node") && plan.warnings[0].contains("10.244.1.0/24")
+            plan.warnings[1].contains("flannel-node") && plan.warnings[1].contains("10.244.1.0/24")
         );
-        assert!(plan.warnings[1].contains("custom-net"));
     }
 
     #[test]
     fn without_vpc_cidrs_the_private_ranges_are_assumed() {
         let strategy = VpcNative::init(context(json!({}))).unwrap();
         let plan = strategy
-            .plan_pod(PodBuilder::new("shop", "web").build())
+            .plan_pod(PodBuilder::new("shop", "web").build().view())
             .unwrap();
         assert_eq!(
             plan.no_masquerade,
@@ -204,7 +205,7 @@ mod tests {
                 .build(),
             NodeBuilder::new("cgnat").pod_cidr("100.64.1.0/24").build(),
         ];
-        let warnings = strategy.plan_cluster(nodes).unwrap().warnings;
+        let warnings = plan_cluster(&strategy, nodes).unwrap().warnings;
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].contains("cgnat"), "{warnings:?}");
     }
@@ -212,7 +213,7 @@ mod tests {
     #[test]
     fn a_garbage_pod_cidr_is_invalid_input_naming_the_node() {
         let nodes = vec![NodeBuilder::new("n1").pod_cidr("10.244.1.0/33").build()];
-        let err = strategy().plan_cluster(nodes).unwrap_err();
+        let err = plan_cluster(&strategy(), nodes).unwrap_err();
         assert!(
             matches!(&err, PluginError::InvalidInput(m) if m.contains("node n1 podCIDRs[0]")),
             "{err:?}"

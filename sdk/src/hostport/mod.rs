@@ -8,12 +8,13 @@ pub mod ports;
 
 use std::marker::PhantomData;
 
-use crate::__bindings::hostport_world::exports::cellet::plugin::hostport::Guest;
-pub use crate::__bindings::hostport_world::exports::cellet::plugin::hostport::{
-    Admission, PortMapping,
-};
+pub use crate::__bindings::cloud_world::cellet::plugin0_2_0::types::PortMapping;
+use crate::__bindings::cloud_world::cellet::plugin0_2_0::types::{self as wit};
+pub use crate::__bindings::hostport_world::exports::cellet::plugin0_2_0::hostport::Admission;
+use crate::__bindings::hostport_world::exports::cellet::plugin0_2_0::hostport::Guest;
 use crate::instance;
-use crate::types::{InitContext, PluginError, Pod};
+use crate::pod::PodView;
+use crate::types::{InitContext, PluginError, Protocol};
 
 /// A hostPort policy. It only decides; the host owns the DNAT rules.
 pub trait HostportPolicy: Sized + 'static {
@@ -24,7 +25,77 @@ pub trait HostportPolicy: Sized + 'static {
     /// host may call this again for a pod it already admitted (after a restart, say):
     /// `existing` then holds that pod's own mappings too, which must not count as
     /// conflicts — [`ports::admit`] takes care of it.
-    fn admit(&self, pod: Pod, existing: Vec<PortMapping>) -> Result<Admission, PluginError>;
+    fn admit(&self, pod: PodView<'_>, existing: NodeMappings<'_>)
+    -> Result<Admission, PluginError>;
+}
+
+/// The hostPort mappings on the node: lent by the host for one `admit`, or a plain list in
+/// native tests ([`NodeMappings::list`]). Ask for the few that matter
+/// ([`conflicts`](Self::conflicts)) rather than for all of them: on a lent list, each
+/// mapping returned is copied from the host.
+pub struct NodeMappings<'a>(Source<'a>);
+
+enum Source<'a> {
+    Host(&'a wit::NodeMappings),
+    List(&'a [PortMapping]),
+}
+
+impl std::fmt::Debug for NodeMappings<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Source::Host(_) => f.write_str("NodeMappings(lent by the host)"),
+            Source::List(list) => f.debug_tuple("NodeMappings").field(&list).finish(),
+        }
+    }
+}
+
+impl<'a> NodeMappings<'a> {
+    /// The mappings the host lent to this call. Used by the export glue.
+    #[doc(hidden)]
+    pub fn lent(mappings: &'a wit::NodeMappings) -> Self {
+        NodeMappings(Source::Host(mappings))
+    }
+
+    /// A plain list, for native tests.
+    pub fn list(mappings: &'a [PortMapping]) -> Self {
+        NodeMappings(Source::List(mappings))
+    }
+
+    /// The mappings with this protocol and host port whose node address overlaps
+    /// `host_ip` (unset, `0.0.0.0` or `::` is every address and overlaps any; two
+    /// specific addresses overlap when equal), whoever owns them.
+    pub fn conflicts(
+        &self,
+        protocol: Protocol,
+        host_ip: Option<&str>,
+        host_port: u16,
+    ) -> Vec<PortMapping> {
+        match self.0 {
+            Source::Host(mappings) => mappings.conflicts(protocol, host_ip, host_port),
+            Source::List(list) => list
+                .iter()
+                .filter(|held| held.host_port == host_port && held.protocol == protocol)
+                .filter(|held| ports::addresses_overlap(host_ip, held.host_ip.as_deref()))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// How many mappings there are.
+    pub fn count(&self) -> u32 {
+        match self.0 {
+            Source::Host(mappings) => mappings.count(),
+            Source::List(list) => u32::try_from(list.len()).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// Every mapping.
+    pub fn all(&self) -> Vec<PortMapping> {
+        match self.0 {
+            Source::Host(mappings) => mappings.all(),
+            Source::List(list) => list.to_vec(),
+        }
+    }
 }
 
 /// Export glue: implements the generated `Guest` trait for any [`HostportPolicy`].
@@ -36,8 +107,10 @@ impl<T: HostportPolicy> Guest for __Export<T> {
         instance::init(|| T::init(context))
     }
 
-    fn admit(pod: Pod, existing: Vec<PortMapping>) -> Result<Admission, PluginError> {
-        instance::with(|policy: &mut T| policy.admit(pod, existing))
+    fn admit(pod: &wit::Pod, existing: &wit::NodeMappings) -> Result<Admission, PluginError> {
+        instance::with(|policy: &mut T| {
+            policy.admit(PodView::lent(pod), NodeMappings::lent(existing))
+        })
     }
 }
 

@@ -8,8 +8,9 @@
 
 use std::net::IpAddr;
 
-use crate::hostport::{Admission, PortMapping};
-use crate::types::{PluginError, Pod};
+use crate::hostport::{Admission, NodeMappings, PortMapping};
+use crate::pod::PodView;
+use crate::types::PluginError;
 
 /// The mappings a pod asks for: one per port of its `containers` that sets a hostPort.
 ///
@@ -20,52 +21,70 @@ use crate::types::{PluginError, Pod};
 /// # Errors
 /// `InvalidInput` naming the container and port when a host port is 0 or a host IP is not
 /// an address; the Kubernetes API rejects both, so such a pod is a host bug.
-pub fn declared(pod: &Pod) -> Result<Vec<PortMapping>, PluginError> {
+pub fn declared(pod: &PodView<'_>) -> Result<Vec<PortMapping>, PluginError> {
     let mut mappings = Vec::new();
-    for container in &pod.containers {
-        for port in &container.ports {
-            let Some(host_port) = port.host_port else {
-                continue;
-            };
-            // Named only in an error: most pods have none, and this runs on every admit.
-            let field = || {
-                format!(
-                    "pod {} container {:?} port {}/{}",
-                    pod.key(),
-                    container.name,
-                    port.container_port,
-                    port.protocol
-                )
-            };
-            if host_port == 0 {
-                return Err(PluginError::InvalidInput(format!(
-                    "{}: hostPort 0",
-                    field()
-                )));
-            }
-            let host_ip = port.host_ip.as_deref().filter(|ip| !ip.is_empty());
-            if let Some(ip) = host_ip {
-                ip.parse::<IpAddr>().map_err(|err| {
-                    PluginError::InvalidInput(format!("{}: hostIP {ip:?}: {err}", field()))
-                })?;
-            }
-            let host_ip = host_ip.map(str::to_string);
-            mappings.push(PortMapping {
-                pod_uid: pod.uid.clone(),
-                pod_namespace: pod.namespace.clone(),
-                pod_name: pod.name.clone(),
-                container_name: container.name.clone(),
-                protocol: port.protocol,
-                host_ip,
-                host_port,
-                container_port: port.container_port,
-            });
+    for declared in pod.host_ports() {
+        let (container, port) = (&declared.container_name, &declared.port);
+        let Some(host_port) = port.host_port else {
+            continue;
+        };
+        // Named only in an error: most pods have none, and this runs on every admit.
+        let field = || {
+            format!(
+                "pod {} container {:?} port {}/{}",
+                pod.key(),
+                container,
+                port.container_port,
+                port.protocol
+            )
+        };
+        if host_port == 0 {
+            return Err(PluginError::InvalidInput(format!(
+                "{}: hostPort 0",
+                field()
+            )));
         }
+        let host_ip = port.host_ip.as_deref().filter(|ip| !ip.is_empty());
+        if let Some(ip) = host_ip {
+            ip.parse::<IpAddr>().map_err(|err| {
+                PluginError::InvalidInput(format!("{}: hostIP {ip:?}: {err}", field()))
+            })?;
+        }
+        let host_ip = host_ip.map(str::to_string);
+        mappings.push(PortMapping {
+            pod_uid: pod.uid.clone(),
+            pod_namespace: pod.namespace.clone(),
+            pod_name: pod.name.clone(),
+            container_name: declared.container_name,
+            protocol: port.protocol,
+            host_ip,
+            host_port,
+            container_port: port.container_port,
+        });
     }
     Ok(mappings)
 }
 
-/// The node address a mapping binds to; `None` for every address.
+/// Whether two node addresses of mappings overlap, as the host's `node-mappings.conflicts`
+/// decides it: unset, empty, `0.0.0.0` or `::` is every address and overlaps any; two
+/// addresses overlap when they are the same address (or, unparsable, the same text).
+pub fn addresses_overlap(a: Option<&str>, b: Option<&str>) -> bool {
+    fn every(ip: Option<&str>) -> Option<Result<IpAddr, &str>> {
+        match ip {
+            None | Some("") => None,
+            Some(text) => match text.parse::<IpAddr>() {
+                Ok(ip) if ip.is_unspecified() => None,
+                Ok(ip) => Some(Ok(ip)),
+                Err(_) => Some(Err(text)),
+            },
+        }
+    }
+    match (every(a), every(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => true,
+    }
+}
+
 fn bound_address(mapping: &PortMapping) -> Result<Option<IpAddr>, PluginError> {
     match mapping.host_ip.as_deref() {
         None | Some("") => Ok(None),
@@ -116,9 +135,9 @@ pub fn describe(mapping: &PortMapping) -> String {
 /// # Errors
 /// `InvalidInput` when a host IP in `wanted` or `existing` is not an address.
 pub fn admit(
-    pod: &Pod,
+    pod: &PodView<'_>,
     wanted: Vec<PortMapping>,
-    existing: &[PortMapping],
+    existing: &NodeMappings<'_>,
 ) -> Result<Admission, PluginError> {
     for (i, first) in wanted.iter().enumerate() {
         for second in &wanted[i + 1..] {
@@ -135,14 +154,14 @@ pub fn admit(
         }
     }
     for mapping in &wanted {
-        // Protocol and port first: they rule out nearly every held mapping without
-        // comparing UIDs or parsing addresses.
-        let claims_same_port = |held: &&PortMapping| {
-            held.host_port == mapping.host_port
-                && held.protocol == mapping.protocol
-                && held.pod_uid != pod.uid
-        };
-        for held in existing.iter().filter(claims_same_port) {
+        // Only the mappings on the same protocol, port and an overlapping address, asked
+        // of the host: on a busy node, a handful out of hundreds.
+        let held = existing.conflicts(
+            mapping.protocol,
+            mapping.host_ip.as_deref(),
+            mapping.host_port,
+        );
+        for held in held.iter().filter(|held| held.pod_uid != pod.uid) {
             if collide(mapping, held)? {
                 let (wanted, taken) = (describe(mapping), describe(held));
                 // Name the holder's mapping only when it differs (another address of the
@@ -185,7 +204,7 @@ mod tests {
             .init_container("setup")
             .host_port(9000, 9000)
             .build();
-        let mappings = declared(&pod).unwrap();
+        let mappings = declared(&pod.view()).unwrap();
         assert_eq!(mappings.len(), 2);
         assert_eq!(
             (mappings[0].host_port, mappings[0].container_port),
@@ -206,7 +225,7 @@ mod tests {
             .container("nginx")
             .host_port_with(Protocol::Tcp, Some("10.0.0.300"), 8080, 80)
             .build();
-        let err = declared(&pod).unwrap_err();
+        let err = declared(&pod.view()).unwrap_err();
         assert!(
             matches!(&err, PluginError::InvalidInput(m) if m.contains("\"nginx\"") && m.contains("10.0.0.300")),
             "{err:?}"
@@ -250,7 +269,14 @@ mod tests {
         let held = MappingBuilder::new("shop", "old-web", 8080)
             .container("server")
             .build();
-        let reason = denial(admit(&pod, declared(&pod).unwrap(), &[held]).unwrap());
+        let reason = denial(
+            admit(
+                &pod.view(),
+                declared(&pod.view()).unwrap(),
+                &NodeMappings::list(&[held]),
+            )
+            .unwrap(),
+        );
         assert!(reason.contains("hostPort 8080/TCP"), "{reason}");
         assert!(reason.contains("shop/old-web"), "{reason}");
     }
@@ -263,18 +289,35 @@ mod tests {
             .container("b")
             .host_port_with(Protocol::Tcp, Some("10.1.2.3"), 8080, 81)
             .build();
-        let reason = denial(admit(&pod, declared(&pod).unwrap(), &[]).unwrap());
+        let reason = denial(
+            admit(
+                &pod.view(),
+                declared(&pod.view()).unwrap(),
+                &NodeMappings::list(&[]),
+            )
+            .unwrap(),
+        );
         assert!(reason.contains("same pod shop/web"), "{reason}");
     }
 
     #[test]
     fn readmitting_the_owner_is_idempotent() {
         let pod = PodBuilder::new("shop", "web").host_port(8080, 80).build();
-        let first = admit(&pod, declared(&pod).unwrap(), &[]).unwrap();
+        let first = admit(
+            &pod.view(),
+            declared(&pod.view()).unwrap(),
+            &NodeMappings::list(&[]),
+        )
+        .unwrap();
         let Admission::Admit(installed) = first.clone() else {
             panic!("{first:?}")
         };
-        let again = admit(&pod, declared(&pod).unwrap(), &installed).unwrap();
+        let again = admit(
+            &pod.view(),
+            declared(&pod.view()).unwrap(),
+            &NodeMappings::list(&installed),
+        )
+        .unwrap();
         assert_eq!(again, first);
     }
 }

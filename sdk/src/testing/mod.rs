@@ -23,10 +23,12 @@
 //! about. UIDs are derived from namespace and name: a [`PodBuilder`] and a
 //! [`MappingBuilder`] for the same pod agree on the UID without being told.
 
+mod cluster;
 mod mapping;
 mod node;
 mod pod;
 
+pub use cluster::{ClusterPlan, plan_cluster};
 pub use mapping::MappingBuilder;
 pub use node::NodeBuilder;
 pub use pod::{PodBuilder, cell_request};

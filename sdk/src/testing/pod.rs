@@ -150,9 +150,9 @@ fn new_container(name: &str) -> Container {
 
 /// The request the host sends to `create-cell` for `pod`: a pod IP unless it uses the host
 /// network, a small bootstrap document, and the host's identity tags.
-pub fn cell_request(pod: &Pod) -> CellRequest {
+pub fn cell_request(pod: &Pod) -> CellRequest<'_> {
     CellRequest {
-        pod: pod.clone(),
+        pod: pod.view(),
         needs_pod_ip: !pod.host_network,
         user_data: "{\"agent\":\"bootstrap\"}".to_string(),
         tags: vec![

@@ -4,8 +4,8 @@
 //! collision rules every policy keeps (`cellet_sdk::hostport::ports`). Add your own rules
 //! in `admit`, before the collision rules.
 
-use cellet_sdk::hostport::{Admission, HostportPolicy, PortMapping, ports};
-use cellet_sdk::types::Pod;
+use cellet_sdk::hostport::{Admission, HostportPolicy, NodeMappings, ports};
+use cellet_sdk::pod::PodView;
 use cellet_sdk::{InitContext, PluginError};
 use serde::Deserialize;
 
@@ -33,7 +33,7 @@ impl HostportPolicy for Policy {
         Ok(Policy { max_ports: config.max_ports })
     }
 
-    fn admit(&self, pod: Pod, existing: Vec<PortMapping>) -> Result<Admission, PluginError> {
+    fn admit(&self, pod: PodView, existing: NodeMappings) -> Result<Admission, PluginError> {
         let wanted = ports::declared(&pod)?;
         if wanted.len() > self.max_ports {
             return Ok(Admission::Deny(format!(
@@ -60,11 +60,13 @@ mod tests {
     fn limits_ports_then_refuses_collisions() {
         let policy = Policy::init(context(json!({ "max-ports": 1 }))).unwrap();
         let two = PodBuilder::new("default", "two").host_port(8080, 80).host_port(8443, 443).build();
-        assert!(matches!(policy.admit(two, vec![]).unwrap(), Admission::Deny(reason) if reason.contains("max-ports")));
+        let none = NodeMappings::list(&[]);
+        assert!(matches!(policy.admit(two.view(), none).unwrap(), Admission::Deny(reason) if reason.contains("max-ports")));
 
         let web = PodBuilder::new("default", "web").host_port(8080, 80).build();
         let held = MappingBuilder::new("default", "old", 8080).build();
-        assert!(matches!(policy.admit(web.clone(), vec![held]).unwrap(), Admission::Deny(_)));
-        assert!(matches!(policy.admit(web, vec![]).unwrap(), Admission::Admit(mappings) if mappings.len() == 1));
+        let on_node = [held];
+        assert!(matches!(policy.admit(web.view(), NodeMappings::list(&on_node)).unwrap(), Admission::Deny(_)));
+        assert!(matches!(policy.admit(web.view(), NodeMappings::list(&[])).unwrap(), Admission::Admit(mappings) if mappings.len() == 1));
     }
 }

@@ -1,12 +1,12 @@
 //! {{name}}: a cellet network strategy.
 //!
 //! Pods keep an address from the VPC and leave through the subnet's router; traffic to
-//! the CIDRs in `no-masquerade` keeps the pod's own source address. Change `plan_pod`
-//! and `plan_cluster` to make the strategy your own.
+//! the CIDRs in `no-masquerade` keeps the pod's own source address. Change `plan_pod`,
+//! `plan_node` and `plan_routes` to make the strategy your own.
 
 use cellet_sdk::net;
 use cellet_sdk::network::{NetworkStrategy, PodNetworkPlan, vpc_pod_plan};
-use cellet_sdk::types::Pod;
+use cellet_sdk::pod::PodView;
 use cellet_sdk::{InitContext, PluginError};
 use serde::Deserialize;
 
@@ -31,11 +31,11 @@ impl NetworkStrategy for Strategy {
         Ok(Strategy { no_masquerade: cidrs.iter().map(ToString::to_string).collect() })
     }
 
-    fn plan_pod(&self, pod: Pod) -> Result<PodNetworkPlan, PluginError> {
+    fn plan_pod(&self, pod: PodView) -> Result<PodNetworkPlan, PluginError> {
         Ok(vpc_pod_plan(&pod, self.no_masquerade.clone(), None))
     }
 
-    // `plan_cluster` keeps its default: no cloud route, none managed.
+    // `plan_node` and `plan_routes` keep their defaults: no cloud route, none managed.
 }
 
 cellet_sdk::export_network_strategy!(Strategy);
@@ -51,7 +51,7 @@ mod tests {
     #[test]
     fn plans_a_vpc_address_without_masquerading_to_the_vpc() {
         let strategy = Strategy::init(context(json!({ "no-masquerade": ["10.0.0.0/16"] }))).unwrap();
-        let plan = strategy.plan_pod(PodBuilder::new("default", "web").build()).unwrap();
+        let plan = strategy.plan_pod(PodBuilder::new("default", "web").build().view()).unwrap();
         assert_eq!(plan.address_source, PodAddressSource::VpcSecondary);
         assert_eq!(plan.no_masquerade, vec!["10.0.0.0/16"]);
     }

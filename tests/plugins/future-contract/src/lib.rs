@@ -1,5 +1,5 @@
 //! A network-strategy plugin for a contract version the host does not support
-//! (`cellet:plugin@0.2.0`, see `wit/worlds.wit`). The host's runtime tests load it and
+//! (`cellet:plugin@0.3.0`, see `wit/worlds.wit`). The host's runtime tests load it and
 //! expect a refusal that names both versions, before any of these functions runs; they
 //! answer `unsupported` should a host ever call them.
 

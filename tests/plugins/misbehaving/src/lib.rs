@@ -14,14 +14,14 @@
 //! - `bad-output`: returns a plan whose route destination is `not-a-cidr`, which the host's
 //!   plan validation must refuse.
 //!
-//! `plan-cluster` stays well-behaved in every mode, so tests can show that one bad call
-//! fails alone.
+//! `plan-node` and `plan-routes` (the SDK's defaults) stay well-behaved in every mode, so
+//! tests can show that one bad call fails alone.
 
 use cellet_sdk::network::{
-    ClusterNetworkPlan, ClusterNode, NetworkStrategy, NextHop, PodAddressSource, PodNetworkPlan,
-    PodRoute, default_route,
+    NetworkStrategy, NextHop, PodAddressSource, PodNetworkPlan, PodRoute, default_route,
 };
-use cellet_sdk::{InitContext, PluginError, log, types::Pod};
+use cellet_sdk::pod::PodView;
+use cellet_sdk::{InitContext, PluginError, log};
 use serde::Deserialize;
 
 /// What `plan-pod` does.
@@ -57,7 +57,7 @@ impl NetworkStrategy for Misbehaving {
         })
     }
 
-    fn plan_pod(&self, pod: Pod) -> Result<PodNetworkPlan, PluginError> {
+    fn plan_pod(&self, pod: PodView) -> Result<PodNetworkPlan, PluginError> {
         log::warn(
             "misbehaving on purpose",
             &[("mode", &format!("{:?}", self.mode)), ("pod", &pod.key())],
@@ -81,14 +81,6 @@ impl NetworkStrategy for Misbehaving {
             }),
         }
         Ok(plan)
-    }
-
-    fn plan_cluster(&self, _nodes: Vec<ClusterNode>) -> Result<ClusterNetworkPlan, PluginError> {
-        Ok(ClusterNetworkPlan {
-            routes: vec![],
-            manage_routes: false,
-            warnings: vec![],
-        })
     }
 }
 
@@ -124,12 +116,12 @@ mod tests {
         let pod = PodBuilder::new("default", "victim").build();
         let good = Misbehaving::init(context(json!({})))
             .unwrap()
-            .plan_pod(pod.clone())
+            .plan_pod(pod.view())
             .unwrap();
         assert_eq!(good.routes, vec![default_route()]);
         let bad = Misbehaving::init(context(json!({ "misbehave": "bad-output" })))
             .unwrap()
-            .plan_pod(pod)
+            .plan_pod(pod.view())
             .unwrap();
         assert!(
             bad.routes
@@ -151,6 +143,6 @@ mod tests {
     #[should_panic(expected = "trap requested")]
     fn trap_panics() {
         let plugin = Misbehaving::init(context(json!({ "misbehave": "trap" }))).unwrap();
-        let _ = plugin.plan_pod(PodBuilder::new("default", "victim").build());
+        let _ = plugin.plan_pod(PodBuilder::new("default", "victim").build().view());
     }
 }

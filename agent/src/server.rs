@@ -287,6 +287,8 @@ async fn stop_pod(State(agent): State<Arc<Agent>>, body: Option<Json<StopPod>>) 
     state.sandbox = None;
     state.network_error = None;
     drop(state);
+    // What the pod's run allocated is freed now; the cell idles until it is deleted.
+    crate::runtime::release_freed_heap();
     Json(report(&agent).await).into_response()
 }
 

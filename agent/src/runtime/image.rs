@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::layers::{self, Compression, UnpackError};
+use super::reference;
 
 /// When to pull, from the container's `imagePullPolicy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -325,6 +326,8 @@ impl ImageStore {
                     });
                 }
             }
+            // The pull's and this unpack's buffers are freed; the container runs on.
+            super::heap::release_freed_heap();
             Ok(())
         })
         .await
@@ -472,12 +475,10 @@ enum Download {
 }
 
 fn parse_reference(image: &str) -> Result<Reference, ImageError> {
-    image
-        .parse::<Reference>()
-        .map_err(|e| ImageError::InvalidReference {
-            image: image.to_string(),
-            reason: e.to_string(),
-        })
+    reference::parse(image).map_err(|e| ImageError::InvalidReference {
+        image: image.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 /// Write `bytes` to `path` through a temporary file and a rename, creating the directory.

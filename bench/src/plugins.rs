@@ -384,11 +384,13 @@ impl Wasm {
     }
 
     /// Call `function` through the handle: lease an instance (creating it if none is
-    /// warm), lower the input, run the guest, lift and validate the answer.
+    /// warm), lend or lower the input, run the guest, lift and validate the answer.
+    /// `owned` is what the call takes ownership of ([`HostInputs::owned`]).
     pub async fn call(
         &self,
         function: Function,
         inputs: &HostInputs,
+        owned: Vec<host::PortMapping>,
     ) -> Result<WasmOutput, CallFailure> {
         let failed = |source| CallFailure::Wasm {
             function: function.name(),
@@ -424,7 +426,7 @@ impl Wasm {
                     .map_err(failed)
             }
             (Wasm::Hostport(p), Function::Admit) => p
-                .admit(&inputs.pod, &inputs.existing)
+                .admit(&inputs.pod, owned)
                 .await
                 .map(WasmOutput::Admission)
                 .map_err(failed),

@@ -149,7 +149,7 @@ impl HostportTable {
         let live = live();
         admitted.retain(|uid, _| live.contains(uid));
         let existing: Vec<PortMapping> = admitted.values().flatten().cloned().collect();
-        match policy.admit(pod, &existing).await? {
+        match policy.admit(pod, existing).await? {
             Admission::Admit(mappings) => {
                 admitted.insert(pod.uid.clone(), mappings);
                 Ok(Decision::Admitted)

@@ -363,13 +363,21 @@ impl HostportPlugin {
 
     /// `admit`: the policy's answer for `pod`'s ports given the mappings of other pods.
     /// Admitted mappings all belong to `pod` and to ports it declares.
-    pub async fn admit(&self, pod: &Pod, existing: &[PortMapping]) -> Result<Admission, CallError> {
+    ///
+    /// `existing` is taken by value: a 0.2.0 policy borrows it as a host resource, which
+    /// must own its data for the call, and copying 100 mappings (~500 strings) to lend them
+    /// cost more than the whole call (BENCHMARKS.md, "Plugins").
+    pub async fn admit(
+        &self,
+        pod: &Pod,
+        existing: Vec<PortMapping>,
+    ) -> Result<Admission, CallError> {
         const F: &str = "admit";
         match &self.0 {
             Versioned::V0_1_0(pool) => {
                 let admission = guest_call!(pool, F, |guest, store| guest
                     .cellet_plugin_hostport()
-                    .call_admit(store, pod, existing))?;
+                    .call_admit(store, pod, &existing))?;
                 validate::admission(pod, &admission).map_err(|v| pool.invalid(F, v))?;
                 Ok(admission)
             }
@@ -379,7 +387,7 @@ impl HostportPlugin {
                     F,
                     [
                         lent_pod = PodResource::new(pod.clone()),
-                        lent_mappings = NodeMappings::new(existing.to_vec())
+                        lent_mappings = NodeMappings::new(existing)
                     ],
                     |guest, store| guest.cellet_plugin0_2_0_hostport().call_admit(
                         &mut *store,

@@ -101,7 +101,8 @@ pub async fn adopt(
     cells_seen: &CellDirectory,
 ) -> Result<Adopted, AdoptError> {
     let started = Instant::now();
-    let api: Api<Pod> = Api::all(client.clone());
+    // Listed in the store's compact form; each pod is decoded only while it is looked at.
+    let api: Api<StoredPod> = Api::all(client.clone());
     let params = ListParams::default().fields(&format!("spec.nodeName={}", node.name));
     let mut pods = api
         .list(&params)
@@ -125,12 +126,22 @@ pub async fn adopt(
 
     let mut adopted = 0;
     let mut rules = BTreeMap::new();
-    for pod in &pods {
-        let Some(cell) = pod.metadata.uid.as_deref().and_then(|uid| by_uid.get(uid)) else {
+    for stored in &pods {
+        let Some(cell) = stored
+            .metadata
+            .uid
+            .as_deref()
+            .and_then(|uid| by_uid.get(uid))
+        else {
             continue;
         };
         adopted += 1;
         cells_seen.record(cell);
+        // Its worker reports a pod that does not decode or convert.
+        let Ok(pod) = stored.pod() else {
+            continue;
+        };
+        let pod = &pod;
         let Ok(wit_pod) = convert::plugin_pod(pod) else {
             continue;
         };

@@ -479,24 +479,29 @@ async fn run(pod: &Pod, ctx: &Context) -> Result<Action, WorkerError> {
     })
 }
 
-/// Whether `cell` terminated before its pod ever ran: a host killed while the cell was
+/// Whether `cell` was lost before its pod ever ran: a host killed while the cell was
 /// being made (the cloud has the instance, never booted), or an agent that never came up.
 /// Such a cell holds nothing of the pod and is replaced. A cell lost under a pod that ran
 /// is not: a pod never moves to another address; it is reported ([`Reason::CellLost`]).
+///
+/// Lost is `stopping` as much as `terminated`: cellet never starts a cell again, so a cell
+/// on its way down (or down and kept, as a stopped EC2 instance or a local cell whose agent
+/// exited, which both plugins report as `stopping`) will not serve the pod. Waiting for it
+/// would leave the pod Pending forever.
 fn lost_before_running(pod: &Pod, cell: &Cell) -> bool {
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    matches!(cell.state, CellState::Terminated) && matches!(phase, None | Some("Pending"))
+    matches!(cell.state, CellState::Stopping | CellState::Terminated)
+        && matches!(phase, None | Some("Pending"))
 }
 
-/// Delete a cell that terminated before its pod ran, so that the pod gets a new one and
-/// never has two.
+/// Delete a cell lost before its pod ran, so that the pod gets a new one and never has two.
 async fn replace(pod: &Pod, cell: &Cell, ctx: &Context) -> Result<(), WorkerError> {
-    tracing::warn!(pod = %key(pod), cell = %cell.id, "cell terminated before its pod ran; replacing it");
+    tracing::warn!(pod = %key(pod), cell = %cell.id, state = ?cell.state, "cell lost before its pod ran; replacing it");
     ctx.plugins
         .cloud
         .delete_cell(&cell.id)
         .await
-        .map_err(plugin_error("delete the terminated cell", pod))?;
+        .map_err(plugin_error("delete the lost cell", pod))?;
     if let Some(agents) = &ctx.agents {
         agents.forget(&cell.pod_uid);
     }
@@ -505,8 +510,8 @@ async fn replace(pod: &Pod, cell: &Cell, ctx: &Context) -> Result<(), WorkerErro
             pod,
             Reason::CellLost,
             format!(
-                "cell {} terminated before the pod ran; replacing it",
-                cell.id
+                "cell {} is {:?} before the pod ran; replacing it",
+                cell.id, cell.state
             ),
         )
         .await;
@@ -756,7 +761,13 @@ mod tests {
             "a pod never moves"
         );
         assert!(!lost_before_running(&pod(None), &cell(CellState::Pending)));
-        assert!(!lost_before_running(&pod(None), &cell(CellState::Stopping)));
+        assert!(!lost_before_running(&pod(None), &cell(CellState::Running)));
+        let stopped = cell(CellState::Stopping);
+        assert!(
+            lost_before_running(&pod(Some("Pending")), &stopped),
+            "a stopped instance never starts by itself"
+        );
+        assert!(!lost_before_running(&pod(Some("Running")), &stopped));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cellet::plugins::bindings::{
-    CellRequest, CellState, CloudRoute, Container, KeyValue, Pod, RouteTarget,
+    CellRequest, CellState, CloudRoute, Container, KeyValue, PluginError, Pod, RouteTarget,
 };
 use cellet::plugins::capabilities::local_cells::{
     LocalCellsCapability, LocalCellsMetrics, LocalCellsSettings, ROUTE_PROTOCOL,
@@ -705,6 +705,24 @@ async fn routes_set_listed_and_removed_are_only_cellets_own() {
         kept.contains(&format!("via {second_ip}")),
         "the foreign route survives: {kept:?}"
     );
+
+    // The local VPC is IPv4-only: an IPv6 route is a named, permanent refusal, and
+    // removing one (it cannot exist) succeeds.
+    let ipv6 = CloudRoute {
+        destination: "fd00:244:1::/64".into(),
+        target: RouteTarget::Address(first_ip.clone()),
+    };
+    match ours.plugin.ensure_route(&ipv6).await {
+        Err(CallError::Plugin {
+            error: PluginError::Unsupported(message),
+            ..
+        }) => assert!(message.contains("IPv4-only"), "{message}"),
+        other => panic!("an IPv6 route: {other:?}"),
+    }
+    ours.plugin
+        .remove_route("fd00:244:1::/64")
+        .await
+        .expect("removing an IPv6 route succeeds");
 
     // Bad routes are refused before the kernel sees them.
     let outside = CloudRoute {

@@ -20,7 +20,7 @@
 //! are logged and counted, nothing is changed (a cloud controller's route controller owns
 //! the table).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -34,7 +34,7 @@ use tokio::time::Instant;
 
 use super::convert;
 use super::metrics::KubeMetrics;
-use super::provider::Plugins;
+use super::provider::{FailureKind, Plugins, failure_kind};
 use crate::plugins::CallError;
 use crate::plugins::bindings::{CloudRoute, ClusterNode, RouteTarget};
 
@@ -110,6 +110,33 @@ fn cluster_nodes(store: &Store<Node>) -> Vec<ClusterNode> {
     nodes
 }
 
+/// Routes the cloud plugin refused for good (`unsupported`, `invalid-input`: a local VPC
+/// that is IPv4-only given an IPv6 PodCIDR), remembered across reconciles so that each is
+/// logged once, not every resync. A refused route is counted as missing; it does not fail
+/// the reconcile, which would retry the whole table for a route that cannot be made.
+#[derive(Debug, Default)]
+pub struct RefusedRoutes {
+    routes: BTreeSet<(String, String)>,
+}
+
+impl RefusedRoutes {
+    /// Note a refusal; true the first time this route (destination and target) is refused.
+    pub fn first_refusal(&mut self, route: &CloudRoute) -> bool {
+        self.routes
+            .insert((route.destination.clone(), target_text(&route.target)))
+    }
+
+    /// Forget refusals of routes the plan no longer wants, so a route wanted again later
+    /// is logged again.
+    fn keep_wanted(&mut self, wanted: &[CloudRoute]) {
+        self.routes.retain(|(destination, target)| {
+            wanted
+                .iter()
+                .any(|r| &r.destination == destination && &target_text(&r.target) == target)
+        });
+    }
+}
+
 /// Failures of one reconcile.
 #[derive(Debug, thiserror::Error)]
 pub enum RoutesError {
@@ -130,13 +157,15 @@ pub enum RoutesError {
 /// with `manage-routes`, `ensure-route` for each missing or misdirected route, then
 /// `remove-route` for each listed route not wanted; without it, the differences are
 /// logged. *Guarantees*: only routes `list-routes` reports are removed; a failed change
-/// does not stop the others. *Assumptions*: idempotent, so it is safe to run again at any
+/// does not stop the others; a route the plugin refuses for good ([`RefusedRoutes`]) is
+/// counted as missing and logged once, and does not fail the reconcile. *Assumptions*: idempotent, so it is safe to run again at any
 /// time, and cancellable between calls. *Errors*: the plan or the listing failing (nothing
 /// changed), or the count of changes that failed.
 pub async fn reconcile(
     plugins: &Plugins,
     nodes: &[ClusterNode],
     metrics: &KubeMetrics,
+    refused: &mut RefusedRoutes,
 ) -> Result<RouteChanges, RoutesError> {
     let plan = plugins
         .network
@@ -159,6 +188,7 @@ pub async fn reconcile(
         .await
         .map_err(RoutesError::List)?;
     let changes = diff(&plan.routes, &present);
+    refused.keep_wanted(&plan.routes);
     if !plan.manage_routes {
         for route in &changes.ensure {
             tracing::warn!(
@@ -179,6 +209,14 @@ pub async fn reconcile(
                 target = %target_text(&route.target),
                 "cloud route ensured"
             ),
+            Err(error) if failure_kind(&error) == FailureKind::Permanent => {
+                // The same route fails the same way until the plan changes: counted as
+                // missing, logged once, and no reason to retry the other routes.
+                missing += 1;
+                if refused.first_refusal(route) {
+                    tracing::warn!(destination = %route.destination, target = %target_text(&route.target), %error, "cloud route refused by the cloud plugin; it stays missing");
+                }
+            }
             Err(error) => {
                 failed += 1;
                 missing += 1;
@@ -228,6 +266,7 @@ pub async fn control(client: Client, plugins: Plugins, metrics: KubeMetrics) {
         }
         // What the strategy last planned for, and when; `None` after a failure.
         let mut last: Option<(Vec<ClusterNode>, Instant)> = None;
+        let mut refused = RefusedRoutes::default();
         let mut retry = FIRST_RETRY;
         loop {
             let wait = if last.is_some() { resync } else { retry };
@@ -241,7 +280,7 @@ pub async fn control(client: Client, plugins: Plugins, metrics: KubeMetrics) {
                 // A heartbeat or a condition changed, nothing the strategy sees.
                 continue;
             }
-            match reconcile(&plugins, &nodes, &metrics).await {
+            match reconcile(&plugins, &nodes, &metrics, &mut refused).await {
                 Ok(changes) => {
                     tracing::debug!(nodes = nodes.len(), ?changes, "cloud routes reconciled");
                     last = Some((nodes, Instant::now()));
@@ -293,6 +332,23 @@ mod tests {
             diff(&[], &present).remove.len(),
             3,
             "no node left: every listed route goes"
+        );
+    }
+
+    #[test]
+    fn a_refused_route_is_logged_once_while_it_is_wanted() {
+        let ipv6 = to_address("fd00:244:1::/64", "10.0.0.11");
+        let mut refused = RefusedRoutes::default();
+        assert!(refused.first_refusal(&ipv6));
+        assert!(!refused.first_refusal(&ipv6), "the next resync is quiet");
+        assert!(
+            refused.first_refusal(&to_address("fd00:244:1::/64", "10.0.0.12")),
+            "another target is another route"
+        );
+        refused.keep_wanted(&[]);
+        assert!(
+            refused.first_refusal(&ipv6),
+            "wanted again after it was not"
         );
     }
 

@@ -19,7 +19,9 @@
 //!   ran, and deletes one whose pod is gone like any orphan.
 //! - `delete-cell`: refuses to delete a cell of another controller.
 //! - routes: the VPC router's routes. A route to an instance goes to that cell's
-//!   management address.
+//!   management address. The local VPC is IPv4 only (the kernel routes no IPv6
+//!   destination via an IPv4 next hop): an IPv6 route is refused as `unsupported`, for
+//!   good, and removing one succeeds (it cannot exist).
 //!
 //! ```yaml
 //! config:                     # every key optional; defaults shown
@@ -141,6 +143,13 @@ fn cell_of(cells: Vec<Cell>, pod_uid: &str) -> Option<Cell> {
     mine.into_iter().next()
 }
 
+/// The permanent refusal of an IPv6 route: retrying cannot make the local VPC route it.
+fn ipv6_unsupported(destination: &str) -> PluginError {
+    PluginError::Unsupported(format!(
+        "route destination {destination} is IPv6: the local VPC is IPv4-only"
+    ))
+}
+
 /// The VPC router's next hop for a route target: an address as given, an instance as the
 /// management address of the cell of that name.
 fn next_hop(target: &RouteTarget, cells: &[Cell]) -> Result<String, PluginError> {
@@ -257,8 +266,11 @@ impl CloudProvider for LocalCells {
 
     fn ensure_route(&mut self, route: CloudRoute) -> Result<(), PluginError> {
         let destination = net::parse_cidr("route destination", &route.destination)
-            .map_err(net::NetError::into_input_error)?
-            .to_string();
+            .map_err(net::NetError::into_input_error)?;
+        if destination.addr().is_ipv6() {
+            return Err(ipv6_unsupported(&route.destination));
+        }
+        let destination = destination.to_string();
         let cells = match route.target {
             RouteTarget::Instance(_) => self.cells()?,
             RouteTarget::Address(_) => Vec::new(),
@@ -272,6 +284,12 @@ impl CloudProvider for LocalCells {
     }
 
     fn remove_route(&mut self, destination: String) -> Result<(), PluginError> {
+        if net::parse_cidr("route destination", &destination)
+            .is_ok_and(|cidr| cidr.addr().is_ipv6())
+        {
+            // Never made (ensure-route refuses it), so already removed.
+            return Ok(());
+        }
         local_cells::remove_route(&destination).map_err(unavailable("remove a route"))
     }
 }

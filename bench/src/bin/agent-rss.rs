@@ -5,7 +5,7 @@
 //! scripts/install-deps          # runc, busybox-static, docker-registry, socat
 //! cargo build --release -p cellet-agent    # a `--bin` filter would skip the agent binary
 //! cargo build --release -p cellet-bench --bin agent-rss
-//! target/release/agent-rss      # as root; --agent PATH, --settle SECONDS
+//! target/release/agent-rss      # as root; --agent PATH, --settle SECONDS, --host-network
 //! ```
 //!
 //! The cell is a network namespace of the run's own with a management interface
@@ -55,6 +55,10 @@ struct Args {
     /// Seconds to wait before an idle reading.
     #[arg(long, default_value_t = 3)]
     settle: u64,
+    /// Run the pod with `hostNetwork: true` (no pod namespace, veth or routes), answering
+    /// on the cell's address: the runtime's memory without the pod network's.
+    #[arg(long)]
+    host_network: bool,
 }
 
 type BenchResult<T> = Result<T, String>;
@@ -291,7 +295,7 @@ fn in_vpc<T: Send + 'static>(
     .map_err(|_| "the VPC thread panicked".to_string())?
 }
 
-fn apply_pod() -> BenchResult<ApplyPod> {
+fn apply_pod(host_network: bool) -> BenchResult<ApplyPod> {
     let pod = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "web", "namespace": "default", "uid": POD_UID},
         "spec": {
@@ -300,14 +304,15 @@ fn apply_pod() -> BenchResult<ApplyPod> {
                 "image": format!("{VPC_IP}:{REGISTRY_PORT}/{IMAGE}"),
                 "ports": [{"containerPort": 80}]
             }],
-            "terminationGracePeriodSeconds": 2
+            "terminationGracePeriodSeconds": 2,
+            "hostNetwork": host_network
         }
     }))
     .map_err(|e| e.to_string())?;
     Ok(ApplyPod {
         pod,
         network: PodNetwork {
-            pod_ip: Some(POD_IP),
+            pod_ip: (!host_network).then_some(POD_IP),
             prefix_len: 32,
             routes: vec![PodRoute {
                 destination: "0.0.0.0/0".into(),
@@ -367,6 +372,9 @@ fn bench(args: &Args) -> BenchResult<()> {
     eprintln!("agent-rss: starting {}", agent.display());
     let pid = cell.start_agent(&agent, &ca)?;
     let settle = Duration::from_secs(args.settle);
+    let host_network = args.host_network;
+    // A hostNetwork pod listens on the cell's own address.
+    let pod_address = if host_network { CELL_IP } else { POD_IP };
     let vpc = cell.vpc.clone();
     let log = cell.dir.path().join("agent.log");
     let readings = in_vpc(&vpc, move || {
@@ -392,7 +400,7 @@ fn bench(args: &Args) -> BenchResult<()> {
             let idle = memory(pid)?;
             eprintln!("agent-rss: idle {idle:?}; applying one pod");
             client
-                .apply(&apply_pod()?)
+                .apply(&apply_pod(host_network)?)
                 .await
                 .map_err(|e| e.to_string())?;
             let deadline = Instant::now() + Duration::from_secs(120);
@@ -409,7 +417,7 @@ fn bench(args: &Args) -> BenchResult<()> {
             // Ready without a probe means started: httpd may not listen yet.
             let deadline = Instant::now() + Duration::from_secs(10);
             let answer = loop {
-                match tokio::task::spawn_blocking(move || http_get(POD_IP))
+                match tokio::task::spawn_blocking(move || http_get(pod_address))
                     .await
                     .map_err(|e| e.to_string())?
                 {

@@ -8,8 +8,24 @@ use std::process::{Command, Output};
 use serde_json::Value;
 
 const PLUGINS: [(&str, &[&str]); 5] = [
-    ("vpc-native", &["plan-pod", "plan-cluster"]),
-    ("cloud-routes", &["plan-pod", "plan-cluster"]),
+    (
+        "vpc-native",
+        &[
+            "plan-pod",
+            "plan-node",
+            "plan-cluster",
+            "plan-cluster (cold)",
+        ],
+    ),
+    (
+        "cloud-routes",
+        &[
+            "plan-pod",
+            "plan-node",
+            "plan-cluster",
+            "plan-cluster (cold)",
+        ],
+    ),
     ("hostport-nat", &["admit"]),
     ("hostport-restricted", &["admit"]),
     ("mock", &["create-cell"]),
@@ -134,14 +150,14 @@ fn quick_run_reports_every_measure_of_every_shipped_plugin() {
         decision(0, 0)
     );
     assert!(
-        decision(0, 1).starts_with("0 routes"),
+        decision(0, 2).starts_with("0 routes"),
         "vpc-native plans no route: {}",
-        decision(0, 1)
+        decision(0, 2)
     );
     assert!(
-        decision(1, 1).starts_with("50 routes"),
+        decision(1, 2).starts_with("50 routes"),
         "one route per node: {}",
-        decision(1, 1)
+        decision(1, 2)
     );
     for hostport in [2, 3] {
         assert_eq!(

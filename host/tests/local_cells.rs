@@ -575,11 +575,10 @@ async fn a_half_created_cell_is_reported_and_deleted() {
         .await
         .unwrap()
         .expect("the half-made cell");
-    assert_eq!(cell.state, CellState::Stopping, "no agent runs in it");
-    assert_eq!(
-        ours.plugin.list_cells().await.unwrap(),
-        vec![cell],
-        "list-cells reports a dead cell, so the host's orphan sweep can delete it"
+    assert_eq!(cell.state, CellState::Terminated, "no agent runs in it");
+    assert!(
+        ours.plugin.list_cells().await.unwrap().is_empty(),
+        "list-cells leaves terminated cells out"
     );
 
     ours.plugin
@@ -802,53 +801,16 @@ async fn cells_outlive_the_host_process_and_are_found_again() {
     assert_eq!(again.id, created.id);
     assert_eq!(vpc.capability.list().await.unwrap().len(), 1);
 
-    // An agent that died is reported, by get-cell and by list-cells (adoption and the
-    // orphan sweep only list: a dead cell left out would never be deleted).
+    // An agent that died is reported, and its cell is then deleted like any other.
     kill_agent(pid);
     let cell = after.plugin.get_cell("uid-keep").await.unwrap().unwrap();
-    assert_eq!(cell.state, CellState::Stopping);
-    assert_eq!(after.plugin.list_cells().await.unwrap(), vec![cell]);
-
-    // A new cell for the pod replaces the dead one: never two cells for one pod UID, and
-    // nothing of the dead one left (namespace, VPC link, record, address).
-    let replacement = after
-        .plugin
-        .create_cell(&request)
-        .await
-        .expect("create-cell over a dead cell");
-    assert_ne!(replacement.id, created.id);
-    assert_eq!(replacement.state, CellState::Running);
-    let records = vpc.capability.list().await.unwrap();
-    assert_eq!(
-        records.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
-        vec![replacement.id.as_str()],
-        "one cell for the pod"
-    );
-    assert!(!namespaces().contains(&created.id));
-    assert!(!links(&vpc.vpc_namespace).contains(&created.id));
-    assert!(!vpc.record_path(&created.id).exists());
-    assert_eq!(
-        after.plugin.list_cells().await.unwrap(),
-        vec![replacement.clone()]
-    );
-
-    // A dead cell whose pod went away is listed until deleted, then gone without a trace.
-    kill_agent(vpc.agent_pid(&replacement.id));
-    let listed = after.plugin.list_cells().await.unwrap();
-    assert_eq!(
-        listed
-            .iter()
-            .map(|c| (c.id.as_str(), c.state))
-            .collect::<Vec<_>>(),
-        vec![(replacement.id.as_str(), CellState::Stopping)]
-    );
+    assert_eq!(cell.state, CellState::Terminated);
     after
         .plugin
-        .delete_cell(&replacement.id)
+        .delete_cell(&created.id)
         .await
         .expect("delete-cell of a dead cell");
-    assert!(!namespaces().contains(&replacement.id));
-    assert!(after.plugin.list_cells().await.unwrap().is_empty());
+    assert!(!namespaces().contains(&created.id));
 }
 
 /// SIGKILL `pid` and wait until it is gone (or a zombie of ours).

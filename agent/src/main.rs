@@ -80,6 +80,9 @@ async fn run(args: Args) -> Result<(), String> {
     let bootstrap = Bootstrap::from_json(&document).map_err(|error| error.to_string())?;
     let tls = server::tls_config(&bootstrap).map_err(|error| error.to_string())?;
     let management_ip = wait_for_address(&bootstrap.management_interface).await?;
+    // The cell's part of the pod network (forwarding, proxy ARP, the table that keeps pods
+    // off this agent's port), in place before the agent listens, so before any pod.
+    netns::prepare_cell(&bootstrap.management_interface).map_err(|error| error.to_string())?;
     std::fs::create_dir_all(&bootstrap.state_dir).map_err(|error| {
         format!(
             "failed to create the state directory {}: {error}",

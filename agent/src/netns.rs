@@ -21,6 +21,16 @@
 //! connection arriving from the pod veth (replies to connections the cell opened, such as
 //! probes, pass); forwarding through the cell stays open.
 //!
+//! Two parts, done at two times:
+//!
+//! - [`prepare_cell`], once when the agent starts, before it listens: what belongs to the
+//!   cell whatever pod it runs — forwarding, proxy ARP on the management interface, and the
+//!   nftables table that keeps every pod namespace off the agent's port. Done before any
+//!   pod exists, there is no moment when a pod's veth is up and the table is not there yet.
+//! - [`PodNet::setup`] and [`PodNet::teardown`], per pod: the namespace, the veth pair,
+//!   addresses, routes, `hosts` and `resolv.conf`. Teardown leaves nothing of the pod; the
+//!   cell's part stays while the agent (the cell) lives.
+//!
 //! The namespace is a named one (a bind mount under `/run/netns`), so it outlives the agent
 //! process and the runtime's containers join it by path. An agent in a mount namespace of
 //! its own (started by `ip netns exec`, as local cells are), whose mounts never propagate
@@ -28,9 +38,12 @@
 //! an empty file that no tool can open, left behind if the agent dies. The pod namespace is
 //! then seen by the agent and its containers only, and lives as long as they do.
 //!
-//! Links, addresses and routes are made over netlink (rtnetlink); the nftables table is
-//! written over netlink too, one atomic nf_tables transaction ([`isolation`]): no process
-//! is started per pod (an `nft` process cost more than all the rest of the setup).
+//! Links, addresses and routes are made over rtnetlink, in batches ([`rtnl`]): the pod side
+//! in one exchange in the pod namespace (the veth pair made from there, its `eth0` up at
+//! once and at a known index, so that loopback, address and routes follow in the same
+//! datagram), the cell side in one more. The nftables table is written over netlink too, one
+//! atomic nf_tables transaction ([`isolation`]): no process is started (an `nft` process
+//! cost more than all the rest of the pod's setup).
 
 use std::fs::File;
 use std::io;
@@ -38,16 +51,26 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use futures_util::TryStreamExt;
 use k8s_openapi::api::core::v1::HostAlias;
-use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
-use rtnetlink::packet_route::route::{RouteProtocol, RouteScope};
-use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::RouteNetlinkMessage;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::link::{
+    AfSpecInet, AfSpecUnspec, InetDevConf, InfoData, InfoVeth, LinkAttribute, LinkMessage,
+};
+use rtnetlink::packet_route::route::{RouteMessage, RouteProtocol, RouteScope};
+use rtnetlink::{
+    AddressMessageBuilder, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+};
 
 use crate::protocol::{PodDns, PodNetwork};
 use crate::sandbox::PodSandbox;
 
 mod isolation;
+mod rtnl;
+
+use rtnl::{Request, Rtnl};
 
 /// The cell side of the veth pair.
 pub const CELL_VETH: &str = "pod-veth";
@@ -63,6 +86,14 @@ pub const NFT_TABLE: &str = "cellet_agent";
 /// The routing protocol number that marks routes the agent added in the cell namespace
 /// (`ip route show proto 211`), so teardown deletes exactly its own.
 const ROUTE_PROTOCOL: u8 = 211;
+/// The loopback's index in every network namespace (`LOOPBACK_IFINDEX`, fixed by the
+/// kernel), so a new pod namespace's `lo` needs no lookup.
+const LOOPBACK_INDEX: u32 = 1;
+/// The index the pod's `eth0` is made with in a namespace made for it, so that its address
+/// and routes need no lookup. Above the few devices a new namespace may already hold (`lo`
+/// is 1; with `net.core.fb_tunnels_only_for_init_net=0`, the fallback devices of loaded
+/// tunnel modules, `tunl0`, `sit0`, `gre0`... take the next ones).
+const POD_INTERFACE_INDEX: u32 = 64;
 
 /// Errors of building or removing the pod network; each names the object concerned.
 #[derive(Debug, thiserror::Error)]
@@ -87,14 +118,50 @@ pub enum NetError {
     BadRoute(String),
 }
 
-fn netlink(action: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
-    let action = action.into();
-    move |source| NetError::Netlink { action, source }
-}
-
 fn io_error(action: impl Into<String>) -> impl FnOnce(io::Error) -> NetError {
     let action = action.into();
     move |source| NetError::Io { action, source }
+}
+
+/// Set up what the pod network needs of the cell itself, whatever pod it runs: IPv4
+/// forwarding, proxy ARP without delay on the management interface (the VPC then reaches
+/// the pod IP as a secondary IP of that interface), and the nftables table that drops new
+/// connections from the pod veth to the cell (the agent's port included).
+///
+/// Why at agent start and not per pod: all of it is the cell's, not one pod's. The table
+/// names the veth (`iifname "pod-veth"`), not a pod, and guards the agent's port from any
+/// pod namespace the cell will ever hold; the sysctls are the cell's routing, as a
+/// Kubernetes node has forwarding on before its first pod. The cell is an instance made for
+/// one pod and deleted with it, so what this sets lives exactly as long as it is needed,
+/// and in place before any pod's veth exists (a pod never runs, even for a moment, without
+/// the table). Per pod it was an nf_tables transaction registering an input hook, and
+/// another removing it, plus four sysctl writes.
+///
+/// # Expected flow
+/// `cellet-agent` calls it once its management interface has an address, before it
+/// listens; the host cannot send a pod before that.
+///
+/// # Guarantees
+/// Idempotent: an agent started again replaces the table in one transaction (no moment
+/// without it) and writes the same values.
+///
+/// # Errors
+/// The first step that fails, naming its sysctl or the table's step; the agent then does
+/// not start.
+pub fn prepare_cell(management_interface: &str) -> Result<(), NetError> {
+    for (key, value) in [
+        ("ipv4/ip_forward".to_string(), "1"),
+        (format!("ipv4/conf/{management_interface}/proxy_arp"), "1"),
+        // Proxy ARP answers after a random delay of up to 0.8 s by default; a secondary IP
+        // of an ENI answers at once.
+        (
+            format!("ipv4/neigh/{management_interface}/proxy_delay"),
+            "0",
+        ),
+    ] {
+        write_sysctl(&key, value)?;
+    }
+    isolation::load().map_err(NetError::Nft)
 }
 
 /// The pod network of one cell.
@@ -135,6 +202,10 @@ impl PodNet {
     /// in the pod namespace (left by an agent that ran in another mount namespace) is
     /// replaced.
     ///
+    /// # Assumptions
+    /// [`prepare_cell`] ran in this cell (the agent does it when it starts): this is only
+    /// the pod's part.
+    ///
     /// # Errors
     /// The first step that fails, naming its object; what was made before stays, and
     /// [`PodNet::teardown`] removes it.
@@ -143,20 +214,20 @@ impl PodNet {
         network: &PodNetwork,
         host_aliases: &[HostAlias],
     ) -> Result<PodSandbox, NetError> {
-        let (connection, cell) = connect_here()?;
-        let result = self.setup_with(&cell, network, host_aliases).await;
-        connection.abort();
-        result
+        // Blocking netlink exchanges on the calling thread, on purpose: the whole setup is
+        // well under a millisecond of kernel work in a cell that runs one pod, and a hop to
+        // the blocking pool and back would add two scheduler wake-ups to it.
+        self.setup_blocking(network, host_aliases)
     }
 
-    async fn setup_with(
+    fn setup_blocking(
         &self,
-        cell: &Handle,
         network: &PodNetwork,
         host_aliases: &[HostAlias],
     ) -> Result<PodSandbox, NetError> {
-        let (management_index, host_ip) =
-            management_address(cell, &self.management_interface).await?;
+        let mut cell = Rtnl::open().map_err(io_error("open a netlink socket in the cell"))?;
+        let management = management_link(&mut cell, &self.management_interface)?;
+        let host_ip = management.ip;
         let pod_ip = network.pod_ip.unwrap_or(host_ip);
         let (hosts_file, resolv_conf) = self.write_files(network, pod_ip, host_aliases)?;
         let sandbox = PodSandbox {
@@ -175,143 +246,122 @@ impl PodNet {
             .iter()
             .map(|route| parse_cidr(&route.destination).map(|dest| (dest, route.via)))
             .collect::<Result<Vec<_>, _>>()?;
+        let mtu = network.mtu.map_or(management.mtu, u32::from);
 
-        let (netns, pod_connection, pod) = self.open_netns()?;
-        let result = async {
-            let mtu = match network.mtu {
-                Some(mtu) => u32::from(mtu),
-                None => link_mtu(cell, management_index).await?,
-            };
-            let cell_index = self.ensure_veth(cell, &pod, &netns, mtu).await?;
-
-            // Cell side: the pod's gateway address, the route to the pod, forwarding and
-            // proxy ARP (on the management side for the VPC, on the veth for pods whose
-            // prefix makes them ARP for their neighbours directly).
-            cell.address()
-                .add(cell_index, IpAddr::V4(POD_GATEWAY), 32)
-                .replace()
-                .execute()
-                .await
-                .map_err(netlink(format!("add {POD_GATEWAY}/32 to {CELL_VETH}")))?;
-            cell.link()
-                .set(LinkUnspec::new_with_index(cell_index).up().build())
-                .execute()
-                .await
-                .map_err(netlink(format!("set {CELL_VETH} up")))?;
-            let to_pod = RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(pod_ip, 32)
-                .output_interface(cell_index)
-                .scope(RouteScope::Link)
-                .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
-                .build();
-            cell.route()
-                .add(to_pod)
-                .replace()
-                .execute()
-                .await
-                .map_err(netlink(format!(
-                    "add the route to {pod_ip} via {CELL_VETH}"
-                )))?;
-            for (key, value) in [
-                ("ipv4/ip_forward".to_string(), "1"),
-                (
-                    format!("ipv4/conf/{}/proxy_arp", self.management_interface),
-                    "1",
-                ),
-                (format!("ipv4/conf/{CELL_VETH}/proxy_arp"), "1"),
-                // Proxy ARP answers after a random delay of up to 0.8 s by default; a
-                // secondary IP of an ENI answers at once.
-                (
-                    format!("ipv4/neigh/{}/proxy_delay", self.management_interface),
-                    "0",
-                ),
-            ] {
-                write_sysctl(&key, value)?;
-            }
-            // Plan routes with a next hop of their own also hold for the cell, which
-            // forwards the pod's traffic; the default route stays the cell's.
-            for &((destination, prefix), via) in &routes {
-                if prefix == 0 {
-                    continue;
-                }
-                let mut route = RouteMessageBuilder::<Ipv4Addr>::new()
-                    .destination_prefix(destination, prefix)
-                    .output_interface(management_index)
-                    .protocol(RouteProtocol::Other(ROUTE_PROTOCOL));
-                route = match via {
-                    Some(gateway) => route.gateway(gateway),
-                    None => route.scope(RouteScope::Link),
-                };
-                cell.route()
-                    .add(route.build())
-                    .replace()
-                    .execute()
-                    .await
-                    .map_err(netlink(format!(
-                        "add the route to {destination}/{prefix} in the cell"
-                    )))?;
-            }
-
-            // Pod side: its address, the gateway on-link, and every plan route through it.
-            let pod_index = link_index(&pod, POD_INTERFACE)
-                .await?
-                .ok_or_else(|| NetError::Io {
-                    action: format!("find {POD_INTERFACE} in {}", self.netns_name),
-                    source: io::ErrorKind::NotFound.into(),
-                })?;
-            pod.address()
-                .add(pod_index, IpAddr::V4(pod_ip), network.prefix_len)
-                .replace()
-                .execute()
-                .await
-                .map_err(netlink(format!(
-                    "add {pod_ip}/{} to the pod",
-                    network.prefix_len
-                )))?;
-            for index in [pod_index, link_index(&pod, "lo").await?.unwrap_or(1)] {
-                pod.link()
-                    .set(LinkUnspec::new_with_index(index).up().build())
-                    .execute()
-                    .await
-                    .map_err(netlink(format!("set link {index} of the pod up")))?;
-            }
-            let gateway = RouteMessageBuilder::<Ipv4Addr>::new()
+        // Pod side, one exchange: the veth pair unless both ends are in place, loopback
+        // up, the pod's address, the gateway on-link and every plan route through it.
+        let mut pod = self.open_netns()?;
+        // The veth's peer is sent there by descriptor, open until the batch is answered.
+        let cell_netns = File::open("/proc/thread-self/ns/net")
+            .map_err(io_error("open the cell's namespace"))?;
+        let mut batch = Vec::new();
+        let pod_index = self.ensure_veth(&mut cell, &mut pod, &cell_netns, mtu, &mut batch)?;
+        batch.push(link_up(LOOPBACK_INDEX, "set lo of the pod up"));
+        batch.push(Request::new(
+            RouteNetlinkMessage::NewAddress(
+                AddressMessageBuilder::<Ipv4Addr>::new()
+                    .index(pod_index)
+                    .address(pod_ip, network.prefix_len)
+                    .build(),
+            ),
+            NLM_F_CREATE | NLM_F_REPLACE,
+            format!("add {pod_ip}/{} to the pod", network.prefix_len),
+        ));
+        batch.push(add_route(
+            RouteMessageBuilder::<Ipv4Addr>::new()
                 .destination_prefix(POD_GATEWAY, 32)
                 .output_interface(pod_index)
                 .scope(RouteScope::Link)
-                .build();
-            pod.route()
-                .add(gateway)
-                .replace()
-                .execute()
-                .await
-                .map_err(netlink(format!(
-                    "add the route to {POD_GATEWAY} in the pod"
-                )))?;
-            for &((destination, prefix), _) in &routes {
-                let route = RouteMessageBuilder::<Ipv4Addr>::new()
+                .build(),
+            format!("add the route to {POD_GATEWAY} in the pod"),
+        ));
+        for &((destination, prefix), _) in &routes {
+            batch.push(add_route(
+                RouteMessageBuilder::<Ipv4Addr>::new()
                     .destination_prefix(destination, prefix)
                     .output_interface(pod_index)
                     .gateway(POD_GATEWAY)
-                    .build();
-                pod.route()
-                    .add(route)
-                    .replace()
-                    .execute()
-                    .await
-                    .map_err(netlink(format!(
-                        "add the route to {destination}/{prefix} in the pod"
-                    )))?;
-            }
-            isolation::load().map_err(NetError::Nft)
+                    .build(),
+                format!("add the route to {destination}/{prefix} in the pod"),
+            ));
         }
-        .await;
-        pod_connection.abort();
-        result.map(|()| sandbox)
+        pod.rtnl.apply(batch)?;
+
+        // Cell side, one exchange once the veth's index is known: the pod's gateway
+        // address, the link up with proxy ARP (for pods whose prefix makes them ARP for
+        // their neighbours directly; the management side's proxy ARP is the cell's, see
+        // `prepare_cell`), the route to the pod, and the plan routes with a next hop of
+        // their own, which also hold for the cell that forwards the pod's traffic (the
+        // default route stays the cell's).
+        let cell_index = cell
+            .link(CELL_VETH)?
+            .map(|link| link.header.index)
+            .ok_or_else(|| NetError::Io {
+                action: format!("find {CELL_VETH} after making the veth pair"),
+                source: io::ErrorKind::NotFound.into(),
+            })?;
+        // Proxy ARP as a per-link IPv4 setting in the message that brings the link up:
+        // the sysctl file `conf/pod-veth/proxy_arp` would be one more open and write, and
+        // `conf/all` would turn it on for every link of the cell.
+        let mut proxy_arp = InetDevConf::default();
+        proxy_arp.proxy_arp = 1;
+        let mut batch = vec![
+            Request::new(
+                RouteNetlinkMessage::NewAddress(
+                    AddressMessageBuilder::<Ipv4Addr>::new()
+                        .index(cell_index)
+                        .address(POD_GATEWAY, 32)
+                        .build(),
+                ),
+                NLM_F_CREATE | NLM_F_REPLACE,
+                format!("add {POD_GATEWAY}/32 to {CELL_VETH}"),
+            ),
+            Request::new(
+                RouteNetlinkMessage::SetLink(
+                    LinkUnspec::new_with_index(cell_index)
+                        .up()
+                        .append_extra_attribute(LinkAttribute::AfSpecUnspec(vec![
+                            AfSpecUnspec::Inet(vec![AfSpecInet::DevConfRequest(proxy_arp)]),
+                        ]))
+                        .build(),
+                ),
+                0,
+                format!("set {CELL_VETH} up with proxy ARP"),
+            ),
+            add_route(
+                RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(pod_ip, 32)
+                    .output_interface(cell_index)
+                    .scope(RouteScope::Link)
+                    .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+                    .build(),
+                format!("add the route to {pod_ip} via {CELL_VETH}"),
+            ),
+        ];
+        for &((destination, prefix), via) in &routes {
+            if prefix == 0 {
+                continue;
+            }
+            let mut route = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(destination, prefix)
+                .output_interface(management.index)
+                .protocol(RouteProtocol::Other(ROUTE_PROTOCOL));
+            route = match via {
+                Some(gateway) => route.gateway(gateway),
+                None => route.scope(RouteScope::Link),
+            };
+            batch.push(add_route(
+                route.build(),
+                format!("add the route to {destination}/{prefix} in the cell"),
+            ));
+        }
+        cell.apply(batch)?;
+        Ok(sandbox)
     }
 
-    /// Remove the pod network: the agent's nftables table, the veth pair, the cell routes
-    /// the agent added, the pod namespace and the pod's files.
+    /// Remove the pod network: the veth pair, the cell routes the agent added, the pod
+    /// namespace and the pod's files. What [`prepare_cell`] set up is the cell's and stays
+    /// as long as the agent (the cell) lives: it holds nothing of the pod.
     ///
     /// # Guarantees
     /// Idempotent: what is gone already is skipped. It never touches links, routes or
@@ -321,32 +371,41 @@ impl PodNet {
     /// A namespace still used by processes (containers not yet stopped) lives on, unnamed,
     /// until they exit; stop the runtime first.
     pub async fn teardown(&self) -> Result<(), NetError> {
-        isolation::remove().map_err(NetError::Nft)?;
-        let (connection, cell) = connect_here()?;
-        let result = async {
-            if let Some(index) = link_index(&cell, CELL_VETH).await? {
-                ignore_missing(cell.link().del(index).execute().await)
-                    .map_err(netlink(format!("delete {CELL_VETH}")))?;
-            }
-            let routes: Vec<_> = cell
-                .route()
-                .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-                .execute()
-                .try_collect()
-                .await
-                .map_err(netlink("list the cell's routes"))?;
-            for route in routes
+        let mut cell = Rtnl::open().map_err(io_error("open a netlink socket in the cell"))?;
+        // By name (index 0): one exchange, and "no such device" when it is gone already.
+        // Deleting one end deletes the other, and the routes through it.
+        cell.apply(vec![
+            Request::new(
+                RouteNetlinkMessage::DelLink(LinkUnspec::new_with_name(CELL_VETH).build()),
+                0,
+                format!("delete {CELL_VETH}"),
+            )
+            .unless_gone(),
+        ])?;
+        let routes = cell.dump(
+            RouteNetlinkMessage::GetRoute(RouteMessageBuilder::<Ipv4Addr>::new().build()),
+            "list the cell's routes",
+        )?;
+        cell.apply(
+            routes
                 .into_iter()
-                .filter(|route| route.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL))
-            {
-                ignore_missing(cell.route().del(route).execute().await)
-                    .map_err(netlink("delete a route the agent added"))?;
-            }
-            Ok(())
-        }
-        .await;
-        connection.abort();
-        result?;
+                .filter_map(|message| match message {
+                    RouteNetlinkMessage::NewRoute(route)
+                        if route.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL) =>
+                    {
+                        Some(
+                            Request::new(
+                                RouteNetlinkMessage::DelRoute(route),
+                                0,
+                                "delete a route the agent added",
+                            )
+                            .unless_gone(),
+                        )
+                    }
+                    _ => None,
+                })
+                .collect(),
+        )?;
         remove_netns(&self.netns_path())?;
         match std::fs::remove_dir_all(&self.files_dir) {
             Err(error) if error.kind() != io::ErrorKind::NotFound => Err(io_error(format!(
@@ -357,61 +416,88 @@ impl PodNet {
         }
     }
 
-    /// Open the pod namespace, making it first if it does not exist, and a netlink
-    /// connection inside it.
-    fn open_netns(&self) -> Result<(File, tokio::task::JoinHandle<()>, Handle), NetError> {
+    /// Open the pod namespace, making it first if it does not exist, and a netlink socket
+    /// inside it; `fresh` when it was made now (it has nothing but `lo` and the kernel's
+    /// fallback tunnel devices).
+    fn open_netns(&self) -> Result<OpenNetns, NetError> {
         let path = self.netns_path();
-        let open = || File::open(&path).map_err(io_error(format!("open {}", path.display())));
         if is_netns(&path) {
-            let netns = open()?;
-            let (connection, handle) = connect_in(&netns)?;
-            return Ok((netns, connection, handle));
+            let file = File::open(&path).map_err(io_error(format!("open {}", path.display())))?;
+            return Ok(OpenNetns {
+                rtnl: rtnl_in(&file)?,
+                fresh: false,
+            });
         }
-        let (connection, handle) = create_netns(&path)?;
-        let netns = open()?;
-        Ok((netns, connection, handle))
+        Ok(OpenNetns {
+            rtnl: create_netns(&path)?,
+            fresh: true,
+        })
     }
 
-    /// Make the veth pair unless both ends are where they belong; returns the index of the
-    /// cell side.
-    async fn ensure_veth(
+    /// Put the requests that make the veth pair first in `batch` unless both ends are
+    /// where they belong (a stale end is deleted first); the index of the pod side.
+    fn ensure_veth(
         &self,
-        cell: &Handle,
-        pod: &Handle,
-        netns: &File,
+        cell: &mut Rtnl,
+        pod: &mut OpenNetns,
+        cell_netns: &File,
         mtu: u32,
+        batch: &mut Vec<Request>,
     ) -> Result<u32, NetError> {
-        let cell_index = link_index(cell, CELL_VETH).await?;
-        let pod_index = link_index(pod, POD_INTERFACE).await?;
-        if let (Some(index), Some(_)) = (cell_index, pod_index) {
-            return Ok(index);
+        let cell_side = cell.link(CELL_VETH)?;
+        // A namespace made just now has no `eth0`: no need to ask.
+        let pod_side = match pod.fresh {
+            true => None,
+            false => pod.rtnl.link(POD_INTERFACE)?,
+        };
+        match (cell_side, pod_side) {
+            (Some(_), Some(pod_side)) => {
+                let index = pod_side.header.index;
+                batch.push(link_up(index, format!("set {POD_INTERFACE} of the pod up")));
+                return Ok(index);
+            }
+            // Deleting one end of a veth deletes the other, wherever it is.
+            (Some(stale), None) => cell.apply(vec![delete_link(stale, CELL_VETH)])?,
+            (None, Some(stale)) => pod.rtnl.apply(vec![delete_link(stale, POD_INTERFACE)])?,
+            (None, None) => {}
         }
-        if let Some(index) = cell_index {
-            ignore_missing(cell.link().del(index).execute().await)
-                .map_err(netlink(format!("delete the stale {CELL_VETH}")))?;
-        }
-        // The peer is made inside the pod namespace right away, under its final name: the
-        // cell has an `eth0` of its own.
+        // Made from the pod namespace, `eth0` being the pair's first end: the kernel brings
+        // the first end up in the message that makes the pair, which it cannot do for the
+        // peer (it configures the peer before it ties the two ends together, and opening
+        // an untied veth fails with ENOTCONN, "Transport endpoint is not connected"). The
+        // peer, `pod-veth`, goes to the cell.
         let peer = LinkMessageBuilder::<LinkUnspec>::new()
-            .name(POD_INTERFACE)
+            .name(CELL_VETH)
             .mtu(mtu)
-            .setns_by_fd(netns.as_raw_fd())
+            .setns_by_fd(cell_netns.as_raw_fd())
             .build();
-        let veth = LinkVeth::new(CELL_VETH, POD_INTERFACE)
+        let mut veth = LinkVeth::new(POD_INTERFACE, CELL_VETH)
             .mtu(mtu)
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
-            .build();
-        cell.link()
-            .add(veth)
-            .execute()
-            .await
-            .map_err(netlink(format!(
-                "add the veth pair {CELL_VETH}/{POD_INTERFACE}"
-            )))?;
-        link_index(cell, CELL_VETH)
-            .await?
+            .up()
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)));
+        // In a namespace made just now, `eth0` gets an index chosen here, so that the
+        // address and routes go in the same exchange; elsewhere it is looked up.
+        if pod.fresh {
+            veth = veth.index(POD_INTERFACE_INDEX);
+        }
+        let made = Request::new(
+            RouteNetlinkMessage::NewLink(veth.build()),
+            NLM_F_CREATE | NLM_F_EXCL,
+            format!("add the veth pair {POD_INTERFACE}/{CELL_VETH}"),
+        );
+        if pod.fresh {
+            batch.push(made);
+            return Ok(POD_INTERFACE_INDEX);
+        }
+        pod.rtnl.apply(vec![made])?;
+        pod.rtnl
+            .link(POD_INTERFACE)?
+            .map(|link| link.header.index)
             .ok_or_else(|| NetError::Io {
-                action: format!("find {CELL_VETH} after making it"),
+                action: format!(
+                    "find {POD_INTERFACE} in {} after making it",
+                    self.netns_name
+                ),
                 source: io::ErrorKind::NotFound.into(),
             })
     }
@@ -447,133 +533,110 @@ impl PodNet {
     }
 }
 
-/// The index and first IPv4 address of the management interface.
-pub async fn management_address(
-    handle: &Handle,
-    interface: &str,
-) -> Result<(u32, Ipv4Addr), NetError> {
-    let index = link_index(handle, interface)
-        .await?
+/// The pod namespace, opened, with a netlink socket inside it.
+struct OpenNetns {
+    rtnl: Rtnl,
+    /// Made by this setup: no `eth0` in it yet.
+    fresh: bool,
+}
+
+/// The management interface as the pod network needs it.
+struct ManagementLink {
+    index: u32,
+    /// The pod's veth takes it unless the plan gives an MTU.
+    mtu: u32,
+    /// Its first IPv4 address: the cell's (and a `hostNetwork` pod's) address.
+    ip: Ipv4Addr,
+}
+
+/// The management interface's index and MTU (one link message) and first IPv4 address.
+fn management_link(rtnl: &mut Rtnl, interface: &str) -> Result<ManagementLink, NetError> {
+    let link = rtnl
+        .link(interface)?
         .ok_or_else(|| NetError::NoManagementAddress(interface.to_string()))?;
-    let addresses: Vec<_> = handle
-        .address()
-        .get()
-        .set_link_index_filter(index)
-        .execute()
-        .try_collect()
-        .await
-        .map_err(netlink(format!("list the addresses of {interface}")))?;
-    addresses
+    let index = link.header.index;
+    let mtu = link
+        .attributes
         .iter()
-        .flat_map(|message| &message.attributes)
         .find_map(|attribute| match attribute {
-            rtnetlink::packet_route::address::AddressAttribute::Local(IpAddr::V4(ip))
-            | rtnetlink::packet_route::address::AddressAttribute::Address(IpAddr::V4(ip)) => {
-                Some(*ip)
-            }
+            LinkAttribute::Mtu(mtu) => Some(*mtu),
             _ => None,
         })
-        .map(|ip| (index, ip))
-        .ok_or_else(|| NetError::NoManagementAddress(interface.to_string()))
+        .unwrap_or(1500);
+    let mut query = AddressMessage::default();
+    query.header.family = AddressFamily::Inet;
+    rtnl.dump(
+        RouteNetlinkMessage::GetAddress(query),
+        &format!("list the addresses of {interface}"),
+    )?
+    .into_iter()
+    .filter_map(|message| match message {
+        RouteNetlinkMessage::NewAddress(address) if address.header.index == index => Some(address),
+        _ => None,
+    })
+    .flat_map(|address| address.attributes)
+    .find_map(|attribute| match attribute {
+        AddressAttribute::Address(IpAddr::V4(ip)) | AddressAttribute::Local(IpAddr::V4(ip)) => {
+            Some(ip)
+        }
+        _ => None,
+    })
+    .map(|ip| ManagementLink { index, mtu, ip })
+    .ok_or_else(|| NetError::NoManagementAddress(interface.to_string()))
 }
 
 /// The IPv4 address of `interface` in the agent's own namespace.
 pub async fn interface_ipv4(interface: &str) -> Result<Ipv4Addr, NetError> {
-    let (connection, handle) = connect_here()?;
-    let result = management_address(&handle, interface).await;
-    connection.abort();
-    result.map(|(_, ip)| ip)
+    let mut rtnl = Rtnl::open().map_err(io_error("open a netlink socket"))?;
+    management_link(&mut rtnl, interface).map(|link| link.ip)
 }
 
-/// A netlink connection in the agent's own namespace, its task spawned.
-fn connect_here() -> Result<(tokio::task::JoinHandle<()>, Handle), NetError> {
-    let (connection, handle, _) =
-        rtnetlink::new_connection().map_err(io_error("open a netlink socket"))?;
-    Ok((tokio::spawn(connection), handle))
-}
-
-/// A netlink connection inside `netns`: the socket is made by a thread of its own that
-/// enters the namespace first (a socket stays in the namespace it was made in), so no
-/// thread of the agent's runtime ever changes namespace.
-fn connect_in(netns: &File) -> Result<(tokio::task::JoinHandle<()>, Handle), NetError> {
+/// A netlink socket inside `netns`: made by a thread of its own that enters the namespace
+/// first (a socket stays in the namespace it was made in), so no thread of the agent's
+/// runtime ever changes namespace.
+fn rtnl_in(netns: &File) -> Result<Rtnl, NetError> {
     let netns = netns
         .try_clone()
         .map_err(io_error("duplicate the pod namespace's descriptor"))?;
-    let runtime = tokio::runtime::Handle::current();
-    let made = std::thread::spawn(move || {
+    std::thread::spawn(move || {
         nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)
             .map_err(|errno| io::Error::from_raw_os_error(errno as i32))?;
-        // The socket registers with the reactor of the agent's runtime.
-        let _runtime = runtime.enter();
-        let (connection, handle, _) = rtnetlink::new_connection()?;
-        Ok::<_, io::Error>((connection, handle))
+        Rtnl::open()
     })
     .join()
     .map_err(|_| NetError::Io {
         action: "open a netlink socket in the pod namespace".into(),
         source: io::Error::other("the thread panicked"),
-    })?;
-    let (connection, handle) =
-        made.map_err(io_error("open a netlink socket in the pod namespace"))?;
-    Ok((tokio::spawn(connection), handle))
+    })?
+    .map_err(io_error("open a netlink socket in the pod namespace"))
 }
 
-/// The index of link `name`, `None` when there is none.
-async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, NetError> {
-    let found: Result<Vec<LinkMessage>, _> = handle
-        .link()
-        .get()
-        .match_name(name.to_string())
-        .execute()
-        .try_collect()
-        .await;
-    match ignore_missing(found.map(|links| links.first().map(|link| link.header.index))) {
-        Ok(index) => Ok(index.flatten()),
-        Err(source) => Err(NetError::Netlink {
-            action: format!("look up link {name}"),
-            source,
-        }),
-    }
+/// Set link `index` up.
+fn link_up(index: u32, action: impl Into<String>) -> Request {
+    Request::new(
+        RouteNetlinkMessage::SetLink(LinkUnspec::new_with_index(index).up().build()),
+        0,
+        action,
+    )
 }
 
-async fn link_mtu(handle: &Handle, index: u32) -> Result<u32, NetError> {
-    let links: Vec<LinkMessage> = handle
-        .link()
-        .get()
-        .match_index(index)
-        .execute()
-        .try_collect()
-        .await
-        .map_err(netlink(format!("read the MTU of link {index}")))?;
-    Ok(links
-        .iter()
-        .flat_map(|link| &link.attributes)
-        .find_map(|attribute| match attribute {
-            LinkAttribute::Mtu(mtu) => Some(*mtu),
-            _ => None,
-        })
-        .unwrap_or(1500))
+/// Add or replace a route.
+fn add_route(route: RouteMessage, action: impl Into<String>) -> Request {
+    Request::new(
+        RouteNetlinkMessage::NewRoute(route),
+        NLM_F_CREATE | NLM_F_REPLACE,
+        action,
+    )
 }
 
-/// `Ok(None)` for "no such device/route/address", which teardown and lookups expect.
-fn ignore_missing<T>(result: Result<T, rtnetlink::Error>) -> Result<Option<T>, rtnetlink::Error> {
-    match result {
-        Ok(value) => Ok(Some(value)),
-        Err(rtnetlink::Error::NetlinkError(message))
-            if matches!(
-                message.to_io().raw_os_error(),
-                Some(
-                    nix::libc::ENODEV
-                        | nix::libc::ESRCH
-                        | nix::libc::ENOENT
-                        | nix::libc::EADDRNOTAVAIL
-                )
-            ) =>
-        {
-            Ok(None)
-        }
-        Err(error) => Err(error),
-    }
+/// Delete a stale link found under `name`; nothing to do when it went meanwhile.
+fn delete_link(link: LinkMessage, name: &str) -> Request {
+    Request::new(
+        RouteNetlinkMessage::DelLink(LinkUnspec::new_with_index(link.header.index).build()),
+        0,
+        format!("delete the stale {name}"),
+    )
+    .unless_gone()
 }
 
 /// True when `path` is a mounted network namespace (not a leftover empty file).
@@ -586,10 +649,10 @@ fn is_netns(path: &Path) -> bool {
 
 /// Make a network namespace and bind-mount it at `path`, as `ip netns add` does: a thread of
 /// its own unshares its network namespace, the mount keeps the namespace after the thread
-/// exits. The same thread opens the netlink connection the pod side is configured with
-/// (one thread per pod, not two: under load each thread start and join waits for the
+/// exits. The same thread opens the netlink socket the pod side is configured with (one
+/// thread per pod, not two: under load each thread start and join waits for the
 /// scheduler).
-fn create_netns(path: &Path) -> Result<(tokio::task::JoinHandle<()>, Handle), NetError> {
+fn create_netns(path: &Path) -> Result<Rtnl, NetError> {
     let dir = Path::new(NETNS_DIR);
     std::fs::create_dir_all(dir).map_err(io_error(format!("create {NETNS_DIR}")))?;
     if own_mount_namespace() {
@@ -599,8 +662,7 @@ fn create_netns(path: &Path) -> Result<(tokio::task::JoinHandle<()>, Handle), Ne
     }
     std::fs::write(path, b"").map_err(io_error(format!("create {}", path.display())))?;
     let target = path.to_path_buf();
-    let runtime = tokio::runtime::Handle::current();
-    let made = std::thread::spawn(move || {
+    std::thread::spawn(move || {
         let errno = |errno: nix::errno::Errno| io::Error::from_raw_os_error(errno as i32);
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(errno)?;
         nix::mount::mount(
@@ -611,19 +673,14 @@ fn create_netns(path: &Path) -> Result<(tokio::task::JoinHandle<()>, Handle), Ne
             None::<&str>,
         )
         .map_err(errno)?;
-        // The socket registers with the reactor of the agent's runtime.
-        let _runtime = runtime.enter();
-        let (connection, handle, _) = rtnetlink::new_connection()?;
-        Ok::<_, io::Error>((connection, handle))
+        Rtnl::open()
     })
     .join()
     .map_err(|_| NetError::Io {
         action: format!("create the namespace {}", path.display()),
         source: io::Error::other("the thread panicked"),
-    })?;
-    let (connection, handle) =
-        made.map_err(io_error(format!("create the namespace {}", path.display())))?;
-    Ok((tokio::spawn(connection), handle))
+    })?
+    .map_err(io_error(format!("create the namespace {}", path.display())))
 }
 
 /// Move the agent into a mount namespace of its own, receiving the instance's mounts

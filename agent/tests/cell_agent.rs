@@ -4,10 +4,11 @@
 //!
 //! Proves: only clients with a certificate of the cell CA get an answer; applying a pod
 //! builds its network namespace with the pod IP, which the VPC reaches through the cell
-//! (proxy ARP) while the pod cannot reach the agent's port; stopping the pod removes the
-//! namespace, links, routes and nftables table; an agent killed with SIGKILL and started
-//! again with the same bootstrap applies its saved pod again without the host, until the
-//! pod is stopped. Runs as root.
+//! (proxy ARP) while the pod cannot reach the agent's port, and applying it again keeps that
+//! network; stopping the pod removes the namespace, links and routes (the cell's nftables
+//! table stays with the agent); an agent killed with SIGKILL and started again with the
+//! same bootstrap applies its saved pod again without the host, until the pod is stopped.
+//! Runs as root.
 
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -408,6 +409,24 @@ fn the_pod_network_reaches_the_vpc_but_not_the_agent_and_is_removed_on_stop() {
             agent.log()
         );
     }
+    // Applied again (the host re-sends a pod): the network in place is kept, not refused.
+    let again = {
+        let http = http.clone();
+        block_in_netns(Vpc::path(&vpc.peer), async move {
+            let response = http
+                .put(url("/v1/pod"))
+                .json(&apply_pod())
+                .send()
+                .await
+                .unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        })
+    };
+    assert!(
+        !again.1.contains("NetworkFailed"),
+        "{again:?}\nagent log:\n{}",
+        agent.log()
+    );
     let report: PodReport = {
         let http = http.clone();
         block_in_netns(Vpc::path(&vpc.peer), async move {
@@ -485,7 +504,8 @@ fn the_pod_network_reaches_the_vpc_but_not_the_agent_and_is_removed_on_stop() {
         "the pod reached the cell through its gateway"
     );
 
-    // Stop: the namespace, the veth, the routes and the table are gone.
+    // Stop: the namespace, the veth and the routes are gone. The isolation table is the
+    // cell's, loaded when the agent started, and stays while the agent lives.
     let _: serde_json::Value = block_in_netns(Vpc::path(&vpc.peer), async move {
         http.post(url("/v1/pod/stop"))
             .json(&StopPod {
@@ -506,7 +526,7 @@ fn the_pod_network_reaches_the_vpc_but_not_the_agent_and_is_removed_on_stop() {
     let (_, routes) = output(&["ip", "-n", &vpc.cell, "route", "show", "proto", "211"]);
     assert_eq!(routes.trim(), "");
     let (_, tables) = output(&["ip", "netns", "exec", &vpc.cell, "nft", "list", "tables"]);
-    assert!(!tables.contains("cellet_agent"), "{tables}");
+    assert_eq!(tables.trim(), "table inet cellet_agent", "{tables}");
     assert!(!dir.path().join("state/network").exists());
 }
 

@@ -11,9 +11,12 @@
 //! }
 //! ```
 //!
+//! The table is the cell's: loaded once when the agent starts ([`super::prepare_cell`]),
+//! before any pod exists, and left in place as long as the cell lives.
+//!
 //! Why not `nft -f -`: starting `nft` (exec, its shared libraries, its cache) took about
 //! 15 ms per call on the benchmark machine — more than the whole rest of the pod network
-//! setup (netns, veth, addresses, routes), twice per pod (setup and teardown). The table is
+//! setup (netns, veth, addresses, routes). The table is
 //! fixed, so its encoding is a few attributes; the kernel answers in microseconds. No
 //! maintained, permissively licensed crate speaks nf_tables' netlink; the socket is
 //! netlink-sys's (through rtnetlink), the attribute layout is `linux/netfilter/nf_tables.h`'s.
@@ -98,6 +101,11 @@ const DROP_COMMENT: &str = "the pod must not reach the cell or its agent";
 
 /// Replace the agent's table with the isolation table, atomically.
 pub fn load() -> Result<(), String> {
+    isolation_table().send()
+}
+
+/// The transaction that replaces the agent's table with the isolation table.
+fn isolation_table() -> Batch {
     let mut batch = Batch::new();
     // add + delete + add: replaces whatever version of the table was there, in one
     // transaction that fails as a whole (as the `nft -f` script did).
@@ -145,15 +153,7 @@ pub fn load() -> Result<(), String> {
         ],
         Some(DROP_COMMENT),
     );
-    batch.send()
-}
-
-/// Remove the agent's table; nothing to do when it is gone.
-pub fn remove() -> Result<(), String> {
-    let mut batch = Batch::new();
-    batch.table(NFT_MSG_NEWTABLE, NLM_F_CREATE, "add the table");
-    batch.table(NFT_MSG_DELTABLE, 0, "delete the table");
-    batch.send()
+    batch
 }
 
 /// Netlink attributes being written: type-length-value, each padded to 4 bytes.
@@ -435,22 +435,29 @@ mod tests {
     }
 
     #[test]
-    fn a_removal_is_one_transaction_of_add_and_delete() {
-        let mut batch = Batch::new();
-        batch.table(NFT_MSG_NEWTABLE, NLM_F_CREATE, "add");
-        batch.table(NFT_MSG_DELTABLE, 0, "delete");
+    fn the_table_is_replaced_in_one_transaction() {
+        let mut batch = isolation_table();
         batch.message(NFNL_MSG_BATCH_END, AF_UNSPEC, 0, 0, &[]);
-        let table = |kind| (NFNL_SUBSYS_NFTABLES << 8) | kind;
+        let kind = |kind| (NFNL_SUBSYS_NFTABLES << 8) | kind;
+        let acked = NLM_F_REQUEST | NLM_F_ACK;
         assert_eq!(
             messages(&batch.buffer),
             [
                 (NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 0),
+                (kind(NFT_MSG_NEWTABLE), acked | NLM_F_CREATE, 1),
+                (kind(NFT_MSG_DELTABLE), acked, 2),
+                (kind(NFT_MSG_NEWTABLE), acked | NLM_F_CREATE, 3),
+                (kind(NFT_MSG_NEWCHAIN), acked | NLM_F_CREATE, 4),
                 (
-                    table(NFT_MSG_NEWTABLE),
-                    NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE,
-                    1
+                    kind(NFT_MSG_NEWRULE),
+                    acked | NLM_F_CREATE | NLM_F_APPEND,
+                    5
                 ),
-                (table(NFT_MSG_DELTABLE), NLM_F_REQUEST | NLM_F_ACK, 2),
+                (
+                    kind(NFT_MSG_NEWRULE),
+                    acked | NLM_F_CREATE | NLM_F_APPEND,
+                    6
+                ),
                 (NFNL_MSG_BATCH_END, NLM_F_REQUEST, 0),
             ]
         );

@@ -14,12 +14,13 @@
 //! else sees and vanish with the process. Contestants:
 //!
 //! - **cellet**: a "cell" namespace with a management interface (`eth0`, 10.251.0.2/24, one
-//!   end of a veth pair whose other end stays in the cell) stands for the instance. Each
+//!   end of a veth pair whose other end stays in the cell) stands for the instance, prepared
+//!   once as the agent prepares it when it starts (`netns::prepare_cell`: forwarding, proxy
+//!   ARP, the nftables table that keeps pods off the agent; timed and shown apart). Each
 //!   iteration, for a new pod UID, `PodNet::setup` makes the pod namespace, the routed veth
 //!   pair (pod side in the pod namespace), the pod address, the gateway address and routes
-//!   on both sides, the forwarding and proxy-ARP sysctls, the nftables table that keeps the
-//!   pod off the agent, and the pod's `hosts` and `resolv.conf`; `PodNet::teardown` removes
-//!   all of it.
+//!   on both sides, and the pod's `hosts` and `resolv.conf`; `PodNet::teardown` removes all
+//!   of it.
 //! - **CNI**: a "node" namespace holds the bridge (`cni-bench0`, made by the first ADD, as
 //!   on a node). Each iteration makes the pod namespace the way a container runtime does
 //!   (unshare in a thread, bind-mount the namespace file — the same code as the agent's),
@@ -312,8 +313,6 @@ struct Timings {
     cni_setup: Samples,
     cni_del: Samples,
     cni_teardown: Samples,
-    nft_load: Samples,
-    nft_remove: Samples,
 }
 
 impl Timings {
@@ -327,24 +326,8 @@ impl Timings {
             cni_setup: samples(),
             cni_del: samples(),
             cni_teardown: samples(),
-            nft_load: samples(),
-            nft_remove: samples(),
         }
     }
-}
-
-/// The agent's table as it was loaded with `nft -f -` before it was written over netlink.
-fn previous_nft_script() -> String {
-    "add table inet cellet_agent\n\
-     delete table inet cellet_agent\n\
-     table inet cellet_agent {\n\
-     \tchain input {\n\
-     \t\ttype filter hook input priority filter; policy accept;\n\
-     \t\tiifname \"pod-veth\" ct state established,related accept\n\
-     \t\tiifname \"pod-veth\" counter drop comment \"the pod must not reach the cell or its agent\"\n\
-     \t}\n\
-     }\n"
-        .to_owned()
 }
 
 struct Bench {
@@ -386,24 +369,9 @@ impl Bench {
         let start = Instant::now();
         self.runtime.block_on(pod.teardown()).map_err(failed)?;
         let teardown = start.elapsed();
-        // The agent's previous way to write its table, one `nft -f -` process for setup and
-        // one for teardown, timed on its own in the same cell.
-        let start = Instant::now();
-        run("nft", &["-f", "-"], &[], Some(&previous_nft_script()))?;
-        let nft_load = start.elapsed();
-        let start = Instant::now();
-        run(
-            "nft",
-            &["-f", "-"],
-            &[],
-            Some("add table inet cellet_agent\ndelete table inet cellet_agent\n"),
-        )?;
-        let nft_remove = start.elapsed();
         if let Some(timings) = timings {
             timings.cellet_setup.record(setup);
             timings.cellet_teardown.record(teardown);
-            timings.nft_load.record(nft_load);
-            timings.nft_remove.record(nft_remove);
         }
         Ok(())
     }
@@ -460,6 +428,14 @@ fn bench(args: &Args) -> Result<(), BenchError> {
         .build()
         .map_err(io_error("start the async runtime"))?;
     let run = Run::new()?;
+    // The cell as the agent prepares it when it starts, once, before any pod.
+    enter(&run.cell)?;
+    let start = Instant::now();
+    cellet_agent::netns::prepare_cell("eth0").map_err(|source| BenchError::Cellet {
+        iteration: 0,
+        source,
+    })?;
+    let prepare_cell = start.elapsed();
     let bench = Bench {
         config: cni_config(&run),
         network: pod_network(),
@@ -494,12 +470,19 @@ fn bench(args: &Args) -> Result<(), BenchError> {
         args,
         &machine,
         &machine::Machine::load_average_now(),
+        prepare_cell,
         timings,
     );
     Ok(())
 }
 
-fn report(args: &Args, machine: &machine::Machine, load_end: &str, timings: Timings) {
+fn report(
+    args: &Args,
+    machine: &machine::Machine,
+    load_end: &str,
+    prepare_cell: Duration,
+    timings: Timings,
+) {
     let summary = |samples: Samples| samples.summarize().expect("at least one iteration");
     let cellet_setup = summary(timings.cellet_setup);
     let cni_setup = summary(timings.cni_setup);
@@ -534,13 +517,10 @@ fn report(args: &Args, machine: &machine::Machine, load_end: &str, timings: Timi
     );
     row("CNI: bridge DEL + netns removal", &cni_teardown);
     row("  of which bridge DEL", &cni_del);
-    row(
-        "for reference: the agent's table by one `nft -f -` process (its previous way)",
-        &summary(timings.nft_load),
-    );
-    row(
-        "for reference: removing it by one `nft -f -` process",
-        &summary(timings.nft_remove),
+    println!();
+    println!(
+        "Once per cell, when the agent starts (`netns::prepare_cell`, not in the setup above): {}.",
+        human(u64::try_from(prepare_cell.as_nanos()).unwrap_or(u64::MAX))
     );
     println!();
     let ratio = |peer: u64, ours: u64| peer as f64 / ours as f64;

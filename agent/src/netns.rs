@@ -68,6 +68,7 @@ use crate::protocol::{PodDns, PodNetwork};
 use crate::sandbox::PodSandbox;
 
 mod isolation;
+mod masquerade;
 mod rtnl;
 
 use rtnl::{Request, Rtnl};
@@ -116,6 +117,9 @@ pub enum NetError {
     /// A route of the plan has a destination that is not `a.b.c.d/n`.
     #[error("route destination {0:?} is not an IPv4 CIDR")]
     BadRoute(String),
+    /// An entry of the plan's no-masquerade list is neither an IPv4 nor an IPv6 CIDR.
+    #[error("no-masquerade entry {0:?} is not a CIDR")]
+    BadNoMasquerade(String),
 }
 
 fn io_error(action: impl Into<String>) -> impl FnOnce(io::Error) -> NetError {
@@ -246,6 +250,13 @@ impl PodNet {
             .iter()
             .map(|route| parse_cidr(&route.destination).map(|dest| (dest, route.via)))
             .collect::<Result<Vec<_>, _>>()?;
+        // IPv6 entries hold nothing an IPv4 pod reaches.
+        let no_masquerade = network
+            .no_masquerade
+            .iter()
+            .filter(|cidr| !cidr.contains(':'))
+            .map(|cidr| parse_cidr(cidr).map_err(|_| NetError::BadNoMasquerade(cidr.clone())))
+            .collect::<Result<Vec<_>, _>>()?;
         let mtu = network.mtu.map_or(management.mtu, u32::from);
 
         // Pod side, one exchange: the veth pair unless both ends are in place, loopback
@@ -356,12 +367,17 @@ impl PodNet {
             ));
         }
         cell.apply(batch)?;
+        // The pod's SNAT to the outside, when the plan says what is inside.
+        if !no_masquerade.is_empty() {
+            masquerade::load(pod_ip, &self.management_interface, host_ip, &no_masquerade)
+                .map_err(NetError::Nft)?;
+        }
         Ok(sandbox)
     }
 
-    /// Remove the pod network: the veth pair, the cell routes the agent added, the pod
-    /// namespace and the pod's files. What [`prepare_cell`] set up is the cell's and stays
-    /// as long as the agent (the cell) lives: it holds nothing of the pod.
+    /// Remove the pod network: its SNAT rules, the veth pair, the cell routes the agent
+    /// added, the pod namespace and the pod's files. What [`prepare_cell`] set up is the
+    /// cell's and stays as long as the agent (the cell) lives: it holds nothing of the pod.
     ///
     /// # Guarantees
     /// Idempotent: what is gone already is skipped. It never touches links, routes or
@@ -371,6 +387,7 @@ impl PodNet {
     /// A namespace still used by processes (containers not yet stopped) lives on, unnamed,
     /// until they exit; stop the runtime first.
     pub async fn teardown(&self) -> Result<(), NetError> {
+        masquerade::remove().map_err(NetError::Nft)?;
         let mut cell = Rtnl::open().map_err(io_error("open a netlink socket in the cell"))?;
         // By name (index 0): one exchange, and "no such device" when it is gone already.
         // Deleting one end deletes the other, and the routes through it.
@@ -882,6 +899,7 @@ mod tests {
             prefix_len: 32,
             routes: vec![],
             mtu: None,
+            no_masquerade: vec![],
             dns: None,
             hostname: "web-0".into(),
             fqdn: Some("web-0.web.default.svc.cluster.local".into()),

@@ -206,6 +206,12 @@ pub struct PodNetwork {
     /// MTU of the pod interface; `None` keeps the management interface's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u16>,
+    /// CIDRs the pod's traffic reaches with its own address (the plan's `no_masquerade`:
+    /// the VPC, the cluster's pods and nodes); traffic to anywhere else leaves the cell
+    /// with the management address (SNAT). IPv6 entries are ignored (the pod address is
+    /// IPv4). Empty: the plan names none, and the pod keeps its address everywhere.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub no_masquerade: Vec<String>,
     /// The pod's `resolv.conf`; `None` copies the cell's own (`dnsPolicy: Default`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<PodDns>,

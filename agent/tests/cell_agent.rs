@@ -33,6 +33,8 @@ const CELL_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 2);
 const PEER_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 3);
 const POD_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 11);
 const ROUTER_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 1);
+/// A second address of the peer, outside the pod's no-masquerade CIDRs.
+const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 20);
 
 fn run(args: &[&str]) {
     let output = Command::new(args[0]).args(&args[1..]).output().unwrap();
@@ -303,6 +305,12 @@ fn apply_pod() -> ApplyPod {
                 via: Some(ROUTER_IP),
             }],
             mtu: None,
+            // The peer's first address is inside (twice: lists overlap), its second not.
+            no_masquerade: vec![
+                "10.250.0.0/30".into(),
+                "10.250.0.2/31".into(),
+                "fd00::/8".into(),
+            ],
             dns: None,
             hostname: "web".into(),
             fqdn: None,
@@ -475,26 +483,56 @@ fn the_pod_network_reaches_the_vpc_but_not_the_agent_and_is_removed_on_stop() {
     ]);
     assert!(ok, "the peer cannot ping the pod: {text}");
 
-    // From inside the pod: the peer answers, the agent's port does not.
-    let listener = in_netns(Vpc::path(&vpc.peer), || {
-        TcpListener::bind((PEER_IP, 8080)).unwrap()
+    // From inside the pod: the peer answers, the agent's port does not. The peer sees the
+    // pod's own address inside the no-masquerade CIDRs, the cell's management address
+    // (SNAT) outside them.
+    run(&[
+        "ip",
+        "-n",
+        &vpc.peer,
+        "addr",
+        "add",
+        &format!("{OUTSIDE_IP}/24"),
+        "dev",
+        "eth0",
+    ]);
+    let (inside, outside) = in_netns(Vpc::path(&vpc.peer), || {
+        (
+            TcpListener::bind((PEER_IP, 8080)).unwrap(),
+            TcpListener::bind((OUTSIDE_IP, 8080)).unwrap(),
+        )
     });
-    let (to_peer, to_agent, to_gateway) = in_netns(pod_netns.clone(), || {
+    let (to_peer, to_outside, to_agent, to_gateway) = in_netns(pod_netns.clone(), || {
         let connect = |ip: Ipv4Addr, port| {
             TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_secs(2))
-                .map(|_| ())
         };
         (
             connect(PEER_IP, 8080),
-            connect(CELL_IP, AGENT_PORT),
-            connect(Ipv4Addr::new(169, 254, 1, 1), AGENT_PORT),
+            connect(OUTSIDE_IP, 8080),
+            connect(CELL_IP, AGENT_PORT).map(drop),
+            connect(Ipv4Addr::new(169, 254, 1, 1), AGENT_PORT).map(drop),
         )
     });
-    drop(listener);
     assert!(
         to_peer.is_ok(),
         "the pod cannot reach the peer: {to_peer:?}"
     );
+    assert!(
+        to_outside.is_ok(),
+        "the pod cannot reach the peer's outside address: {to_outside:?}"
+    );
+    let source = |listener: &TcpListener| listener.accept().unwrap().1.ip();
+    assert_eq!(
+        source(&inside),
+        std::net::IpAddr::V4(POD_IP),
+        "masqueraded inside the no-masquerade CIDRs"
+    );
+    assert_eq!(
+        source(&outside),
+        std::net::IpAddr::V4(CELL_IP),
+        "not masqueraded outside the no-masquerade CIDRs"
+    );
+    drop((inside, outside, to_peer, to_outside));
     assert!(
         to_agent.is_err(),
         "the pod reached the agent's management port"
@@ -527,6 +565,22 @@ fn the_pod_network_reaches_the_vpc_but_not_the_agent_and_is_removed_on_stop() {
     assert_eq!(routes.trim(), "");
     let (_, tables) = output(&["ip", "netns", "exec", &vpc.cell, "nft", "list", "tables"]);
     assert_eq!(tables.trim(), "table inet cellet_agent", "{tables}");
+    let (_, chain) = output(&[
+        "ip",
+        "netns",
+        "exec",
+        &vpc.cell,
+        "nft",
+        "list",
+        "chain",
+        "inet",
+        "cellet_agent",
+        "postrouting",
+    ]);
+    assert!(
+        chain.contains("type nat hook postrouting") && !chain.contains("snat"),
+        "the pod's SNAT rules outlived it: {chain}"
+    );
     assert!(!dir.path().join("state/network").exists());
 }
 

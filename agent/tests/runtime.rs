@@ -282,6 +282,7 @@ impl Fixture {
                 prefix_len: 32,
                 routes: vec![],
                 mtu: None,
+                no_masquerade: vec![],
                 dns: None,
                 hostname: "test-pod".into(),
                 fqdn: None,

@@ -8,11 +8,16 @@
 //!         iifname "pod-veth" ct state established,related accept
 //!         iifname "pod-veth" counter drop comment "the pod must not reach the cell or its agent"
 //!     }
+//!     chain postrouting {
+//!         type nat hook postrouting priority srcnat; policy accept;
+//!     }
 //! }
 //! ```
 //!
 //! The table is the cell's: loaded once when the agent starts ([`super::prepare_cell`]),
-//! before any pod exists, and left in place as long as the cell lives.
+//! before any pod exists, and left in place as long as the cell lives. The `postrouting`
+//! chain holds the pod's SNAT rules ([`super::masquerade`]), added with the pod and flushed
+//! with it; the chain is the cell's so that a pod adds rules only, which registers no hook.
 //!
 //! Why not `nft -f -`: starting `nft` (exec, its shared libraries, its cache) took about
 //! 15 ms per call on the benchmark machine — more than the whole rest of the pod network
@@ -36,10 +41,11 @@ const NFT_MSG_NEWTABLE: u16 = 0;
 const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_NEWRULE: u16 = 6;
+pub(super) const NFT_MSG_DELRULE: u16 = 8;
 /// `netlink.h`.
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
-const NLM_F_CREATE: u16 = 0x400;
+pub(super) const NLM_F_CREATE: u16 = 0x400;
 const NLM_F_APPEND: u16 = 0x800;
 const NLMSG_ERROR: u16 = 2;
 const NLA_F_NESTED: u16 = 0x8000;
@@ -54,30 +60,30 @@ const NFTA_CHAIN_POLICY: u16 = 5;
 const NFTA_CHAIN_TYPE: u16 = 7;
 const NFTA_HOOK_HOOKNUM: u16 = 1;
 const NFTA_HOOK_PRIORITY: u16 = 2;
-const NFTA_RULE_TABLE: u16 = 1;
-const NFTA_RULE_CHAIN: u16 = 2;
+pub(super) const NFTA_RULE_TABLE: u16 = 1;
+pub(super) const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_RULE_EXPRESSIONS: u16 = 4;
 const NFTA_RULE_USERDATA: u16 = 7;
 const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_EXPR_NAME: u16 = 1;
 const NFTA_EXPR_DATA: u16 = 2;
-const NFTA_META_DREG: u16 = 1;
-const NFTA_META_KEY: u16 = 2;
-const NFTA_CMP_SREG: u16 = 1;
-const NFTA_CMP_OP: u16 = 2;
-const NFTA_CMP_DATA: u16 = 3;
+pub(super) const NFTA_META_DREG: u16 = 1;
+pub(super) const NFTA_META_KEY: u16 = 2;
+pub(super) const NFTA_CMP_SREG: u16 = 1;
+pub(super) const NFTA_CMP_OP: u16 = 2;
+pub(super) const NFTA_CMP_DATA: u16 = 3;
 const NFTA_CT_DREG: u16 = 1;
 const NFTA_CT_KEY: u16 = 2;
-const NFTA_BITWISE_SREG: u16 = 1;
-const NFTA_BITWISE_DREG: u16 = 2;
-const NFTA_BITWISE_LEN: u16 = 3;
-const NFTA_BITWISE_MASK: u16 = 4;
-const NFTA_BITWISE_XOR: u16 = 5;
-const NFTA_IMMEDIATE_DREG: u16 = 1;
-const NFTA_IMMEDIATE_DATA: u16 = 2;
+pub(super) const NFTA_BITWISE_SREG: u16 = 1;
+pub(super) const NFTA_BITWISE_DREG: u16 = 2;
+pub(super) const NFTA_BITWISE_LEN: u16 = 3;
+pub(super) const NFTA_BITWISE_MASK: u16 = 4;
+pub(super) const NFTA_BITWISE_XOR: u16 = 5;
+pub(super) const NFTA_IMMEDIATE_DREG: u16 = 1;
+pub(super) const NFTA_IMMEDIATE_DATA: u16 = 2;
 const NFTA_COUNTER_BYTES: u16 = 1;
 const NFTA_COUNTER_PACKETS: u16 = 2;
-const NFTA_DATA_VALUE: u16 = 1;
+pub(super) const NFTA_DATA_VALUE: u16 = 1;
 const NFTA_DATA_VERDICT: u16 = 2;
 const NFTA_VERDICT_CODE: u16 = 1;
 /// Values.
@@ -85,10 +91,10 @@ const NF_INET_LOCAL_IN: u32 = 1;
 const NF_DROP: u32 = 0;
 const NF_ACCEPT: u32 = 1;
 const NFT_REG_VERDICT: u32 = 0;
-const NFT_REG_1: u32 = 1;
+pub(super) const NFT_REG_1: u32 = 1;
 const NFT_META_IIFNAME: u32 = 6;
 const NFT_CT_STATE: u32 = 0;
-const NFT_CMP_EQ: u32 = 0;
+pub(super) const NFT_CMP_EQ: u32 = 0;
 const NFT_CMP_NEQ: u32 = 1;
 /// `ct state established,related`: the bits of `IP_CT_ESTABLISHED` (1 << 1) and
 /// `IP_CT_RELATED` (1 << 2), in host order as the conntrack expression loads them.
@@ -112,7 +118,8 @@ fn isolation_table() -> Batch {
     batch.table(NFT_MSG_NEWTABLE, NLM_F_CREATE, "add the table");
     batch.table(NFT_MSG_DELTABLE, 0, "delete the old table");
     batch.table(NFT_MSG_NEWTABLE, NLM_F_CREATE, "add the table");
-    batch.input_chain();
+    batch.base_chain(CHAIN, "filter", NF_INET_LOCAL_IN, 0, "add the input chain");
+    super::masquerade::add_chain(&mut batch);
     batch.rule(
         "accept the pod's established flows",
         [
@@ -157,10 +164,11 @@ fn isolation_table() -> Batch {
 }
 
 /// Netlink attributes being written: type-length-value, each padded to 4 bytes.
-struct Attributes(Vec<u8>);
+#[derive(Default)]
+pub(super) struct Attributes(Vec<u8>);
 
 impl Attributes {
-    fn bytes(&mut self, kind: u16, value: &[u8]) {
+    pub(super) fn bytes(&mut self, kind: u16, value: &[u8]) {
         let length = u16::try_from(4 + value.len()).expect("attributes are small");
         self.0.extend_from_slice(&length.to_ne_bytes());
         self.0.extend_from_slice(&kind.to_ne_bytes());
@@ -168,13 +176,13 @@ impl Attributes {
         self.pad();
     }
 
-    fn string(&mut self, kind: u16, value: &str) {
+    pub(super) fn string(&mut self, kind: u16, value: &str) {
         let mut bytes = value.as_bytes().to_vec();
         bytes.push(0);
         self.bytes(kind, &bytes);
     }
 
-    fn u32_be(&mut self, kind: u16, value: u32) {
+    pub(super) fn u32_be(&mut self, kind: u16, value: u32) {
         self.bytes(kind, &value.to_be_bytes());
     }
 
@@ -182,7 +190,7 @@ impl Attributes {
         self.bytes(kind, &value.to_be_bytes());
     }
 
-    fn nested(&mut self, kind: u16, fill: impl FnOnce(&mut Attributes)) {
+    pub(super) fn nested(&mut self, kind: u16, fill: impl FnOnce(&mut Attributes)) {
         let mut inner = Attributes(Vec::new());
         fill(&mut inner);
         self.bytes(kind | NLA_F_NESTED, &inner.0);
@@ -196,9 +204,9 @@ impl Attributes {
 }
 
 /// One expression of a rule: its name and the attributes of its data.
-type Expression = (&'static str, Attributes);
+pub(super) type Expression = (&'static str, Attributes);
 
-fn expression(name: &'static str, fill: impl FnOnce(&mut Attributes)) -> Expression {
+pub(super) fn expression(name: &'static str, fill: impl FnOnce(&mut Attributes)) -> Expression {
     let mut data = Attributes(Vec::new());
     fill(&mut data);
     (name, data)
@@ -206,12 +214,18 @@ fn expression(name: &'static str, fill: impl FnOnce(&mut Attributes)) -> Express
 
 /// `iifname "NAME"`: load the input interface's name, compare all `IFNAMSIZ` bytes.
 fn iifname_is(name: &str) -> [Expression; 2] {
+    interface_name_is(NFT_META_IIFNAME, name)
+}
+
+/// The interface name that meta key `key` loads (`iifname`, `oifname`) is `name`.
+pub(super) fn interface_name_is(key: u32, name: &str) -> [Expression; 2] {
     let mut padded = [0u8; IFNAMSIZ];
-    padded[..name.len()].copy_from_slice(name.as_bytes());
+    let length = name.len().min(IFNAMSIZ - 1);
+    padded[..length].copy_from_slice(&name.as_bytes()[..length]);
     [
         expression("meta", |data| {
             data.u32_be(NFTA_META_DREG, NFT_REG_1);
-            data.u32_be(NFTA_META_KEY, NFT_META_IIFNAME);
+            data.u32_be(NFTA_META_KEY, key);
         }),
         expression("cmp", |data| {
             data.u32_be(NFTA_CMP_SREG, NFT_REG_1);
@@ -221,7 +235,7 @@ fn iifname_is(name: &str) -> [Expression; 2] {
     ]
 }
 
-fn verdict(code: u32) -> Expression {
+pub(super) fn verdict(code: u32) -> Expression {
     expression("immediate", |data| {
         data.u32_be(NFTA_IMMEDIATE_DREG, NFT_REG_VERDICT);
         data.nested(NFTA_IMMEDIATE_DATA, |value| {
@@ -234,14 +248,14 @@ fn verdict(code: u32) -> Expression {
 
 /// The messages of one transaction, between batch begin and end; every message asks for
 /// an acknowledgement, so a refusal names the step.
-struct Batch {
+pub(super) struct Batch {
     buffer: Vec<u8>,
     /// What each acknowledged message does, by sequence number − 1.
     steps: Vec<&'static str>,
 }
 
 impl Batch {
-    fn new() -> Batch {
+    pub(super) fn new() -> Batch {
         let mut batch = Batch {
             buffer: Vec::with_capacity(1024),
             steps: Vec::new(),
@@ -267,7 +281,13 @@ impl Batch {
         self.buffer.extend_from_slice(attributes);
     }
 
-    fn nf_tables(&mut self, kind: u16, flags: u16, step: &'static str, attributes: Attributes) {
+    pub(super) fn nf_tables(
+        &mut self,
+        kind: u16,
+        flags: u16,
+        step: &'static str,
+        attributes: Attributes,
+    ) {
         self.steps.push(step);
         let sequence = u32::try_from(self.steps.len()).expect("few steps");
         self.message(
@@ -285,22 +305,25 @@ impl Batch {
         self.nf_tables(kind, flags, step, attributes);
     }
 
-    fn input_chain(&mut self) {
+    /// A base chain of the table, policy accept: `type KIND hook HOOK priority PRIORITY`.
+    pub(super) fn base_chain(
+        &mut self,
+        name: &str,
+        kind: &str,
+        hook: u32,
+        priority: i32,
+        step: &'static str,
+    ) {
         let mut attributes = Attributes(Vec::new());
         attributes.string(NFTA_CHAIN_TABLE, NFT_TABLE);
-        attributes.string(NFTA_CHAIN_NAME, CHAIN);
-        attributes.nested(NFTA_CHAIN_HOOK, |hook| {
-            hook.u32_be(NFTA_HOOK_HOOKNUM, NF_INET_LOCAL_IN);
-            hook.u32_be(NFTA_HOOK_PRIORITY, 0);
+        attributes.string(NFTA_CHAIN_NAME, name);
+        attributes.nested(NFTA_CHAIN_HOOK, |attributes| {
+            attributes.u32_be(NFTA_HOOK_HOOKNUM, hook);
+            attributes.bytes(NFTA_HOOK_PRIORITY, &priority.to_be_bytes());
         });
         attributes.u32_be(NFTA_CHAIN_POLICY, NF_ACCEPT);
-        attributes.string(NFTA_CHAIN_TYPE, "filter");
-        self.nf_tables(
-            NFT_MSG_NEWCHAIN,
-            NLM_F_CREATE,
-            "add the input chain",
-            attributes,
-        );
+        attributes.string(NFTA_CHAIN_TYPE, kind);
+        self.nf_tables(NFT_MSG_NEWCHAIN, NLM_F_CREATE, step, attributes);
     }
 
     /// A rule of the input chain for packets from the pod's veth: `iifname "pod-veth"`,
@@ -311,11 +334,24 @@ impl Batch {
         expressions: [Expression; N],
         comment: Option<&str>,
     ) {
+        let from_pod = iifname_is(CELL_VETH);
+        let all: Vec<&Expression> = from_pod.iter().chain(&expressions).collect();
+        self.rule_in(CHAIN, step, &all, comment);
+    }
+
+    /// A rule appended to chain `chain` of the table: `expressions` in order.
+    pub(super) fn rule_in(
+        &mut self,
+        chain: &str,
+        step: &'static str,
+        expressions: &[&Expression],
+        comment: Option<&str>,
+    ) {
         let mut attributes = Attributes(Vec::new());
         attributes.string(NFTA_RULE_TABLE, NFT_TABLE);
-        attributes.string(NFTA_RULE_CHAIN, CHAIN);
+        attributes.string(NFTA_RULE_CHAIN, chain);
         attributes.nested(NFTA_RULE_EXPRESSIONS, |list| {
-            for (name, data) in iifname_is(CELL_VETH).iter().chain(&expressions) {
+            for (name, data) in expressions {
                 list.nested(NFTA_LIST_ELEM, |element| {
                     element.string(NFTA_EXPR_NAME, name);
                     element.nested(NFTA_EXPR_DATA, |inner| inner.0.extend_from_slice(&data.0));
@@ -341,20 +377,32 @@ impl Batch {
 
     /// Send the transaction on a socket of the caller's network namespace and wait for
     /// every acknowledgement; the first refusal fails it (the kernel then applied nothing).
-    fn send(mut self) -> Result<(), String> {
+    pub(super) fn send(self) -> Result<(), String> {
+        self.send_unless(None)
+    }
+
+    /// [`Batch::send`], but a refusal with `errno` (say ENOENT for a flush of what is
+    /// gone) is success.
+    pub(super) fn send_unless(mut self, errno: Option<i32>) -> Result<(), String> {
         self.message(NFNL_MSG_BATCH_END, AF_UNSPEC, 0, 0, &[]);
-        let failed = |action: &str| {
-            let action = action.to_string();
-            move |error: io::Error| format!("{action}: {error}")
+        let mut kept = KEPT_SOCKET
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let namespace =
+            current_namespace().map_err(|error| format!("find the namespace: {error}"))?;
+        let socket = match kept.take() {
+            Some((kept_namespace, socket)) if kept_namespace == namespace => socket,
+            _ => open_socket()?,
         };
-        let mut socket = Socket::new(NETLINK_NETFILTER).map_err(failed("open a netlink socket"))?;
-        socket
-            .bind_auto()
-            .map_err(failed("bind the netlink socket"))?;
-        // Refusals then carry the header of the refused message only.
-        socket
-            .set_cap_ack(true)
-            .map_err(failed("set NETLINK_CAP_ACK"))?;
+        let result = self.exchange(&socket, errno);
+        // Kept only after a clean exchange: no answer of this batch is left unread.
+        if result.is_ok() {
+            *kept = Some((namespace, socket));
+        }
+        result
+    }
+
+    fn exchange(&self, socket: &Socket, errno: Option<i32>) -> Result<(), String> {
         socket
             .send_to(&self.buffer, &SocketAddr::new(0, 0), 0)
             .map_err(failed("send the nf_tables batch"))?;
@@ -365,7 +413,7 @@ impl Batch {
                 .recv(&mut &mut buffer[..], 0)
                 .map_err(failed("read the kernel's answer"))?;
             for (sequence, error) in acknowledgements(&buffer[..received]) {
-                if error != 0 {
+                if error != 0 && Some(error.saturating_neg()) != errno {
                     let step = usize::try_from(sequence)
                         .ok()
                         .and_then(|s| self.steps.get(s.wrapping_sub(1)))
@@ -381,6 +429,38 @@ impl Batch {
         }
         Ok(())
     }
+}
+
+/// The nf_tables socket of the last transaction, with the namespace it is in (its inode).
+///
+/// Why one socket kept open rather than one per transaction: the kernel frees what a
+/// transaction replaced or deleted later, after an RCU grace period, in a work item; but
+/// when any nf_tables socket of the namespace is closed it waits for that work first
+/// (`nft_rcv_nl_event` on `NETLINK_URELEASE`). Closing the socket right after the pod's
+/// rules were flushed made the pod's teardown wait a grace period, about 10 ms on the
+/// benchmark machine. Kept open, nothing waits.
+static KEPT_SOCKET: std::sync::Mutex<Option<(u64, Socket)>> = std::sync::Mutex::new(None);
+
+fn current_namespace() -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/thread-self/ns/net").map(|metadata| metadata.ino())
+}
+
+fn open_socket() -> Result<Socket, String> {
+    let mut socket = Socket::new(NETLINK_NETFILTER).map_err(failed("open a netlink socket"))?;
+    socket
+        .bind_auto()
+        .map_err(failed("bind the netlink socket"))?;
+    // Refusals then carry the header of the refused message only.
+    socket
+        .set_cap_ack(true)
+        .map_err(failed("set NETLINK_CAP_ACK"))?;
+    Ok(socket)
+}
+
+fn failed(action: &str) -> impl FnOnce(io::Error) -> String {
+    let action = action.to_string();
+    move |error| format!("{action}: {error}")
 }
 
 /// Each `NLMSG_ERROR` of a datagram: the sequence number it answers and its error (0 for
@@ -448,15 +528,16 @@ mod tests {
                 (kind(NFT_MSG_DELTABLE), acked, 2),
                 (kind(NFT_MSG_NEWTABLE), acked | NLM_F_CREATE, 3),
                 (kind(NFT_MSG_NEWCHAIN), acked | NLM_F_CREATE, 4),
-                (
-                    kind(NFT_MSG_NEWRULE),
-                    acked | NLM_F_CREATE | NLM_F_APPEND,
-                    5
-                ),
+                (kind(NFT_MSG_NEWCHAIN), acked | NLM_F_CREATE, 5),
                 (
                     kind(NFT_MSG_NEWRULE),
                     acked | NLM_F_CREATE | NLM_F_APPEND,
                     6
+                ),
+                (
+                    kind(NFT_MSG_NEWRULE),
+                    acked | NLM_F_CREATE | NLM_F_APPEND,
+                    7
                 ),
                 (NFNL_MSG_BATCH_END, NLM_F_REQUEST, 0),
             ]

@@ -319,6 +319,7 @@ fn apply_pod(host_network: bool) -> BenchResult<ApplyPod> {
                 via: Some(VPC_IP),
             }],
             mtu: None,
+            no_masquerade: vec![],
             dns: None,
             hostname: "web".into(),
             fqdn: None,

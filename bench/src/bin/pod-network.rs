@@ -19,8 +19,9 @@
 //!   ARP, the nftables table that keeps pods off the agent; timed and shown apart). Each
 //!   iteration, for a new pod UID, `PodNet::setup` makes the pod namespace, the routed veth
 //!   pair (pod side in the pod namespace), the pod address, the gateway address and routes
-//!   on both sides, and the pod's `hosts` and `resolv.conf`; `PodNet::teardown` removes all
-//!   of it.
+//!   on both sides, the pod's SNAT rules (no-masquerade CIDRs as the shipped strategies
+//!   plan them) and the pod's `hosts` and `resolv.conf`; `PodNet::teardown` removes all of
+//!   it.
 //! - **CNI**: a "node" namespace holds the bridge (`cni-bench0`, made by the first ADD, as
 //!   on a node). Each iteration makes the pod namespace the way a container runtime does
 //!   (unshare in a thread, bind-mount the namespace file — the same code as the agent's),
@@ -291,6 +292,13 @@ fn pod_network() -> PodNetwork {
             via: Some(VPC_ROUTER),
         }],
         mtu: None,
+        // As the shipped strategies plan it (VPC, then cluster CIDRs): the setup includes
+        // the pod's SNAT rules.
+        no_masquerade: vec![
+            "10.251.0.0/16".into(),
+            "10.96.0.0/12".into(),
+            "10.244.0.0/16".into(),
+        ],
         dns: Some(PodDns {
             nameservers: vec![Ipv4Addr::new(10, 96, 0, 10).into()],
             searches: vec!["default.svc.cluster.local".into()],
@@ -357,6 +365,8 @@ impl Bench {
                 "type filter hook input priority filter; policy accept;",
                 "iifname \"pod-veth\" ct state established,related accept",
                 "iifname \"pod-veth\" counter packets 0 bytes 0 drop comment \"the pod must not reach the cell or its agent\"",
+                "ip saddr 10.251.0.11 ip daddr 10.96.0.0/12 return",
+                "ip saddr 10.251.0.11 oifname \"eth0\" snat ip to 10.251.0.2",
             ] {
                 expect_in("cellet", &table, rule)?;
             }

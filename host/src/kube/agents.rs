@@ -209,6 +209,8 @@ pub fn pod_network(pod: &Pod, cell: &Cell, plan: &PodNetworkPlan) -> PodNetwork 
         prefix_len: plan.prefix_length.unwrap_or(cell.subnet_prefix),
         routes,
         mtu: plan.mtu,
+        // The agent keeps the pod's address towards these and SNATs the rest.
+        no_masquerade: plan.no_masquerade.clone(),
         // The cell's own resolver: cluster DNS needs the service proxy in cells (not yet).
         dns: None,
         hostname,
@@ -265,7 +267,7 @@ mod tests {
                     via: NextHop::Direct,
                 },
             ],
-            no_masquerade: vec![],
+            no_masquerade: vec!["10.77.0.0/16".into(), "fd00::/8".into()],
             mtu: None,
         };
         let pod = Pod {
@@ -288,5 +290,6 @@ mod tests {
             ]
         );
         assert_eq!(network.hostname, "web");
+        assert_eq!(network.no_masquerade, plan.no_masquerade);
     }
 }

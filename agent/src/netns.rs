@@ -261,10 +261,11 @@ impl PodNet {
 
         // Pod side, one exchange: the veth pair unless both ends are in place, loopback
         // up, the pod's address, the gateway on-link and every plan route through it.
-        let mut pod = self.open_netns()?;
-        // The veth's peer is sent there by descriptor, open until the batch is answered.
+        // The cell's namespace: the veth's peer is sent there by descriptor (open until the
+        // batch is answered), and this thread comes back to it from the pod's.
         let cell_netns = File::open("/proc/thread-self/ns/net")
             .map_err(io_error("open the cell's namespace"))?;
+        let mut pod = self.open_netns(&cell_netns)?;
         let mut batch = Vec::new();
         let pod_index = self.ensure_veth(&mut cell, &mut pod, &cell_netns, mtu, &mut batch)?;
         batch.push(link_up(LOOPBACK_INDEX, "set lo of the pod up"));
@@ -436,7 +437,7 @@ impl PodNet {
     /// Open the pod namespace, making it first if it does not exist, and a netlink socket
     /// inside it; `fresh` when it was made now (it has nothing but `lo` and the kernel's
     /// fallback tunnel devices).
-    fn open_netns(&self) -> Result<OpenNetns, NetError> {
+    fn open_netns(&self, cell_netns: &File) -> Result<OpenNetns, NetError> {
         let path = self.netns_path();
         if is_netns(&path) {
             let file = File::open(&path).map_err(io_error(format!("open {}", path.display())))?;
@@ -446,7 +447,7 @@ impl PodNet {
             });
         }
         Ok(OpenNetns {
-            rtnl: create_netns(&path)?,
+            rtnl: create_netns(&path, cell_netns)?,
             fresh: true,
         })
     }
@@ -664,12 +665,15 @@ fn is_netns(path: &Path) -> bool {
     })
 }
 
-/// Make a network namespace and bind-mount it at `path`, as `ip netns add` does: a thread of
-/// its own unshares its network namespace, the mount keeps the namespace after the thread
-/// exits. The same thread opens the netlink socket the pod side is configured with (one
-/// thread per pod, not two: under load each thread start and join waits for the
-/// scheduler).
-fn create_netns(path: &Path) -> Result<Rtnl, NetError> {
+/// Make a network namespace and bind-mount it at `path`, as `ip netns add` does, and open
+/// the netlink socket the pod side is configured with inside it: the calling thread
+/// unshares its network namespace, mounts it, opens the socket (a socket stays in the
+/// namespace it was made in) and goes back to `home`, the namespace it was in.
+///
+/// Why on the calling thread rather than on a thread of its own: starting and joining a
+/// thread are two waits for the scheduler, which on a loaded machine cost more than the
+/// namespace itself. Nothing else runs on the thread meanwhile (no `.await` in between).
+fn create_netns(path: &Path, home: &File) -> Result<Rtnl, NetError> {
     let dir = Path::new(NETNS_DIR);
     std::fs::create_dir_all(dir).map_err(io_error(format!("create {NETNS_DIR}")))?;
     if own_mount_namespace() {
@@ -678,26 +682,40 @@ fn create_netns(path: &Path) -> Result<Rtnl, NetError> {
         share_netns_dir(dir)?;
     }
     std::fs::write(path, b"").map_err(io_error(format!("create {}", path.display())))?;
-    let target = path.to_path_buf();
-    std::thread::spawn(move || {
-        let errno = |errno: nix::errno::Errno| io::Error::from_raw_os_error(errno as i32);
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(errno)?;
-        nix::mount::mount(
-            Some("/proc/thread-self/ns/net"),
-            &target,
-            None::<&str>,
-            nix::mount::MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(errno)?;
-        Rtnl::open()
-    })
-    .join()
-    .map_err(|_| NetError::Io {
-        action: format!("create the namespace {}", path.display()),
-        source: io::Error::other("the thread panicked"),
-    })?
-    .map_err(io_error(format!("create the namespace {}", path.display())))
+    let errno = |errno: nix::errno::Errno| io::Error::from_raw_os_error(errno as i32);
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(errno)
+        .map_err(io_error(format!("create the namespace {}", path.display())))?;
+    let made = nix::mount::mount(
+        Some("/proc/thread-self/ns/net"),
+        path,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(errno)
+    .map_err(io_error(format!(
+        "mount the namespace on {}",
+        path.display()
+    )))
+    .and_then(|()| {
+        Rtnl::open().map_err(io_error(format!(
+            "open a netlink socket in {}",
+            path.display()
+        )))
+    });
+    return_home(home);
+    made
+}
+
+/// Bring the calling thread back to network namespace `home`. A thread of the agent's
+/// runtime left in a pod namespace would make every later socket of the agent there, so a
+/// failure (which needs a closed descriptor or a lost capability) ends the process.
+fn return_home(home: &File) {
+    if let Err(errno) = nix::sched::setns(home, nix::sched::CloneFlags::CLONE_NEWNET) {
+        tracing::error!(%errno, "cannot return to the cell's network namespace");
+        std::process::abort();
+    }
 }
 
 /// Move the agent into a mount namespace of its own, receiving the instance's mounts

@@ -130,7 +130,8 @@ fn io_error(action: impl Into<String>) -> impl FnOnce(io::Error) -> NetError {
 /// Set up what the pod network needs of the cell itself, whatever pod it runs: IPv4
 /// forwarding, proxy ARP without delay on the management interface (the VPC then reaches
 /// the pod IP as a secondary IP of that interface), and the nftables table that drops new
-/// connections from the pod veth to the cell (the agent's port included).
+/// connections from the pod veth to the cell (the agent's port included) and has the
+/// (empty) `postrouting` chain the pod's SNAT rules go into.
 ///
 /// Why at agent start and not per pod: all of it is the cell's, not one pod's. The table
 /// names the veth (`iifname "pod-veth"`), not a pod, and guards the agent's port from any

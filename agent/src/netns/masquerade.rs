@@ -54,7 +54,6 @@ const NFT_META_NFPROTO: u32 = 15;
 /// `enum nft_verdicts`: `NFT_RETURN` (−5), as the kernel reads it (a big-endian u32).
 const NFT_RETURN: u32 = (-5i32).cast_unsigned();
 const NFPROTO_IPV4: u8 = 2;
-const ENOENT: i32 = 2;
 /// Offsets of the source and destination addresses in the IPv4 header.
 const IPV4_SOURCE: u32 = 12;
 const IPV4_DESTINATION: u32 = 16;
@@ -85,7 +84,7 @@ pub(super) fn load(
 pub(super) fn remove() -> Result<(), String> {
     let mut batch = Batch::new();
     flush(&mut batch);
-    batch.send_unless(Some(ENOENT))
+    batch.send_unless(Some(nix::libc::ENOENT))
 }
 
 fn flush(batch: &mut Batch) {

@@ -7,6 +7,8 @@
 pub mod protocol;
 
 #[cfg(feature = "server")]
+pub mod json_body;
+#[cfg(feature = "server")]
 pub mod netns;
 #[cfg(feature = "server")]
 pub mod pty;

@@ -43,6 +43,14 @@ fn main() -> ExitCode {
         )
         .init();
     let args = Args::parse();
+    // Image pulls and HTTP probes (reqwest, inside oci-client too) take the process default
+    // provider: the agent's own (ring), so that aws-lc is not linked only for them.
+    if rustls::crypto::ring::default_provider()
+        .install_default()
+        .is_err()
+    {
+        tracing::debug!("a rustls crypto provider was installed already");
+    }
     // Before any thread exists: unshare(CLONE_NEWNS) refuses a multi-threaded process.
     if let Err(error) = cellet_agent::netns::enter_private_mount_namespace() {
         tracing::error!(%error, "failed to enter a mount namespace of the agent's own");

@@ -15,9 +15,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
@@ -26,6 +25,7 @@ use rustls::server::WebPkiClientVerifier;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use crate::json_body::JsonBody;
 use crate::netns::PodNet;
 use crate::protocol::{
     ApiError, ApplyPod, Bootstrap, Health, LogOptions, PROTOCOL_VERSION, PodReport, StopPod,
@@ -58,9 +58,11 @@ pub enum ServerError {
     Serving(rustls::Error),
 }
 
-/// The rustls provider: aws-lc-rs, as the host's.
+/// The rustls provider: ring, whose code is a fraction of aws-lc's (the host's), and which
+/// speaks what the host's client offers: TLS 1.3 and 1.2, ECDSA P-256 certificates of the cell
+/// CA, X25519 key exchange. `main` installs it as the process default too.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// The TLS configuration of the API: the bootstrap's serving certificate, and client
@@ -91,7 +93,8 @@ pub fn tls_config(bootstrap: &Bootstrap) -> Result<Arc<rustls::ServerConfig>, Se
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .map_err(ServerError::Serving)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // HTTP/1.1 only (see `serve`); a client offering h2 first gets HTTP/1.1.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 
@@ -240,7 +243,10 @@ async fn healthz(State(agent): State<Arc<Agent>>) -> Json<Health> {
     Json(agent.health.clone())
 }
 
-async fn apply_pod(State(agent): State<Arc<Agent>>, Json(apply): Json<ApplyPod>) -> Response {
+async fn apply_pod(
+    State(agent): State<Arc<Agent>>,
+    JsonBody(apply): JsonBody<ApplyPod>,
+) -> Response {
     match agent.apply(&apply).await {
         Ok(()) => Json(report(&agent).await).into_response(),
         Err(response) => response,
@@ -267,10 +273,10 @@ async fn pod_status(State(agent): State<Arc<Agent>>) -> Json<PodReport> {
     Json(report(&agent).await)
 }
 
-async fn stop_pod(State(agent): State<Arc<Agent>>, body: Option<Json<StopPod>>) -> Response {
+async fn stop_pod(State(agent): State<Arc<Agent>>, body: Option<JsonBody<StopPod>>) -> Response {
     let mut state = agent.pod.lock().await;
     let grace = body
-        .and_then(|Json(stop)| stop.grace_period_seconds)
+        .and_then(|JsonBody(stop)| stop.grace_period_seconds)
         .map(|seconds| Duration::from_secs(seconds.max(0).unsigned_abs()))
         .or(state.grace)
         .unwrap_or(DEFAULT_GRACE);
@@ -333,6 +339,10 @@ async fn stats(State(agent): State<Arc<Agent>>) -> Response {
 
 /// Serve `app` over TLS on `listener` until `shutdown` completes, then give open
 /// connections [`DRAIN_TIMEOUT`] to finish.
+///
+/// HTTP/1.1 only: the host's clients fall back to it through ALPN, and sessions upgrade
+/// HTTP/1.1 connections anyway. Serving HTTP/2 as well linked hyper's and h2's HTTP/2
+/// server (~0.6 MiB of code, resident once it ran: BENCHMARKS.md, "Cell agent memory").
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -340,7 +350,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let graceful = GracefulShutdown::new();
+    // Every connection holds a receiver: a value sent asks them to finish their requests
+    // and close, and the sender is closed once the last of them has.
+    let (drain, draining) = tokio::sync::watch::channel(());
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -356,7 +368,7 @@ pub async fn serve(
         };
         let acceptor = acceptor.clone();
         let app = app.clone();
-        let watcher = graceful.watcher();
+        let mut draining = draining.clone();
         tokio::spawn(async move {
             let stream = match acceptor.accept(stream).await {
                 Ok(stream) => stream,
@@ -366,18 +378,26 @@ pub async fn serve(
                     return;
                 }
             };
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let connection = builder.serve_connection_with_upgrades(
-                TokioIo::new(stream),
-                TowerToHyperService::new(app),
-            );
-            if let Err(error) = watcher.watch(connection.into_owned()).await {
+            let connection = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
+                .with_upgrades();
+            let mut connection = std::pin::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                _ = draining.changed() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.as_mut().await
+                }
+            };
+            if let Err(error) = ended {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+    drop(draining);
+    drain.send_replace(());
+    if tokio::time::timeout(DRAIN_TIMEOUT, drain.closed())
         .await
         .is_err()
     {

@@ -35,7 +35,7 @@ use crate::plugins::bindings::{
     PodNetworkPlan, PortMapping,
 };
 use crate::plugins::{CallError, HostportPlugin};
-use cellet_agent::protocol::PodPhase;
+use cellet_agent::protocol::{PodPhase, PodReport};
 
 /// Tag keys the host puts on every cell, besides the plugin's own.
 pub const TAG_CONTROLLER: &str = "cellet.io/controller";
@@ -583,10 +583,10 @@ async fn run_in_agent(
             .await?;
         return Ok(Action::requeue(WAITING_RECHECK));
     }
-    // The pod is sent once: an agent that already reports it (after a host restart too) is
-    // only asked, and the network is planned only for the one send.
+    // The pod is sent once: an agent whose runtime already holds it (after a host restart
+    // too) is only asked, and the network is planned only for the one send.
     let mut answer = agents.status(cell).await;
-    if matches!(&answer, Ok(report) if report.pod_uid.is_none()) {
+    if matches!(&answer, Ok(report) if !runtime_holds_pod(report)) {
         let plan = ctx
             .plugins
             .network
@@ -626,6 +626,18 @@ async fn run_in_agent(
     let desired = status::reported(pod, ctx.node.internal_ip, cell, &report, Timestamp::now());
     status::write(&ctx.client, pod, desired).await?;
     Ok(Action::requeue(AGENT_POLL))
+}
+
+/// Whether the agent's runtime holds the pod, so that it need not be sent again.
+///
+/// Not `pod_uid` alone: the agent reports it as soon as the pod's network is built, before
+/// its runtime has the pod (`start_time` comes with the runtime's run). A send cut between
+/// the two (the host killed mid-request: the agent drops the request's work with the
+/// connection) leaves a cell with a pod network and no pod, which `pod_uid` alone would
+/// keep Pending for good. Sending again is safe: the agent builds the network idempotently
+/// and its runtime answers a second send of the pod it runs with success.
+fn runtime_holds_pod(report: &PodReport) -> bool {
+    report.pod_uid.is_some() && report.start_time.is_some()
 }
 
 /// Plan the pod's network and create its cell.
@@ -768,6 +780,26 @@ mod tests {
             "a stopped instance never starts by itself"
         );
         assert!(!lost_before_running(&pod(Some("Running")), &stopped));
+    }
+
+    #[test]
+    fn a_pod_is_sent_again_until_the_agents_runtime_holds_it() {
+        assert!(!runtime_holds_pod(&PodReport::default()), "nothing applied");
+        // What an apply cut after the pod network was built leaves (seen after a kill -9
+        // of the host during a rollout: the pod stayed Pending, never sent again).
+        let network_only = PodReport {
+            pod_uid: Some("uid-1".into()),
+            pod_ip: Some("10.0.0.6".parse().unwrap()),
+            ..PodReport::default()
+        };
+        assert!(!runtime_holds_pod(&network_only));
+        let running = PodReport {
+            start_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                Timestamp::now(),
+            )),
+            ..network_only
+        };
+        assert!(runtime_holds_pod(&running));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cellet::plugins::bindings::{
-    CellRequest, CellState, CloudRoute, Container, KeyValue, PluginError, Pod, RouteTarget,
+    Cell, CellRequest, CellState, CloudRoute, Container, KeyValue, PluginError, Pod, RouteTarget,
 };
 use cellet::plugins::capabilities::local_cells::{
     LocalCellsCapability, LocalCellsMetrics, LocalCellsSettings, ROUTE_PROTOCOL,
@@ -575,10 +575,11 @@ async fn a_half_created_cell_is_reported_and_deleted() {
         .await
         .unwrap()
         .expect("the half-made cell");
-    assert_eq!(cell.state, CellState::Terminated, "no agent runs in it");
-    assert!(
-        ours.plugin.list_cells().await.unwrap().is_empty(),
-        "list-cells leaves terminated cells out"
+    assert_eq!(cell.state, CellState::Stopping, "no agent runs in it");
+    assert_eq!(
+        ours.plugin.list_cells().await.unwrap(),
+        vec![cell],
+        "list-cells reports a dead cell, so the host's orphan sweep can delete it"
     );
 
     ours.plugin
@@ -801,16 +802,90 @@ async fn cells_outlive_the_host_process_and_are_found_again() {
     assert_eq!(again.id, created.id);
     assert_eq!(vpc.capability.list().await.unwrap().len(), 1);
 
-    // An agent that died is reported, and its cell is then deleted like any other.
+    // An agent that died is reported, by get-cell and by list-cells (adoption and the
+    // orphan sweep only list: a dead cell left out would never be deleted).
     kill_agent(pid);
     let cell = after.plugin.get_cell("uid-keep").await.unwrap().unwrap();
-    assert_eq!(cell.state, CellState::Terminated);
+    assert_eq!(cell.state, CellState::Stopping);
+    assert_eq!(after.plugin.list_cells().await.unwrap(), vec![cell]);
+    // What a dead cell still holds until it is deleted (the leak when it was not listed).
+    assert!(namespaces().contains(&created.id));
+    assert!(links(&vpc.vpc_namespace).contains(&created.id));
+    assert!(all_addresses().contains(&format!(
+        "inet {}/",
+        created.management_ip.as_deref().unwrap()
+    )));
+
+    // A new cell for the pod replaces the dead one: never two cells for one pod UID, and
+    // nothing of the dead one left (namespace, VPC link, record, address).
+    let replacement = after
+        .plugin
+        .create_cell(&request)
+        .await
+        .expect("create-cell over a dead cell");
+    assert_ne!(replacement.id, created.id);
+    assert_eq!(replacement.state, CellState::Running);
+    let records = vpc.capability.list().await.unwrap();
+    assert_eq!(
+        records.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+        vec![replacement.id.as_str()],
+        "one cell for the pod"
+    );
+    assert_gone(&vpc, &created);
+    assert_eq!(
+        after.plugin.list_cells().await.unwrap(),
+        vec![replacement.clone()]
+    );
+
+    // A dead cell whose pod went away is listed until deleted, then gone without a trace.
+    kill_agent(vpc.agent_pid(&replacement.id));
+    let listed = after.plugin.list_cells().await.unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|c| (c.id.as_str(), c.state))
+            .collect::<Vec<_>>(),
+        vec![(replacement.id.as_str(), CellState::Stopping)]
+    );
     after
         .plugin
-        .delete_cell(&created.id)
+        .delete_cell(&replacement.id)
         .await
         .expect("delete-cell of a dead cell");
-    assert!(!namespaces().contains(&created.id));
+    assert_gone(&vpc, &replacement);
+    assert!(after.plugin.list_cells().await.unwrap().is_empty());
+    assert!(
+        vpc.capability.list().await.unwrap().is_empty(),
+        "no record holds a place in max-cells"
+    );
+}
+
+/// Nothing of `cell` is left, as the kernel and the state directory list them: its
+/// namespace, its link on the VPC bridge, its management address (in any namespace) and
+/// its record.
+fn assert_gone(vpc: &TestVpc, cell: &Cell) {
+    assert!(
+        !namespaces().contains(&cell.id),
+        "namespace {} left",
+        cell.id
+    );
+    assert!(
+        !links(&vpc.vpc_namespace).contains(&cell.id),
+        "VPC link {} left",
+        cell.id
+    );
+    let address = format!("inet {}/", cell.management_ip.as_deref().unwrap());
+    let addresses = all_addresses();
+    assert!(
+        !addresses.contains(&address),
+        "address of {} left: {addresses}",
+        cell.id
+    );
+    assert!(
+        !vpc.record_path(&cell.id).exists(),
+        "record {} left",
+        cell.id
+    );
 }
 
 /// SIGKILL `pid` and wait until it is gone (or a zombie of ours).

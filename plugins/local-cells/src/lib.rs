@@ -7,11 +7,16 @@
 //!
 //! - `node-capacity`: pods from the VPC's `max-cells` (capped by `pods` if set), CPU,
 //!   memory and storage from the config.
-//! - `create-cell`: returns the pod's cell if one exists (looked up by tags), else creates
-//!   one tagged with this controller's id and the pod's UID, namespace and name.
+//! - `create-cell`: returns the pod's running cell if one exists (looked up by tags), else
+//!   deletes the pod's dead cells and creates one tagged with this controller's id and the
+//!   pod's UID, namespace and name: never two cells for one pod UID.
 //! - `list-cells`/`get-cell`: the capability's cells carrying this controller's id. A cell
-//!   whose agent has exited is `terminated`: `get-cell` reports it so the host can delete
-//!   it; `list-cells` leaves it out, as the contract asks.
+//!   whose agent has exited is `stopping`, as `aws-ec2` reports a stopped instance: it
+//!   still holds its namespace, link, addresses and a place in `max-cells`, and will not
+//!   run again by itself. Not `terminated`, which `list-cells` leaves out: the host's
+//!   adoption and orphan sweep only list, so a dead cell hidden there would never be
+//!   deleted once its pod is gone. The host replaces a `stopping` cell of a pod that never
+//!   ran, and deletes one whose pod is gone like any orphan.
 //! - `delete-cell`: refuses to delete a cell of another controller.
 //! - routes: the VPC router's routes. A route to an instance goes to that cell's
 //!   management address. The local VPC is IPv4 only (the kernel routes no IPv6
@@ -100,7 +105,7 @@ impl LocalCells {
             state: if local.running {
                 CellState::Running
             } else {
-                CellState::Terminated
+                CellState::Stopping
             },
             management_ip: Some(local.management_ip),
             pod_ip: local.pod_ip,
@@ -110,7 +115,7 @@ impl LocalCells {
         })
     }
 
-    /// This controller's cells, terminated ones included.
+    /// This controller's cells, dead ones included.
     fn cells(&self) -> Result<Vec<Cell>, PluginError> {
         let prefix =
             subnet_prefix(&local_cells::describe_vpc().map_err(unavailable("describe the VPC"))?)?;
@@ -191,10 +196,22 @@ impl CloudProvider for LocalCells {
                 request.pod.key()
             )));
         }
-        if let Some(existing) = cell_of(self.cells()?, &request.pod.uid)
-            && existing.state == CellState::Running
-        {
-            return Ok(existing);
+        let mine: Vec<Cell> = self
+            .cells()?
+            .into_iter()
+            .filter(|cell| cell.pod_uid == request.pod.uid)
+            .collect();
+        if let Some(existing) = mine.iter().find(|cell| cell.state == CellState::Running) {
+            return Ok(existing.clone());
+        }
+        // The pod's dead cells go first: each holds addresses and a place in the VPC, and
+        // a new cell beside them would be a second cell for one pod UID.
+        for dead in &mine {
+            local_cells::delete(&dead.id).map_err(unavailable("delete a dead cell"))?;
+            log::info(
+                "dead cell deleted before a new one is made",
+                &[("pod", &request.pod.key()), ("cell", &dead.id)],
+            );
         }
         let prefix =
             subnet_prefix(&local_cells::describe_vpc().map_err(unavailable("describe the VPC"))?)?;
@@ -220,11 +237,8 @@ impl CloudProvider for LocalCells {
     }
 
     fn list_cells(&mut self) -> Result<Vec<Cell>, PluginError> {
-        Ok(self
-            .cells()?
-            .into_iter()
-            .filter(|cell| cell.state != CellState::Terminated)
-            .collect())
+        // No cell is `terminated`: a deleted one is gone from the capability's list.
+        self.cells()
     }
 
     fn delete_cell(&mut self, id: String) -> Result<(), PluginError> {
@@ -356,7 +370,8 @@ mod tests {
         assert_eq!(cell.subnet_prefix, 16);
         assert_eq!(
             p.to_cell(local("cell-1", tags, false), 16).unwrap().state,
-            CellState::Terminated
+            CellState::Stopping,
+            "a dead cell is listed, and replaced or swept by the host"
         );
 
         let foreign = vec![

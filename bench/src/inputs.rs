@@ -57,18 +57,6 @@ pub struct HostInputs {
     pub cell_request: host::CellRequest,
 }
 
-impl HostInputs {
-    /// What a call of `function` takes ownership of, made before its timer starts: the
-    /// node's mappings for `admit` (the host's worker builds this list from its own table
-    /// for every admission, under either contract, and hands it over); nothing otherwise.
-    pub fn owned(&self, function: crate::plugins::Function) -> Vec<host::PortMapping> {
-        match function {
-            crate::plugins::Function::Admit => self.existing.clone(),
-            _ => Vec::new(),
-        }
-    }
-}
-
 impl Inputs {
     pub fn realistic() -> Self {
         let native = NativeInputs {

@@ -237,7 +237,7 @@ impl Bench<'_> {
             .map_err(call_failed)?
             .decision();
         let wasm_decision = wasm
-            .call(function, host, host.owned(function))
+            .call(function, host)
             .await
             .map_err(call_failed)?
             .decision();
@@ -251,17 +251,12 @@ impl Bench<'_> {
         }
 
         for _ in 0..it.warmup {
-            black_box(
-                wasm.call(function, host, host.owned(function))
-                    .await
-                    .map_err(call_failed)?,
-            );
+            black_box(wasm.call(function, host).await.map_err(call_failed)?);
         }
         let mut warm = Samples::with_capacity(it.warm);
         for _ in 0..it.warm {
-            let owned = host.owned(function);
             let started = Instant::now();
-            let output = wasm.call(function, host, owned).await;
+            let output = wasm.call(function, host).await;
             warm.record(started.elapsed());
             black_box(output.map_err(call_failed)?);
         }
@@ -272,9 +267,8 @@ impl Bench<'_> {
             if discarded != 1 {
                 return Err(BenchError::NotOneWarmInstance { plugin, discarded });
             }
-            let owned = host.owned(function);
             let started = Instant::now();
-            let output = wasm.call(function, host, owned).await;
+            let output = wasm.call(function, host).await;
             fresh.record(started.elapsed());
             black_box(output.map_err(call_failed)?);
         }

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 
 use cellet::plugins::bindings as host;
 use cellet::plugins::{
-    CallError, CloudPlugin, HostportPlugin, NetworkPlugin, NodePlan, PluginHandle, Slot,
+    CallError, CloudPlugin, HostportPlugin, NetworkPlugin, NodePlan, PluginHandle, RoutesPlan, Slot,
 };
 use cellet_plugin_cloud_routes::CloudRoutes;
 use cellet_plugin_hostport_nat::HostportNat;
@@ -102,6 +102,7 @@ impl Plugin {
             Slot::Network => &[
                 Function::PlanPod,
                 Function::PlanNode,
+                Function::PlanRoutes,
                 Function::PlanCluster,
                 Function::PlanClusterCold,
             ],
@@ -123,6 +124,9 @@ pub enum Function {
     PlanPod,
     /// `plan-node` of one node: the call a node change costs.
     PlanNode,
+    /// `plan-routes` over the totals of the cluster's node plans: the call that ends every
+    /// cluster pass.
+    PlanRoutes,
     /// The host's whole-cluster pass (`NetworkPlugin::plan_cluster`) with one node changed
     /// since the last pass: `plan-node` of that node, the 49 others' plans reused, then
     /// `plan-routes`. The native column plans all 50 nodes (`testing::plan_cluster`).
@@ -140,6 +144,7 @@ impl Function {
         match self {
             Function::PlanPod => "plan-pod",
             Function::PlanNode => "plan-node",
+            Function::PlanRoutes => "plan-routes",
             Function::PlanCluster => "plan-cluster",
             Function::PlanClusterCold => "plan-cluster (cold)",
             Function::Admit => "admit",
@@ -152,6 +157,7 @@ impl Function {
         match self {
             Function::PlanPod => "the pod",
             Function::PlanNode => "one node with a PodCIDR",
+            Function::PlanRoutes => "the totals of 50 nodes holding 50 routes",
             Function::PlanCluster => {
                 "50 nodes with PodCIDRs, one changed since the last pass (host pass: 1 plan-node + plan-routes)"
             }
@@ -216,6 +222,7 @@ pub enum Native {
 pub enum NativeOutput {
     PodPlan(cellet_sdk::network::PodNetworkPlan),
     NodePlan(cellet_sdk::network::NodePlan),
+    RoutesPlan(cellet_sdk::network::RoutesPlan),
     ClusterPlan(ClusterPlan),
     Admission(cellet_sdk::hostport::Admission),
     Cell(cellet_sdk::cloud::Cell),
@@ -278,6 +285,10 @@ fn network<S: NetworkStrategy>(
             .plan_node(inputs.nodes[0].clone())
             .map(NativeOutput::NodePlan)
             .map_err(native_failed(function)),
+        Function::PlanRoutes => strategy
+            .plan_routes(ROUTES_INPUT.0, ROUTES_INPUT.1)
+            .map(NativeOutput::RoutesPlan)
+            .map_err(native_failed(function)),
         Function::PlanCluster | Function::PlanClusterCold => {
             plan_cluster(strategy, inputs.nodes.clone())
                 .map(NativeOutput::ClusterPlan)
@@ -286,6 +297,10 @@ fn network<S: NetworkStrategy>(
         _ => Err(not_in_world(function, Slot::Network)),
     }
 }
+
+/// What `plan-routes` is asked: 50 nodes whose plans hold 50 routes, the totals of the
+/// cluster pass of `cloud-routes` on the benchmark's nodes.
+const ROUTES_INPUT: (u32, u32) = (50, 50);
 
 fn hostport<P: HostportPolicy>(
     policy: &P,
@@ -334,6 +349,7 @@ impl NativeOutput {
                 plan.routes.iter().map(|r| r.destination.as_str()),
                 plan.warnings.len(),
             ),
+            NativeOutput::RoutesPlan(plan) => routes_plan(plan.manage_routes, plan.warnings.len()),
             NativeOutput::ClusterPlan(plan) => cluster_plan(
                 plan.routes.iter().map(|r| r.destination.as_str()),
                 plan.manage_routes,
@@ -369,6 +385,7 @@ pub enum Wasm {
 pub enum WasmOutput {
     PodPlan(host::PodNetworkPlan),
     NodePlan(NodePlan),
+    RoutesPlan(RoutesPlan),
     ClusterPlan(host::ClusterNetworkPlan),
     Admission(host::Admission),
     Cell(host::Cell),
@@ -385,12 +402,10 @@ impl Wasm {
 
     /// Call `function` through the handle: lease an instance (creating it if none is
     /// warm), lend or lower the input, run the guest, lift and validate the answer.
-    /// `owned` is what the call takes ownership of ([`HostInputs::owned`]).
     pub async fn call(
         &self,
         function: Function,
         inputs: &HostInputs,
-        owned: Vec<host::PortMapping>,
     ) -> Result<WasmOutput, CallFailure> {
         let failed = |source| CallFailure::Wasm {
             function: function.name(),
@@ -407,6 +422,14 @@ impl Wasm {
                 .await
                 .map(WasmOutput::NodePlan)
                 .map_err(failed),
+            (Wasm::Network(p), Function::PlanRoutes) => match p
+                .plan_routes(ROUTES_INPUT.0, ROUTES_INPUT.1)
+                .await
+                .map_err(failed)?
+            {
+                Some(plan) => Ok(WasmOutput::RoutesPlan(plan)),
+                None => Err(not_in_world(function, Slot::Network)),
+            },
             (Wasm::Network(p), Function::PlanCluster) => {
                 let nodes = if inputs.passes.fetch_add(1, Ordering::Relaxed) % 2 == 0 {
                     &inputs.nodes
@@ -426,7 +449,7 @@ impl Wasm {
                     .map_err(failed)
             }
             (Wasm::Hostport(p), Function::Admit) => p
-                .admit(&inputs.pod, owned)
+                .admit(&inputs.pod, &inputs.existing)
                 .await
                 .map(WasmOutput::Admission)
                 .map_err(failed),
@@ -458,6 +481,7 @@ impl WasmOutput {
                 plan.routes.iter().map(|r| r.destination.as_str()),
                 plan.warnings.len(),
             ),
+            WasmOutput::RoutesPlan(plan) => routes_plan(plan.manage_routes, plan.warnings.len()),
             WasmOutput::ClusterPlan(plan) => cluster_plan(
                 plan.routes.iter().map(|r| r.destination.as_str()),
                 plan.manage_routes,
@@ -510,6 +534,10 @@ fn cluster_plan<'a>(
         "{} routes{span}, manage-routes {manage}, {warnings} warnings",
         routes.len()
     )
+}
+
+fn routes_plan(manage: bool, warnings: usize) -> String {
+    format!("manage-routes {manage}, {warnings} warnings")
 }
 
 fn node_plan<'a>(routes: impl Iterator<Item = &'a str>, warnings: usize) -> String {

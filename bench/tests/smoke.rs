@@ -13,6 +13,7 @@ const PLUGINS: [(&str, &[&str]); 5] = [
         &[
             "plan-pod",
             "plan-node",
+            "plan-routes",
             "plan-cluster",
             "plan-cluster (cold)",
         ],
@@ -22,6 +23,7 @@ const PLUGINS: [(&str, &[&str]); 5] = [
         &[
             "plan-pod",
             "plan-node",
+            "plan-routes",
             "plan-cluster",
             "plan-cluster (cold)",
         ],
@@ -144,21 +146,28 @@ fn quick_run_reports_every_measure_of_every_shipped_plugin() {
             .unwrap()
             .to_string()
     };
-    assert!(
-        decision(0, 0).starts_with("vpc-secondary, routes [0.0.0.0/0]"),
-        "{}",
-        decision(0, 0)
-    );
-    assert!(
-        decision(0, 2).starts_with("0 routes"),
-        "vpc-native plans no route: {}",
-        decision(0, 2)
-    );
-    assert!(
-        decision(1, 2).starts_with("50 routes"),
-        "one route per node: {}",
-        decision(1, 2)
-    );
+    // (plugin, function, how the decision starts, why)
+    let starts = [
+        (
+            0,
+            0,
+            "vpc-secondary, routes [0.0.0.0/0]",
+            "the pod's VPC address",
+        ),
+        (0, 2, "manage-routes false", "vpc-native manages no route"),
+        (
+            1,
+            2,
+            "manage-routes true",
+            "cloud-routes is configured to manage routes",
+        ),
+        (0, 3, "0 routes", "vpc-native plans no route"),
+        (1, 3, "50 routes", "one route per node"),
+    ];
+    for (plugin, function, start, why) in starts {
+        let decided = decision(plugin, function);
+        assert!(decided.starts_with(start), "{why}: {decided}");
+    }
     for hostport in [2, 3] {
         assert_eq!(
             decision(hostport, 0),

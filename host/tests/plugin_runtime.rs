@@ -344,7 +344,7 @@ async fn loads_and_calls_a_hostport_policy() {
         panic!("expected a hostport plugin");
     };
     let pod = pod();
-    match plugin.admit(&pod, vec![]).await.unwrap() {
+    match plugin.admit(&pod, &[]).await.unwrap() {
         Admission::Admit(mappings) => {
             assert_eq!(mappings.len(), 1, "{mappings:?}");
             assert_eq!(

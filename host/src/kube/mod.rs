@@ -10,7 +10,8 @@
 //!   calls the plugins ([`provider`]), installs the pod's hostPort rules ([`node_rules`])
 //!   and writes the pod's status; [`events`] tells users what failed or waits.
 //! - [`routes`]: watches the cluster's Nodes and keeps the cloud's routes as the network
-//!   strategy plans them (`plan-cluster`).
+//!   strategy plans them (node by node: `plan-node` for each new or changed node, then
+//!   `plan-routes`; a 0.1.0 strategy's single `plan-cluster`).
 //!
 //! What outlives a leader term is built once by [`NodeLoop::new`] and shared: the pod
 //! watch and its store, the cells' management IPs ([`cells`]), the node's rules and the

@@ -2,13 +2,17 @@
 //!
 //! Layers: a `watcher` on every Node (re-lists and re-watches by itself, with backoff) →
 //! a `reflector` store → [`control`], which turns the store into the strategy's
-//! `cluster-node` records ([`convert::cluster_node`]), asks the network strategy's
-//! `plan-cluster` for the routes the cluster needs, and reconciles the cloud plugin's
-//! routes to them with `list-routes`, `ensure-route` and `remove-route`.
+//! `cluster-node` records ([`convert::cluster_node`]), has the network strategy plan the
+//! routes the cluster needs (`NetworkPlugin::plan_cluster`: under contract 0.2.0 one
+//! `plan-node` call per node that is new or changed since the last pass, the other nodes'
+//! plans reused, then `plan-routes` over the totals; a 0.1.0 strategy's one `plan-cluster`
+//! call over every node), and reconciles the cloud plugin's routes to them with
+//! `list-routes`, `ensure-route` and `remove-route`.
 //!
 //! The strategy is asked again when what it sees changes (a Node added or removed, a
 //! PodCIDR allocated, an address changed), not on every Node heartbeat, and every
-//! [`RESYNC`] in any case, so a route removed behind cellet's back comes back.
+//! [`RESYNC`] in any case, so a route removed behind cellet's back comes back; a pass in
+//! which no node changed costs the strategy one `plan-routes` call.
 //!
 //! **Which routes are cellet's.** The cloud plugin's `list-routes` reports the routes it
 //! manages and no other (`local-cells`: the VPC router's routes of cellet's own protocol
@@ -140,7 +144,8 @@ impl RefusedRoutes {
 /// Failures of one reconcile.
 #[derive(Debug, thiserror::Error)]
 pub enum RoutesError {
-    /// The network strategy's `plan-cluster` failed.
+    /// The network strategy's cluster pass failed (a `plan-node` or `plan-routes` call, or
+    /// a 0.1.0 strategy's `plan-cluster`).
     #[error("failed to plan the cluster's routes: {0}")]
     Plan(CallError),
     /// The cloud plugin's `list-routes` failed.
@@ -153,7 +158,8 @@ pub enum RoutesError {
 
 /// Plan the routes for `nodes` and bring the cloud's routes to the plan.
 ///
-/// *Expected flow*: `plan-cluster` → its warnings logged → `list-routes` → [`diff`] →
+/// *Expected flow*: the strategy's cluster pass (`plan-node` for each new or changed node,
+/// `plan-routes`) → its warnings logged → `list-routes` → [`diff`] →
 /// with `manage-routes`, `ensure-route` for each missing or misdirected route, then
 /// `remove-route` for each listed route not wanted; without it, the differences are
 /// logged. *Guarantees*: only routes `list-routes` reports are removed; a failed change

@@ -38,32 +38,31 @@ pub mod v0_1_0 {
         });
     }
 
+    /// Bindings of one of the two worlds other than `cloud-provider`, which differ only in
+    /// their name: `types` and `log` come from [`cloud_provider`].
+    macro_rules! sharing_types {
+        ($world:tt) => {
+            wasmtime::component::bindgen!({
+                world: $world,
+                path: "../wit/v0.1.0",
+                exports: { default: async },
+                additional_derives: [PartialEq, Eq],
+                with: {
+                    "cellet:plugin/types": crate::plugins::bindings::v0_1_0::types,
+                    "cellet:plugin/log": crate::plugins::bindings::v0_1_0::log,
+                },
+            });
+        };
+    }
+
     /// `world network-strategy`; `types` and `log` come from [`cloud_provider`].
     pub mod network_strategy {
-        wasmtime::component::bindgen!({
-            world: "network-strategy",
-            path: "../wit/v0.1.0",
-            exports: { default: async },
-            additional_derives: [PartialEq, Eq],
-            with: {
-                "cellet:plugin/types": crate::plugins::bindings::v0_1_0::types,
-                "cellet:plugin/log": crate::plugins::bindings::v0_1_0::log,
-            },
-        });
+        sharing_types!("network-strategy");
     }
 
     /// `world hostport-policy`; `types` and `log` come from [`cloud_provider`].
     pub mod hostport_policy {
-        wasmtime::component::bindgen!({
-            world: "hostport-policy",
-            path: "../wit/v0.1.0",
-            exports: { default: async },
-            additional_derives: [PartialEq, Eq],
-            with: {
-                "cellet:plugin/types": crate::plugins::bindings::v0_1_0::types,
-                "cellet:plugin/log": crate::plugins::bindings::v0_1_0::log,
-            },
-        });
+        sharing_types!("hostport-policy");
     }
 
     pub use cloud_provider::cellet::plugin::{ec2, local_cells, log, types};
@@ -104,32 +103,31 @@ pub mod v0_2_0 {
         });
     }
 
+    /// Bindings of one of the two worlds other than `cloud-provider`, which differ only in
+    /// their name: `types` comes from [`cloud_provider`].
+    macro_rules! sharing_types {
+        ($world:tt) => {
+            wasmtime::component::bindgen!({
+                world: $world,
+                path: "../wit/v0.2.0",
+                exports: { default: async },
+                with: {
+                    "cellet:plugin/types@0.1.0": crate::plugins::bindings::v0_1_0::types,
+                    "cellet:plugin/log@0.1.0": crate::plugins::bindings::v0_1_0::log,
+                    "cellet:plugin/types@0.2.0": crate::plugins::bindings::v0_2_0::types,
+                },
+            });
+        };
+    }
+
     /// `world network-strategy`; `types` comes from [`cloud_provider`].
     pub mod network_strategy {
-        wasmtime::component::bindgen!({
-            world: "network-strategy",
-            path: "../wit/v0.2.0",
-            exports: { default: async },
-            with: {
-                "cellet:plugin/types@0.1.0": crate::plugins::bindings::v0_1_0::types,
-                "cellet:plugin/log@0.1.0": crate::plugins::bindings::v0_1_0::log,
-                "cellet:plugin/types@0.2.0": crate::plugins::bindings::v0_2_0::types,
-            },
-        });
+        sharing_types!("network-strategy");
     }
 
     /// `world hostport-policy`; `types` comes from [`cloud_provider`].
     pub mod hostport_policy {
-        wasmtime::component::bindgen!({
-            world: "hostport-policy",
-            path: "../wit/v0.2.0",
-            exports: { default: async },
-            with: {
-                "cellet:plugin/types@0.1.0": crate::plugins::bindings::v0_1_0::types,
-                "cellet:plugin/log@0.1.0": crate::plugins::bindings::v0_1_0::log,
-                "cellet:plugin/types@0.2.0": crate::plugins::bindings::v0_2_0::types,
-            },
-        });
+        sharing_types!("hostport-policy");
     }
 
     pub use cloud_provider::cellet::plugin0_2_0::types;

@@ -176,10 +176,20 @@ pub struct NodePlan {
     pub warnings: Vec<String>,
 }
 
-/// The node plans of the last cluster pass, by node name, with the node each was planned
-/// for: reused while the node is unchanged (`plan-node` depends on the node and the
-/// config alone, by contract).
-type NodePlans = HashMap<String, (ClusterNode, NodePlan)>;
+/// What a strategy says about the cluster as a whole, validated: `network.plan-routes` of
+/// contract 0.2.0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutesPlan {
+    pub manage_routes: bool,
+    pub warnings: Vec<String>,
+}
+
+/// The node plans of the last cluster pass, each with the node it was planned for, in name
+/// order (one per name): reused while the node is unchanged (`plan-node` depends on the
+/// node and the config alone, by contract). Kept sorted rather than hashed: a pass walks
+/// it beside the nodes sorted by name, which finds what changed without hashing a name,
+/// and updates it in place.
+type NodePlans = Vec<(ClusterNode, NodePlan)>;
 
 /// A loaded `network-strategy` plugin.
 #[derive(Clone)]
@@ -212,14 +222,12 @@ impl NetworkPlugin {
                 Ok(plan)
             }
             Versioned::V0_2_0(pool) => {
-                let plan = lending_call!(
-                    pool,
-                    F,
-                    [lent = PodResource::new(pod.clone())],
-                    |guest, store| guest
-                        .cellet_plugin0_2_0_network()
-                        .call_plan_pod(&mut *store, lent.borrow())
-                )?;
+                let plan =
+                    lending_call!(pool, F, [lent = PodResource::new(pod)], |guest, store| {
+                        guest
+                            .cellet_plugin0_2_0_network()
+                            .call_plan_pod(&mut *store, lent.borrow())
+                    })?;
                 let plan = adapt::pod_network_plan(plan);
                 validate::pod_network_plan(&plan).map_err(|v| pool.invalid(F, v))?;
                 Ok(plan)
@@ -249,34 +257,49 @@ impl NetworkPlugin {
             Versioned::V0_2_0(pool) => pool,
         };
 
+        // The kept plans and the nodes are both in name order, so one walk finds the
+        // nodes that are new or changed; the plans are updated in place.
         let mut order: Vec<&ClusterNode> = nodes.iter().collect();
-        order.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut previous =
+        order.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        order.dedup_by(|a, b| a.name == b.name);
+        let mut plans =
             std::mem::take(&mut *self.node_plans.lock().unwrap_or_else(|e| e.into_inner()));
-        let mut current = NodePlans::with_capacity(order.len());
-        for node in order {
-            let entry = match previous.remove(&node.name) {
-                Some((known, plan)) if known == *node => (known, plan),
-                _ => match self.plan_node_v0_2_0(pool, node).await {
-                    Ok(plan) => (node.clone(), plan),
-                    Err(error) => {
-                        // What was planned stays valid for the next pass.
-                        current.extend(previous);
-                        *self.node_plans.lock().unwrap_or_else(|e| e.into_inner()) = current;
-                        return Err(error);
-                    }
-                },
-            };
-            current.insert(node.name.clone(), entry);
+        let same_nodes = plans.len() == order.len()
+            && plans
+                .iter()
+                .zip(&order)
+                .all(|((known, _), node)| known.name == node.name);
+        if !same_nodes {
+            // A node joined or left: forget the plans of the nodes gone.
+            plans.retain(|(known, _)| {
+                order
+                    .binary_search_by(|node| node.name.as_str().cmp(&known.name))
+                    .is_ok()
+            });
+        }
+        for (at, &node) in order.iter().enumerate() {
+            let known = plans.get(at).filter(|(known, _)| known.name == node.name);
+            if known.is_some_and(|(known, _)| known == node) {
+                continue;
+            }
+            let is_new = known.is_none();
+            match self.plan_node_v0_2_0(pool, node).await {
+                Ok(plan) if is_new => plans.insert(at, (node.clone(), plan)),
+                Ok(plan) => plans[at] = (node.clone(), plan),
+                Err(error) => {
+                    // What was planned stays valid for the next pass (a node whose plan
+                    // is stale differs from it, so it is planned again).
+                    *self.node_plans.lock().unwrap_or_else(|e| e.into_inner()) = plans;
+                    return Err(error);
+                }
+            }
         }
 
-        let mut names: Vec<&str> = current.keys().map(String::as_str).collect();
-        names.sort_unstable();
-        let mut routes: Vec<CloudRoute> = Vec::new();
+        let mut routes: Vec<CloudRoute> = Vec::with_capacity(order.len());
         let mut warnings = Vec::new();
-        let mut owners: HashMap<&str, &str> = HashMap::new();
-        for name in names {
-            let plan = &current[name].1;
+        let mut owners: HashMap<&str, &str> = HashMap::with_capacity(order.len());
+        for (node, plan) in &plans {
+            let name = node.name.as_str();
             warnings.extend(plan.warnings.iter().cloned());
             for route in &plan.routes {
                 match owners.get(route.destination.as_str()) {
@@ -291,22 +314,35 @@ impl NetworkPlugin {
                 }
             }
         }
-        let node_count = u32::try_from(current.len()).unwrap_or(u32::MAX);
+        let node_count = u32::try_from(order.len()).unwrap_or(u32::MAX);
         let route_count = u32::try_from(routes.len()).unwrap_or(u32::MAX);
         drop(owners);
-        *self.node_plans.lock().unwrap_or_else(|e| e.into_inner()) = current;
+        *self.node_plans.lock().unwrap_or_else(|e| e.into_inner()) = plans;
 
-        const ROUTES: &str = "plan-routes";
-        let summary = guest_call!(pool, ROUTES, |guest, store| guest
-            .cellet_plugin0_2_0_network()
-            .call_plan_routes(store, node_count, route_count))?;
-        validate::warnings(&summary.warnings).map_err(|v| pool.invalid(ROUTES, v))?;
+        let summary = self
+            .plan_routes_v0_2_0(pool, node_count, route_count)
+            .await?;
         warnings.extend(summary.warnings);
         Ok(ClusterNetworkPlan {
             routes,
             manage_routes: summary.manage_routes,
             warnings,
         })
+    }
+
+    /// `plan-routes` of a 0.2.0 plugin, validated: what the strategy says about a cluster
+    /// of `nodes` nodes whose plans hold `routes` routes. `None` for a 0.1.0 plugin, whose
+    /// contract decides that inside `plan-cluster`. `plan_cluster` calls it at the end of
+    /// each pass; `cellet-bench` times it alone.
+    pub async fn plan_routes(
+        &self,
+        nodes: u32,
+        routes: u32,
+    ) -> Result<Option<RoutesPlan>, CallError> {
+        match &self.pools {
+            Versioned::V0_1_0(_) => Ok(None),
+            Versioned::V0_2_0(pool) => self.plan_routes_v0_2_0(pool, nodes, routes).await.map(Some),
+        }
     }
 
     /// What one node needs from the VPC, validated, without the host's reuse of earlier
@@ -350,6 +386,23 @@ impl NetworkPlugin {
             warnings: plan.warnings,
         })
     }
+
+    async fn plan_routes_v0_2_0(
+        &self,
+        pool: &Pool<v0_2_0::NetworkStrategy>,
+        nodes: u32,
+        routes: u32,
+    ) -> Result<RoutesPlan, CallError> {
+        const F: &str = "plan-routes";
+        let plan = guest_call!(pool, F, |guest, store| guest
+            .cellet_plugin0_2_0_network()
+            .call_plan_routes(store, nodes, routes))?;
+        validate::warnings(&plan.warnings).map_err(|v| pool.invalid(F, v))?;
+        Ok(RoutesPlan {
+            manage_routes: plan.manage_routes,
+            warnings: plan.warnings,
+        })
+    }
 }
 
 /// A loaded `hostport-policy` plugin.
@@ -361,23 +414,24 @@ impl HostportPlugin {
         self.0.plugin()
     }
 
-    /// `admit`: the policy's answer for `pod`'s ports given the mappings of other pods.
-    /// Admitted mappings all belong to `pod` and to ports it declares.
+    /// `admit`: the policy's answer for `pod`'s ports given `existing`, the mappings of the
+    /// other pods on the node. Admitted mappings all belong to `pod` and to ports it
+    /// declares.
     ///
-    /// `existing` is taken by value: a 0.2.0 policy borrows it as a host resource, which
-    /// must own its data for the call, and copying 100 mappings (~500 strings) to lend them
-    /// cost more than the whole call (BENCHMARKS.md, "Plugins").
+    /// `existing` may be borrowed or handed over: a 0.2.0 policy is lent a compact copy of
+    /// it (`plugins::resources`), a 0.1.0 policy receives it as a list.
     pub async fn admit(
         &self,
         pod: &Pod,
-        existing: Vec<PortMapping>,
+        existing: impl AsRef<[PortMapping]> + Send,
     ) -> Result<Admission, CallError> {
+        let existing = existing.as_ref();
         const F: &str = "admit";
         match &self.0 {
             Versioned::V0_1_0(pool) => {
                 let admission = guest_call!(pool, F, |guest, store| guest
                     .cellet_plugin_hostport()
-                    .call_admit(store, pod, &existing))?;
+                    .call_admit(store, pod, existing))?;
                 validate::admission(pod, &admission).map_err(|v| pool.invalid(F, v))?;
                 Ok(admission)
             }
@@ -386,7 +440,7 @@ impl HostportPlugin {
                     pool,
                     F,
                     [
-                        lent_pod = PodResource::new(pod.clone()),
+                        lent_pod = PodResource::new(pod),
                         lent_mappings = NodeMappings::new(existing)
                     ],
                     |guest, store| guest.cellet_plugin0_2_0_hostport().call_admit(
@@ -472,7 +526,7 @@ impl CloudPlugin {
                 let cell = lending_call!(
                     pool,
                     F,
-                    [lent = PodResource::new(request.pod.clone())],
+                    [lent = PodResource::new(&request.pod)],
                     |guest, store| guest.cellet_plugin0_2_0_cloud().call_create_cell(
                         &mut *store,
                         &v0_2_0::cloud::CellRequest {

@@ -26,7 +26,9 @@ pub mod world;
 
 pub use capabilities::Providers;
 pub use engine::EngineSettings;
-pub use handle::{CallError, CloudPlugin, HostportPlugin, NetworkPlugin, NodePlan, PluginHandle};
+pub use handle::{
+    CallError, CloudPlugin, HostportPlugin, NetworkPlugin, NodePlan, PluginHandle, RoutesPlan,
+};
 pub use metrics::{CacheOutcome, ErrorKind, PluginMetrics};
 pub use runtime::{
     ComponentInfo, LoadError, LoadedPlugin, PluginRuntime, RuntimeConfig, RuntimeError,

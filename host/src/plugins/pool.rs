@@ -70,16 +70,19 @@ pub(crate) trait Guest: Sized + Send + Sync + 'static {
 /// generated `*Pre` type, the exported functions, and the accessor of the interface that
 /// carries `init`. `init` takes the same `init-context` in every version.
 macro_rules! guest {
-    ($world:ty, $pre:ty, $interface:ident, [$($function:literal),+ $(,)?]) => {
+    ($world:ty, $pre:ty, $interface:ident, $functions:expr) => {
         impl Guest for $world {
             type Pre = $pre;
-            const FUNCTIONS: &'static [&'static str] = &[$($function),+];
+            const FUNCTIONS: &'static [&'static str] = $functions;
 
             fn pre(pre: InstancePre<HostState>) -> wasmtime::Result<Self::Pre> {
                 <$pre>::new(pre)
             }
 
-            async fn instantiate(pre: &Self::Pre, store: &mut Store<HostState>) -> wasmtime::Result<Self> {
+            async fn instantiate(
+                pre: &Self::Pre,
+                store: &mut Store<HostState>,
+            ) -> wasmtime::Result<Self> {
                 pre.instantiate_async(store).await
             }
 
@@ -94,59 +97,56 @@ macro_rules! guest {
     };
 }
 
-guest!(
-    v0_1_0::NetworkStrategy,
-    v0_1_0::NetworkStrategyPre<HostState>,
+/// The `cloud-provider` world's functions: the same in both contract versions.
+const CLOUD_FUNCTIONS: &[&str] = &[
+    "node-capacity",
+    "create-cell",
+    "get-cell",
+    "list-cells",
+    "delete-cell",
+    "list-routes",
+    "ensure-route",
+    "remove-route",
+];
+
+/// The three worlds of one contract version: they differ between versions only in the
+/// accessors of their interfaces and the network world's functions.
+macro_rules! worlds {
+    ($version:ident, $network:ident, $network_functions:expr, $hostport:ident, $cloud:ident) => {
+        guest!(
+            $version::NetworkStrategy,
+            $version::NetworkStrategyPre<HostState>,
+            $network,
+            $network_functions
+        );
+        guest!(
+            $version::HostportPolicy,
+            $version::HostportPolicyPre<HostState>,
+            $hostport,
+            &["admit"]
+        );
+        guest!(
+            $version::CloudProvider,
+            $version::CloudProviderPre<HostState>,
+            $cloud,
+            CLOUD_FUNCTIONS
+        );
+    };
+}
+
+worlds!(
+    v0_1_0,
     cellet_plugin_network,
-    ["plan-pod", "plan-cluster"]
-);
-guest!(
-    v0_1_0::HostportPolicy,
-    v0_1_0::HostportPolicyPre<HostState>,
+    &["plan-pod", "plan-cluster"],
     cellet_plugin_hostport,
-    ["admit"]
+    cellet_plugin_cloud
 );
-guest!(
-    v0_1_0::CloudProvider,
-    v0_1_0::CloudProviderPre<HostState>,
-    cellet_plugin_cloud,
-    [
-        "node-capacity",
-        "create-cell",
-        "get-cell",
-        "list-cells",
-        "delete-cell",
-        "list-routes",
-        "ensure-route",
-        "remove-route",
-    ]
-);
-guest!(
-    v0_2_0::NetworkStrategy,
-    v0_2_0::NetworkStrategyPre<HostState>,
+worlds!(
+    v0_2_0,
     cellet_plugin0_2_0_network,
-    ["plan-pod", "plan-node", "plan-routes"]
-);
-guest!(
-    v0_2_0::HostportPolicy,
-    v0_2_0::HostportPolicyPre<HostState>,
+    &["plan-pod", "plan-node", "plan-routes"],
     cellet_plugin0_2_0_hostport,
-    ["admit"]
-);
-guest!(
-    v0_2_0::CloudProvider,
-    v0_2_0::CloudProviderPre<HostState>,
-    cellet_plugin0_2_0_cloud,
-    [
-        "node-capacity",
-        "create-cell",
-        "get-cell",
-        "list-cells",
-        "delete-cell",
-        "list-routes",
-        "ensure-route",
-        "remove-route",
-    ]
+    cellet_plugin0_2_0_cloud
 );
 
 /// Everything a pool is built from (see `PluginRuntime::load`).

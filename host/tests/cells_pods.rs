@@ -12,8 +12,11 @@
 //! - a failing liveness probe restarts its container;
 //! - cellet stopped (SIGTERM) and started again: the same cells, addresses and agents, the
 //!   rules present once, the pods Running throughout;
-//! - cellet killed (`kill -9`) during a rollout of 20 pods and started again: one cell per
-//!   pod, all Running, nothing leaked.
+//! - cellet killed (`kill -9`) during a rollout of 20 pods, while agents are applying pods
+//!   (their pod network built, their runtime not yet given the pod), and started again:
+//!   one cell per pod, all Running, nothing leaked;
+//! - a cell whose agent died and whose pod was force-deleted behind cellet's back is found
+//!   by the orphan sweep and deleted: a dead cell leaks nothing.
 //!
 //! After each deletion the cells' namespaces, links, addresses, routes, rules, records,
 //! agents and runc containers are checked gone by listing them.
@@ -324,6 +327,50 @@ fn process_runs(pid: i64) -> bool {
     })
 }
 
+/// A `runc` in front of the real one, for cellet and its agents (`PATH` of the returned
+/// value): while the file `slow` next to it exists, an agent's container listing waits
+/// 5 s. That listing is the first step of a pod's run in the agent, right after the pod's
+/// network is built, so a host killed meanwhile cuts its send between the two, every time.
+/// Returns the `PATH` and the path of `slow`.
+fn slowed_runc(dir: &Path) -> (std::ffi::OsString, std::path::PathBuf) {
+    let path = std::env::var_os("PATH").expect("PATH");
+    let real = std::env::split_paths(&path)
+        .map(|d| d.join("runc"))
+        .find(|p| p.is_file())
+        .expect("runc on PATH (scripts/install-deps installs it)");
+    let slow = dir.join("slow");
+    let script = format!(
+        "#!/bin/sh\n\
+         # The agent's listing is `runc --root DIR list --format json`.\n\
+         if [ -e {slow} ] && [ \"$3\" = list ] && [ \"$4\" = --format ]; then sleep 5; fi\n\
+         exec {real} \"$@\"\n",
+        slow = slow.display(),
+        real = real.display(),
+    );
+    let wrapper = dir.join("runc");
+    std::fs::write(&wrapper, script).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dirs = std::iter::once(dir.to_path_buf()).chain(std::env::split_paths(&path));
+    (std::env::join_paths(dirs).unwrap(), slow)
+}
+
+/// The pods whose send an agent received and did not finish: its log says the pod
+/// network is ready, and not that the pod's run started.
+fn cut_sends(fixture: &CellsFixture) -> Vec<String> {
+    let Ok(cells) = std::fs::read_dir(fixture.state().join("cells/cells")) else {
+        return Vec::new();
+    };
+    cells
+        .flatten()
+        .filter_map(|cell| {
+            let log = std::fs::read_to_string(cell.path().join("agent.log")).ok()?;
+            (log.contains("pod network ready") && !log.contains("starting pod"))
+                .then(|| cell.file_name().to_string_lossy().into_owned())
+        })
+        .collect()
+}
+
 /// Assert that nothing of `cells` (cell records taken while they lived) is left: their
 /// namespaces, VPC links, addresses, neighbours and routes, hostPort rules, records, agent
 /// processes, and runc containers.
@@ -549,6 +596,10 @@ async fn pods_in_cells_through_denial_restarts_and_host_crashes() {
     ));
     let adoptions = host.records_with("adoption done").len();
     let created = host.records_with("cell created").len();
+    // From this process on, cellet and its agents run `slowed_runc` (idle until the fleet).
+    let runc_dir = tempfile::tempdir().expect("temp dir");
+    let (path, slow_runc) = slowed_runc(runc_dir.path());
+    host.env.push(("PATH".into(), path));
     host.spawn();
     eventually(
         Duration::from_secs(60),
@@ -681,22 +732,29 @@ async fn pods_in_cells_through_denial_restarts_and_host_crashes() {
     lap("first round deleted; nothing left");
 
     // --- kill -9 during a rollout of 20 pods, and start again -----------------------------
+    // The kill lands while agents apply pods: the first sends are held between the pod
+    // network and the runtime (`slowed_runc`), where the host's death cuts them. Session
+    // 5 saw this by chance (one pod never applied, Pending for good): the agent reported
+    // the pod's UID from its network alone, and the restarted host never sent it again.
     namespace(cluster, FLEET_NS);
+    std::fs::write(&slow_runc, "").unwrap();
     let rollout = Instant::now();
     cluster.apply(&fleet(&image));
     let cells_at_kill = eventually(
         Duration::from_secs(120),
-        "a quarter of the fleet's cells made",
+        "a quarter of the fleet's cells made, and a send held in an agent",
         Some(&host),
         || async {
             let n = fixture.cell_records().len();
-            (n >= usize::from(FLEET) / 4).then_some(n)
+            (n >= usize::from(FLEET) / 4 && !cut_sends(&fixture).is_empty()).then_some(n)
         },
     )
     .await;
     host.kill9();
+    std::fs::remove_file(&slow_runc).unwrap();
+    let cut = cut_sends(&fixture);
     lap(&format!(
-        "cellet killed (-9) {:?} into the rollout, with {cells_at_kill} cells made",
+        "cellet killed (-9) {:?} into the rollout, with {cells_at_kill} cells made and the sends to {cut:?} cut",
         rollout.elapsed()
     ));
     host.spawn();
@@ -713,7 +771,7 @@ async fn pods_in_cells_through_denial_restarts_and_host_crashes() {
     lap(&format!(
         "all {FLEET} fleet pods Running {:?} after the rollout began ({} half-made cells replaced)",
         rollout.elapsed(),
-        host.records_with("cell terminated before its pod ran; replacing it")
+        host.records_with("cell lost before its pod ran; replacing it")
             .len()
     ));
     // The orphan sweep needs two passes to delete a cell a crash left without its pod;
@@ -789,6 +847,30 @@ async fn pods_in_cells_through_denial_restarts_and_host_crashes() {
     );
     lap("fleet checked: one cell per pod, every rule once");
 
+    // One cell dies (its agent killed) and its pod is force-deleted behind cellet's back:
+    // no teardown runs for it, so only the orphan sweep, which lists cells, can find the
+    // cell. A dead cell left out of list-cells leaked its namespace, link and addresses.
+    let orphan_uid = uid(fleet_pods
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some("fleet-00"))
+        .unwrap());
+    let orphan = cells_of(&records, &orphan_uid)[0]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let agent = cells_of(&records, &orphan_uid)[0]["agent"]["pid"]
+        .as_i64()
+        .unwrap();
+    run("kill", &["-KILL", &agent.to_string()]);
+    cluster.kubectl(&[
+        "delete",
+        "pod",
+        "fleet-00",
+        "-n",
+        FLEET_NS,
+        "--grace-period=0",
+        "--force",
+    ]);
     cluster.kubectl(&["delete", "pods", "--all", "-n", FLEET_NS, "--wait=false"]);
     eventually(
         Duration::from_secs(180),
@@ -803,6 +885,21 @@ async fn pods_in_cells_through_denial_restarts_and_host_crashes() {
     )
     .await;
     lap("fleet deleted");
+    // Seen orphaned by two sweeps in a row (20 s apart), then deleted.
+    eventually(
+        Duration::from_secs(90),
+        "the dead orphan cell deleted by the sweep",
+        Some(&host),
+        || async {
+            let swept = host
+                .records_with("orphan cell deleted")
+                .iter()
+                .any(|r| r["cell"] == orphan.as_str());
+            swept.then_some(())
+        },
+    )
+    .await;
+    lap(&format!("dead orphan cell {orphan} swept"));
     assert_cells_gone(&fixture, &host, &records);
     assert!(fixture.cell_records().is_empty());
     let links = run_in(VPC.namespace, "ip", &["-o", "link"]);

@@ -99,6 +99,10 @@ impl Cluster {
             kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
                 .await
                 .expect("admin.kubeconfig valid");
+        // The test binaries link rustls with both providers (the host's aws-lc-rs, and
+        // ring through the agent's server, a dev-dependency), so rustls picks none by
+        // itself: the host's is installed (already installed is fine).
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         Client::try_from(config).expect("client")
     }
 
@@ -168,6 +172,9 @@ pub struct Host {
     /// The network namespace holding this host's node rules (removed with the host).
     pub netns: String,
     kubeconfig: PathBuf,
+    /// More environment for the process from its next [`Host::spawn`] on (and so for the
+    /// cell agents it starts).
+    pub env: Vec<(String, std::ffi::OsString)>,
     child: Option<Child>,
     /// Keeps the directory alive as long as the host.
     _tmp: tempfile::TempDir,
@@ -306,6 +313,7 @@ hostport:
                 .kubeconfig
                 .clone()
                 .unwrap_or_else(|| cluster.kubeconfig.clone()),
+            env: Vec::new(),
             child: None,
             _tmp: tmp,
         };
@@ -326,6 +334,7 @@ hostport:
             .arg(&self.config)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("CELLET_LOG", "info,cellet=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)

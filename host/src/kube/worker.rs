@@ -110,7 +110,36 @@ impl WorkerError {
 /// to a newcomer.
 #[derive(Debug, Default)]
 pub struct HostportTable {
-    admitted: tokio::sync::Mutex<HashMap<String, Vec<PortMapping>>>,
+    admitted: tokio::sync::Mutex<Admitted>,
+}
+
+/// The admitted pods and all their mappings in one list: the policy is handed that list
+/// as it is, so an admission costs no copy of the node's mappings (with a thousand
+/// hostPort pods the copy cost more than the plugin call; BENCHMARKS.md, plugins).
+#[derive(Debug, Default)]
+struct Admitted {
+    /// UIDs of the admitted pods (a policy may admit a pod with no mapping).
+    pods: HashSet<String>,
+    /// Every admitted pod's mappings; each names its pod in `pod_uid`.
+    mappings: Vec<PortMapping>,
+}
+
+impl Admitted {
+    /// Forget every pod not in `live`, and its mappings.
+    fn keep_only(&mut self, live: &HashSet<String>) {
+        let before = self.pods.len();
+        self.pods.retain(|uid| live.contains(uid));
+        if self.pods.len() != before {
+            let pods = &self.pods;
+            self.mappings.retain(|m| pods.contains(&m.pod_uid));
+        }
+    }
+
+    fn remove(&mut self, uid: &str) {
+        if self.pods.remove(uid) {
+            self.mappings.retain(|m| m.pod_uid != uid);
+        }
+    }
 }
 
 /// The policy's answer, as the worker uses it.
@@ -143,15 +172,14 @@ impl HostportTable {
             return Ok(Decision::Admitted);
         }
         let mut admitted = self.admitted.lock().await;
-        if admitted.contains_key(&pod.uid) {
+        if admitted.pods.contains(&pod.uid) {
             return Ok(Decision::Admitted);
         }
-        let live = live();
-        admitted.retain(|uid, _| live.contains(uid));
-        let existing: Vec<PortMapping> = admitted.values().flatten().cloned().collect();
-        match policy.admit(pod, existing).await? {
+        admitted.keep_only(&live());
+        match policy.admit(pod, &admitted.mappings).await? {
             Admission::Admit(mappings) => {
-                admitted.insert(pod.uid.clone(), mappings);
+                admitted.pods.insert(pod.uid.clone());
+                admitted.mappings.extend(mappings);
                 Ok(Decision::Admitted)
             }
             Admission::Deny(reason) => Ok(Decision::Denied(reason)),
@@ -168,9 +196,11 @@ impl HostportTable {
         self.admitted
             .lock()
             .await
-            .get(uid)
+            .mappings
+            .iter()
+            .filter(|m| m.pod_uid == uid)
             .cloned()
-            .unwrap_or_default()
+            .collect()
     }
 }
 
@@ -747,6 +777,39 @@ async fn refuse(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forgetting_a_pod_drops_its_mappings_and_only_those() {
+        let mapping = |uid: &str, host_port: u16| PortMapping {
+            pod_uid: uid.into(),
+            pod_namespace: "default".into(),
+            pod_name: format!("pod-{uid}"),
+            container_name: "app".into(),
+            protocol: crate::plugins::bindings::Protocol::Tcp,
+            host_ip: None,
+            host_port,
+            container_port: 80,
+        };
+        let mut admitted = Admitted::default();
+        for (uid, ports) in [("a", &[8080, 8081][..]), ("b", &[9090]), ("c", &[])] {
+            admitted.pods.insert(uid.into());
+            admitted
+                .mappings
+                .extend(ports.iter().map(|&port| mapping(uid, port)));
+        }
+        let ports = |admitted: &Admitted| -> Vec<u16> {
+            admitted.mappings.iter().map(|m| m.host_port).collect()
+        };
+
+        admitted.remove("a");
+        assert_eq!(ports(&admitted), [9090]);
+        assert!(!admitted.pods.contains("a"));
+
+        // "c" was admitted with no mapping and is still live; "b" is gone.
+        admitted.keep_only(&HashSet::from(["c".to_string()]));
+        assert!(admitted.mappings.is_empty());
+        assert_eq!(admitted.pods, HashSet::from(["c".to_string()]));
+    }
 
     #[test]
     fn only_a_cell_lost_before_its_pod_ran_is_replaced() {

@@ -175,6 +175,7 @@ fn write_ca_and_client(dir: &Path, name: &str, user: &str, group: &str) {
 /// A client for an API server that is never reached: for requests refused before any
 /// review is made.
 fn unreachable_api_server() -> kube::Client {
+    cellet::api::tls::install_default_provider();
     kube::Client::try_from(kube::Config::new("https://127.0.0.1:9".parse().unwrap())).unwrap()
 }
 
@@ -447,6 +448,7 @@ impl Cluster {
             kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
                 .await
                 .unwrap();
+        cellet::api::tls::install_default_provider();
         kube::Client::try_from(config).unwrap()
     }
 }

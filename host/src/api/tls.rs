@@ -92,6 +92,20 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// Make the host's provider the process default, for the TLS clients that take the default
+/// (kube-rs, the AWS SDK). Every process that links the host must call this before its
+/// first Kubernetes client: where ring is linked too (any build that unifies features with
+/// the cell agent's, such as `cargo test --workspace`), rustls would pick neither provider
+/// and panic there. A provider installed already is kept.
+pub fn install_default_provider() {
+    if rustls::crypto::aws_lc_rs::default_provider()
+        .install_default()
+        .is_err()
+    {
+        tracing::debug!("a rustls crypto provider was installed already");
+    }
+}
+
 /// The server configuration of the kubelet API (HTTP/2 and HTTP/1.1 by ALPN).
 pub fn server_config(
     settings: &TlsSettings,

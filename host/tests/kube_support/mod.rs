@@ -99,10 +99,7 @@ impl Cluster {
             kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
                 .await
                 .expect("admin.kubeconfig valid");
-        // The test binaries link rustls with both providers (the host's aws-lc-rs, and
-        // ring through the agent's server, a dev-dependency), so rustls picks none by
-        // itself: the host's is installed (already installed is fine).
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        cellet::api::tls::install_default_provider();
         Client::try_from(config).expect("client")
     }
 

@@ -75,6 +75,7 @@ impl Cluster {
             kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
                 .await
                 .map_err(|e| BenchError::Cluster(format!("{}: {e}", self.kubeconfig.display())))?;
+        cellet::api::tls::install_default_provider();
         Client::try_from(config).map_err(|e| BenchError::Cluster(format!("client: {e}")))
     }
 

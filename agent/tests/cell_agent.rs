@@ -396,7 +396,7 @@ fn the_pod_network_reaches_the_vpc_but_not_the_agent_and_is_removed_on_stop() {
 
     // Apply: the network is built before the runtime gets the pod. The image does not
     // exist; the runtime may refuse at once or fail later — the network stands either way.
-    let (status, body) = {
+    let apply = || {
         let http = http.clone();
         block_in_netns(Vpc::path(&vpc.peer), async move {
             let response = http
@@ -408,6 +408,7 @@ fn the_pod_network_reaches_the_vpc_but_not_the_agent_and_is_removed_on_stop() {
             (response.status().as_u16(), response.text().await.unwrap())
         })
     };
+    let (status, body) = apply();
     if status != 200 {
         let error: ApiError = serde_json::from_str(&body).unwrap();
         assert_eq!(
@@ -418,18 +419,7 @@ fn the_pod_network_reaches_the_vpc_but_not_the_agent_and_is_removed_on_stop() {
         );
     }
     // Applied again (the host re-sends a pod): the network in place is kept, not refused.
-    let again = {
-        let http = http.clone();
-        block_in_netns(Vpc::path(&vpc.peer), async move {
-            let response = http
-                .put(url("/v1/pod"))
-                .json(&apply_pod())
-                .send()
-                .await
-                .unwrap();
-            (response.status().as_u16(), response.text().await.unwrap())
-        })
-    };
+    let again = apply();
     assert!(
         !again.1.contains("NetworkFailed"),
         "{again:?}\nagent log:\n{}",

@@ -74,11 +74,11 @@ pub(super) const NFTA_CMP_OP: u16 = 2;
 pub(super) const NFTA_CMP_DATA: u16 = 3;
 const NFTA_CT_DREG: u16 = 1;
 const NFTA_CT_KEY: u16 = 2;
-pub(super) const NFTA_BITWISE_SREG: u16 = 1;
-pub(super) const NFTA_BITWISE_DREG: u16 = 2;
-pub(super) const NFTA_BITWISE_LEN: u16 = 3;
-pub(super) const NFTA_BITWISE_MASK: u16 = 4;
-pub(super) const NFTA_BITWISE_XOR: u16 = 5;
+const NFTA_BITWISE_SREG: u16 = 1;
+const NFTA_BITWISE_DREG: u16 = 2;
+const NFTA_BITWISE_LEN: u16 = 3;
+const NFTA_BITWISE_MASK: u16 = 4;
+const NFTA_BITWISE_XOR: u16 = 5;
 pub(super) const NFTA_IMMEDIATE_DREG: u16 = 1;
 pub(super) const NFTA_IMMEDIATE_DATA: u16 = 2;
 const NFTA_COUNTER_BYTES: u16 = 1;
@@ -127,17 +127,7 @@ fn isolation_table() -> Batch {
                 data.u32_be(NFTA_CT_DREG, NFT_REG_1);
                 data.u32_be(NFTA_CT_KEY, NFT_CT_STATE);
             }),
-            expression("bitwise", |data| {
-                data.u32_be(NFTA_BITWISE_SREG, NFT_REG_1);
-                data.u32_be(NFTA_BITWISE_DREG, NFT_REG_1);
-                data.u32_be(NFTA_BITWISE_LEN, 4);
-                data.nested(NFTA_BITWISE_MASK, |value| {
-                    value.bytes(NFTA_DATA_VALUE, &CT_STATE_ESTABLISHED_RELATED.to_ne_bytes());
-                });
-                data.nested(NFTA_BITWISE_XOR, |value| {
-                    value.bytes(NFTA_DATA_VALUE, &0u32.to_ne_bytes());
-                });
-            }),
+            bitwise_and(CT_STATE_ESTABLISHED_RELATED.to_ne_bytes()),
             expression("cmp", |data| {
                 data.u32_be(NFTA_CMP_SREG, NFT_REG_1);
                 data.u32_be(NFTA_CMP_OP, NFT_CMP_NEQ);
@@ -233,6 +223,21 @@ pub(super) fn interface_name_is(key: u32, name: &str) -> [Expression; 2] {
             data.nested(NFTA_CMP_DATA, |value| value.bytes(NFTA_DATA_VALUE, &padded));
         }),
     ]
+}
+
+/// Register 1 &= `mask` (4 bytes, in the byte order of what the register holds).
+pub(super) fn bitwise_and(mask: [u8; 4]) -> Expression {
+    expression("bitwise", |data| {
+        data.u32_be(NFTA_BITWISE_SREG, NFT_REG_1);
+        data.u32_be(NFTA_BITWISE_DREG, NFT_REG_1);
+        data.u32_be(NFTA_BITWISE_LEN, 4);
+        data.nested(NFTA_BITWISE_MASK, |value| {
+            value.bytes(NFTA_DATA_VALUE, &mask)
+        });
+        data.nested(NFTA_BITWISE_XOR, |value| {
+            value.bytes(NFTA_DATA_VALUE, &[0; 4])
+        });
+    })
 }
 
 pub(super) fn verdict(code: u32) -> Expression {

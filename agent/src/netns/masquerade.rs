@@ -28,11 +28,10 @@ use std::net::Ipv4Addr;
 
 use super::NFT_TABLE;
 use super::isolation::{
-    Attributes, Batch, Expression, NFT_CMP_EQ, NFT_MSG_DELRULE, NFT_REG_1, NFTA_BITWISE_DREG,
-    NFTA_BITWISE_LEN, NFTA_BITWISE_MASK, NFTA_BITWISE_SREG, NFTA_BITWISE_XOR, NFTA_CMP_DATA,
+    Attributes, Batch, Expression, NFT_CMP_EQ, NFT_MSG_DELRULE, NFT_REG_1, NFTA_CMP_DATA,
     NFTA_CMP_OP, NFTA_CMP_SREG, NFTA_DATA_VALUE, NFTA_IMMEDIATE_DATA, NFTA_IMMEDIATE_DREG,
-    NFTA_META_DREG, NFTA_META_KEY, NFTA_RULE_CHAIN, NFTA_RULE_TABLE, expression, interface_name_is,
-    verdict,
+    NFTA_META_DREG, NFTA_META_KEY, NFTA_RULE_CHAIN, NFTA_RULE_TABLE, bitwise_and, expression,
+    interface_name_is, verdict,
 };
 
 const CHAIN: &str = "postrouting";
@@ -163,17 +162,7 @@ fn address_is(offset: u32, network: Ipv4Addr, prefix: u8) -> Vec<Expression> {
         data.u32_be(NFTA_PAYLOAD_LEN, 4);
     })];
     if mask != u32::MAX {
-        expressions.push(expression("bitwise", |data| {
-            data.u32_be(NFTA_BITWISE_SREG, NFT_REG_1);
-            data.u32_be(NFTA_BITWISE_DREG, NFT_REG_1);
-            data.u32_be(NFTA_BITWISE_LEN, 4);
-            data.nested(NFTA_BITWISE_MASK, |value| {
-                value.bytes(NFTA_DATA_VALUE, &mask.to_be_bytes());
-            });
-            data.nested(NFTA_BITWISE_XOR, |value| {
-                value.bytes(NFTA_DATA_VALUE, &0u32.to_be_bytes());
-            });
-        }));
+        expressions.push(bitwise_and(mask.to_be_bytes()));
     }
     expressions.push(compare_equal(&network.to_be_bytes()));
     expressions

@@ -67,7 +67,7 @@ pub fn plugin_pod(pod: &K8sPod) -> Result<Pod, ConvertError> {
 }
 
 /// Build the WIT `cluster-node` record of a Kubernetes node, for a network strategy's
-/// `plan-cluster`: its PodCIDRs (`spec.podCIDRs`, or the older single `spec.podCIDR`),
+/// cluster planning (`plan-node` under contract 0.2.0, `plan-cluster` under 0.1.0): its PodCIDRs (`spec.podCIDRs`, or the older single `spec.podCIDR`),
 /// its InternalIP addresses, its provider ID, and whether it is a virtual node (by the
 /// `type=virtual-kubelet` label), whose pods live in cells rather than behind the node.
 pub fn cluster_node(node: &K8sNode) -> ClusterNode {

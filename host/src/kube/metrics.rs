@@ -7,7 +7,7 @@
 //! | `cellet_hostport_reconciles_total` | counter | outcome (`ok`, `error`) |
 //! | `cellet_hostport_rules` | gauge | — (mappings installed after the last reconcile) |
 //! | `cellet_cloud_routes_missing` | gauge | — (planned cloud routes not in place after the last route reconcile) |
-//! | `cellet_network_strategy_warnings` | gauge | — (warnings of the last `plan-cluster`) |
+//! | `cellet_network_strategy_warnings` | gauge | — (warnings of the last cluster plan: every node's and the routes') |
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

@@ -253,11 +253,25 @@ fn links(netns: &str) -> Vec<String> {
         .collect()
 }
 
-/// Every IPv4 address of every named namespace and of the host's.
+/// Every IPv4 address of every named namespace and of the host's. The tests of this file
+/// run in parallel: a namespace listed here may be deleted by another before it is read,
+/// and then holds no address.
 fn all_addresses() -> String {
     let mut text = run("ip", &["-4", "-o", "addr", "show"]);
     for netns in namespaces() {
-        text += &run("ip", &["-n", &netns, "-4", "-o", "addr", "show"]);
+        let output = Command::new("ip")
+            .args(["-n", &netns, "-4", "-o", "addr", "show"])
+            .output()
+            .expect("run ip");
+        if output.status.success() {
+            text += &String::from_utf8_lossy(&output.stdout);
+        } else {
+            assert!(
+                !namespaces().contains(&netns),
+                "ip -n {netns} addr show: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
     }
     text
 }

@@ -241,7 +241,15 @@ pub async fn sweep(
                 continue;
             }
         };
-        for cell in orphans.pass(&cells, &live) {
+        let doomed = orphans.pass(&cells, &live);
+        tracing::debug!(
+            cells = cells.len(),
+            pods = live.len(),
+            suspects = orphans.suspects.len(),
+            doomed = doomed.len(),
+            "orphan sweep pass"
+        );
+        for cell in doomed {
             match plugins.cloud.delete_cell(&cell.id).await {
                 Ok(()) => tracing::info!(
                     cell = %cell.id, pod = %format!("{}/{}", cell.pod_namespace, cell.pod_name), pod_uid = %cell.pod_uid,

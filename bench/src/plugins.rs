@@ -152,6 +152,18 @@ impl Function {
         }
     }
 
+    /// How many plugin calls one measure is. The targets are per call, so they are
+    /// checked only on measures of a call or two; the cold cluster pass is 51 calls, each
+    /// also measured alone (`plan-node`, `plan-routes`), and is reported with its cost per
+    /// call and no target of its own.
+    pub fn plugin_calls(self) -> usize {
+        match self {
+            Function::PlanCluster => 2,
+            Function::PlanClusterCold => crate::inputs::NODES + 1,
+            _ => 1,
+        }
+    }
+
     /// What the function is given, for the report.
     pub fn input(self) -> &'static str {
         match self {

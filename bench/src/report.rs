@@ -161,6 +161,23 @@ fn plugin_markdown(out: &mut String, p: &PluginReport, targets: &[TargetResult])
             f.decision
         );
     }
+    for f in p.functions.iter().filter(|f| !has_target(f.function)) {
+        let calls = f.function.plugin_calls() as u64;
+        let _ = writeln!(
+            out,
+            "- `{}` is {calls} plugin calls: {} a call at p50 warm, {} fresh (no target: the \
+             targets are per call, and each of its calls is measured alone above)",
+            f.function.name(),
+            human(f.warm.p50_ns / calls),
+            human(f.fresh.p50_ns / calls),
+        );
+    }
+}
+
+/// Whether a measure is held to the per-call targets: the measures of one call, and the
+/// host's usual cluster pass (two calls, still held to the one-call target).
+fn has_target(function: crate::plugins::Function) -> bool {
+    function.plugin_calls() <= 2
 }
 
 /// The targets that apply to one plugin's measures.
@@ -173,7 +190,7 @@ fn targets(p: &PluginReport) -> Vec<TargetResult> {
         pass: s.p99_ns < limit_ns,
     };
     let mut out = Vec::new();
-    for f in &p.functions {
+    for f in p.functions.iter().filter(|f| has_target(f.function)) {
         let name = f.function.name();
         out.push(check(
             format!("`{name}` warm call"),

@@ -18,10 +18,14 @@
 //! [`metrics`]; the kubelet API reads the first two on every replica.
 //!
 //! Data flows one way: watch → worker → plugins (decide) → cloud and node rules (act) → status.
+//!
+//! All of it talks to the API server through one [`client`], over HTTP/2 where the server
+//! offers it.
 
 pub mod adopt;
 pub mod agents;
 pub mod cells;
+pub mod client;
 pub mod convert;
 pub mod events;
 pub mod leader;
@@ -127,11 +131,13 @@ pub enum KubeError {
 }
 
 /// A client with the ambient credentials: `KUBECONFIG` (or `~/.kube/config`), else the
-/// in-cluster service account.
+/// in-cluster service account; over HTTP/2 where the API server offers it ([`client`]).
 pub async fn connect() -> Result<Client, KubeError> {
-    Client::try_default()
-        .await
-        .map_err(|source| KubeError::Client { source })
+    let config = kube::Config::infer().await.map_err(|e| KubeError::Client {
+        source: kube::Error::InferConfig(e),
+    })?;
+    crate::api::tls::install_default_provider();
+    client::client_from_config(config).map_err(|source| KubeError::Client { source })
 }
 
 /// What every leader term shares, built once per process.

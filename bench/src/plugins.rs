@@ -443,7 +443,11 @@ impl Wasm {
                 None => Err(not_in_world(function, Slot::Network)),
             },
             (Wasm::Network(p), Function::PlanCluster) => {
-                let nodes = if inputs.passes.fetch_add(1, Ordering::Relaxed) % 2 == 0 {
+                let nodes = if inputs
+                    .passes
+                    .fetch_add(1, Ordering::Relaxed)
+                    .is_multiple_of(2)
+                {
                     &inputs.nodes
                 } else {
                     &inputs.nodes_one_changed

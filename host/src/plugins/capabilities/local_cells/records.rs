@@ -396,7 +396,9 @@ mod tests {
         assert_eq!(store.get("cell-00000001").unwrap(), Some(a.clone()));
 
         let lock = store.lock().await.unwrap();
-        let got = store.allocate(&settings, &[a.clone()], 2, &lock).unwrap();
+        let got = store
+            .allocate(&settings, std::slice::from_ref(&a), 2, &lock)
+            .unwrap();
         assert_eq!(
             got,
             vec![Ipv4Addr::new(10, 1, 2, 5), Ipv4Addr::new(10, 1, 2, 6)]

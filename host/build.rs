@@ -1,5 +1,6 @@
 //! Link settings for the `cellet` binary only (the library, tests and other binaries keep
-//! the defaults). Both exist for the node's resident memory: BENCHMARKS.md, "Host memory".
+//! the defaults). Both exist for the node's resident memory: BENCHMARKS.md, node section,
+//! "Session 7".
 
 use std::path::Path;
 

@@ -1,8 +1,9 @@
 """Turns the traces of bench/layout/train into host/link/hot-code.txt.
 
-Inputs: FUNCTIONS (`address name` of every function of the traced binary), ENTRIES (the
-addresses the tracer patched, ascending: a trace record is an index into them) and the
-directory of traces (`<workload>.<pid>`, little-endian u32 indices in first-use order).
+Inputs: FUNCTIONS (`address name` of every function of the traced binary; the tracer
+patched their distinct addresses in ascending order, and a trace record is an index into
+that order) and the directory of traces (`<workload>.<pid>`, little-endian u32 indices in
+first-use order).
 Output, on stdout: the symbol names of every function any workload executed, workloads in
 name order, each function at its first use, without LLVM's `.llvm.<digits>` suffix (it
 changes with any edit of the code unit). The legacy mangling's hash stays: it is stable for
@@ -26,7 +27,6 @@ def stable_name(symbol: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("functions")
-    parser.add_argument("entries")
     parser.add_argument("traces")
     parser.add_argument("--commit", default="unknown")
     args = parser.parse_args()
@@ -35,7 +35,7 @@ def main() -> None:
     for line in Path(args.functions).read_text().splitlines():
         address, name = line.split(" ", 1)
         names[int(address)].append(name)
-    entries = [int(line) for line in Path(args.entries).read_text().split()]
+    entries = sorted(names)
 
     listed: dict[str, None] = {}
     per_workload: dict[str, list[int]] = {}
